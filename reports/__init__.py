@@ -1,0 +1,1 @@
+"""Reports from profile records (pandas + matplotlib only; imports neither torch nor zoo)."""

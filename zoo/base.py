@@ -1,0 +1,248 @@
+"""The mixer contract: spec (pure data), config (frozen dataclass), module base and input checks.
+
+Every mixer in the zoo is a :class:`TokenMixer` subclass with two class attributes:
+
+* ``spec``: a :class:`MixerSpec` (paper, complexity classes, capabilities, FLOP formula),
+  readable without building a module;
+* ``Config``: a frozen dataclass derived from :class:`MixerConfig` (``dim``, ``heads`` plus the
+  mixer's own hyper-parameters, each with a one-line ``help``), with a ``tiny()`` preset.
+
+and one call contract::
+
+    y = mixer(x, mask=None, *, causal=False)      # x (B, T, D) -> y (B, out_len(T), D)
+
+``mask`` is bool (B, T), True = real token. Padded output rows are exactly zero; a fully padded
+sequence gives zeros, never NaN; any T >= 1 works.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+from zoo.errors import ZooTypeError, ZooValueError
+
+__all__ = [
+    "Complexity",
+    "MixerSpec",
+    "MixerConfig",
+    "TokenMixer",
+    "cfg",
+    "check_inputs",
+    "config_fields",
+]
+
+
+class Complexity(str, enum.Enum):
+    """Asymptotic class in the sequence length T with every hyper-parameter fixed."""
+
+    LINEAR = "O(T)"
+    LOGLINEAR = "O(T log T)"
+    QUADRATIC = "O(T^2)"
+
+    @property
+    def exponent(self) -> float:
+        """The exponent a log-log fit over long lengths should find (T log T reads as ~1.05)."""
+        return {"O(T)": 1.0, "O(T log T)": 1.05, "O(T^2)": 2.0}[self.value]
+
+    def __str__(self) -> str:  # so f-strings and tables show "O(T)" rather than the enum name
+        return self.value
+
+
+# flops(config, batch, length) -> forward FLOPs of the whole mixer (projections included),
+# counting a multiply-add as 2 FLOPs. A training step is reported as 3x this by the profiler.
+FlopFormula = Callable[[Any, int, int], float]
+
+
+@dataclass(frozen=True)
+class MixerSpec:
+    """Pure data about a mixer: what the profiler, reports, CLI and contract tests read."""
+
+    name: str  # registry key, lowercase_snake, = file name
+    title: str  # paper title
+    arxiv: str | None  # arXiv id, e.g. "2110.02442"
+    year: int
+    time: Complexity  # time class in T, hyper-parameters fixed
+    memory: Complexity  # extra (activation) memory class in T
+    flops: FlopFormula  # analytic forward FLOPs: flops(config, B, T)
+    cost_note: str = ""  # the honest formula, e.g. "O(T·w·D), w = window"
+    causal: bool = False  # may be called with causal=True
+    key_padding_mask: bool = True  # padded tokens are excluded from mixing (C3 padding invariance)
+    reduces_length: bool = False  # output has out_len(T) tokens (forward_with_mask gives its mask)
+    stochastic: bool = False  # draws randomness (own seeded generator)
+    approximates_softmax: bool = False  # fidelity vs exact softmax with the same q/k/v/out_proj
+    deviations: str = ""  # where the zoo differs from the paper / official code
+    extra_inputs: tuple[str, ...] = ()  # optional forward kwargs, e.g. ("segment_ids",)
+
+    def summary(self) -> dict[str, Any]:
+        """A flat dict for tables (no callables)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "flops"}
+        out["time"] = str(self.time)
+        out["memory"] = str(self.memory)
+        return out
+
+
+def cfg(default: Any, help: str, **kwargs: Any) -> Any:
+    """A config field with a one-line meaning (shown by ``zoo info``)."""
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass(frozen=True)
+class MixerConfig:
+    """Fields shared by every mixer. Subclasses add their own, each declared with :func:`cfg`."""
+
+    dim: int = cfg(256, "model width D (input and output channels)")
+    heads: int = cfg(4, "number of heads h; head width p = dim / heads")
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "heads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ZooValueError(f"{name}: expected a positive integer, got {value!r}")
+        if self.dim % self.heads:
+            raise ZooValueError(
+                f"heads: expected a divisor of dim={self.dim}, got heads={self.heads}"
+            )
+        self.validate()
+
+    def validate(self) -> None:
+        """Per-mixer checks; raise ZooValueError naming the field, what was expected and given."""
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+    @classmethod
+    def tiny(cls) -> "MixerConfig":
+        """Smallest config that keeps the mechanism non-trivial (tests, smoke runs)."""
+        return cls(dim=16, heads=2)
+
+
+def config_fields(config_cls: type) -> list[dict[str, Any]]:
+    """[{name, type, default, help}] for ``zoo info`` and the README table."""
+    rows = []
+    for f in dataclasses.fields(config_cls):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        rows.append(
+            {"name": f.name, "type": str(f.type), "default": default, "help": f.metadata.get("help", "")}
+        )
+    return rows
+
+
+def _check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ZooValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ZooValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def _check_range(name: str, value: Any, lo: float, hi: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (lo <= value <= hi):
+        raise ZooValueError(f"{name}: expected a number in [{lo}, {hi}], got {value!r}")
+
+
+# re-exported for configs' validate()
+check_positive_int = _check_positive_int
+check_choice = _check_choice
+check_range = _check_range
+
+
+class TokenMixer(nn.Module):
+    """Base of every mixer: holds the config, exposes ``spec`` and the length contract.
+
+    Mixers share *math* through :mod:`zoo.functional`, never through subclassing one another;
+    this base only carries the contract.
+    """
+
+    spec: ClassVar[MixerSpec]
+    Config: ClassVar[type[MixerConfig]]
+
+    def __init__(self, config: MixerConfig):
+        super().__init__()
+        if not isinstance(config, self.Config):
+            raise ZooTypeError(
+                f"config: expected {self.Config.__name__}, got {type(config).__name__}"
+            )
+        self.config = config
+
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+    @property
+    def heads(self) -> int:
+        return self.config.heads
+
+    def out_len(self, T: int) -> int:
+        """Output length for input length T (T unless ``spec.reduces_length``)."""
+        return T
+
+    def extra_repr(self) -> str:
+        fields = ", ".join(f"{f.name}={getattr(self.config, f.name)!r}" for f in dataclasses.fields(self.config))
+        return fields
+
+
+def check_inputs(mixer: TokenMixer, x: Any, mask: Any = None, causal: bool = False) -> None:
+    """Loud, specific errors at the mixer boundary (the first line of every ``forward``)."""
+    name = mixer.spec.name
+    if not isinstance(x, torch.Tensor):
+        raise ZooTypeError(f"{name}: x: expected a torch.Tensor of shape (B, T, D), got {type(x).__name__}")
+    if x.dim() != 3:
+        raise ZooValueError(
+            f"{name}: x: expected shape (B, T, D) with D={mixer.dim}, got a {x.dim()}-d tensor of shape {tuple(x.shape)}"
+        )
+    if not x.is_floating_point():
+        raise ZooTypeError(f"{name}: x: expected a floating-point tensor, got dtype {x.dtype}")
+    B, T, D = x.shape
+    if D != mixer.dim:
+        raise ZooValueError(f"{name}: x: expected last dimension D={mixer.dim}, got shape {tuple(x.shape)}")
+    if T < 1 or B < 1:
+        raise ZooValueError(f"{name}: x: expected B >= 1 and T >= 1, got shape {tuple(x.shape)}")
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor):
+            raise ZooTypeError(f"{name}: mask: expected a bool tensor of shape (B, T)=({B}, {T}), got {type(mask).__name__}")
+        if mask.dtype != torch.bool:
+            raise ZooTypeError(
+                f"{name}: mask: expected dtype torch.bool (True = real token), got {mask.dtype}"
+            )
+        if tuple(mask.shape) != (B, T):
+            raise ZooValueError(f"{name}: mask: expected shape (B, T)=({B}, {T}), got {tuple(mask.shape)}")
+        if mask.device != x.device:
+            raise ZooValueError(f"{name}: mask: expected device {x.device} (same as x), got {mask.device}")
+    if not isinstance(causal, bool):
+        raise ZooTypeError(f"{name}: causal: expected a bool, got {type(causal).__name__}")
+    if causal and not mixer.spec.causal:
+        raise ZooValueError(
+            f"{name}: causal: expected False, this mixer has no causal variant (spec.causal=False)"
+        )
+
+
+def keep_mask(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The bool (B, T) keep-mask, all True when ``mask`` is None."""
+    if mask is None:
+        return torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    return mask
+
+
+def zero_padded(y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """C2: padded output rows exactly zero (the last op of every forward)."""
+    if mask is None:
+        return y
+    return y * mask.unsqueeze(-1).to(y.dtype)
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def log2(x: float) -> float:
+    return math.log2(max(x, 1.0))

@@ -1,0 +1,1 @@
+"""Slow, obviously-correct oracles for tests. Never registered, never profiled."""
