@@ -1,4 +1,4 @@
-"""Shared pure helpers for the mixers (no modules, no state).
+"""Shared pure helpers for the mixers (no modules, no state). Everything here is public.
 
 Shapes: (B, T, D) at the mixer boundary; (B, H, T, P) inside attention-like mixers, P = D / H.
 Masks are bool (B, T), True = real token; additive biases are built here, with finite
@@ -12,20 +12,6 @@ import math
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-
-__all__ = [
-    "neg_value",
-    "split_heads",
-    "merge_heads",
-    "pad_to_multiple",
-    "key_padding_bias",
-    "safe_key_mask",
-    "sdpa_attention",
-    "eager_attention",
-    "masked_mean",
-    "linear_flops",
-]
-
 
 def neg_value(dtype: torch.dtype) -> float:
     """A finite "minus infinity" for additive masks, safe to add to any logit in ``dtype``."""
