@@ -1,12 +1,14 @@
 """`zoo` command line: parsing only; the work lives in zoo/, profiler/ and reports/.
 
-User errors (a ZooError, or a bad option) print one line on stderr and exit with code 2.
+User errors (a ZooError, a reports ReportError, or a bad option) print one line on stderr and exit
+with code 2.
 """
 
 from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 from typing import Callable, Optional
 
 import typer
@@ -24,11 +26,12 @@ def _user_errors(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from reports.errors import ReportError
         from zoo.errors import ZooError
 
         try:
             return fn(*args, **kwargs)
-        except ZooError as exc:
+        except (ZooError, ReportError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(code=2) from None
 
@@ -62,6 +65,127 @@ def info_cmd(
     from zoo.catalog import render_info
 
     render_info(name, dim=dim, heads=heads)
+
+
+def _declared_exponents() -> dict[str, dict[str, float]]:
+    """{mixer: {"time": k, "memory": k}} from the registry, for the report's complexity summary."""
+    from zoo import get_spec, list_mixers
+
+    return {
+        name: {"time": get_spec(name).time.exponent, "memory": get_spec(name).memory.exponent}
+        for name in list_mixers()
+    }
+
+
+@app.command("compare")
+@_user_errors
+def compare_cmd(
+    files: Optional[list[Path]] = typer.Argument(
+        None, help="profiles (.jsonl from `zoo profile` / `zoo fidelity`); none: run a quick sweep first"
+    ),
+    out: Optional[Path] = typer.Option(None, "--out", help="report folder [default: reports-out/<first file>]"),
+    formats: str = typer.Option("html,md", "--format", help="comma list of html, md, tex"),
+    baseline: Optional[str] = typer.Option(
+        None, help="label or mixer the ratios refer to [default: the sweep's own baseline, else softmax]"
+    ),
+) -> None:
+    """Report from sweeps: consumption tables, scaling plots, exponents, crossovers, fidelity."""
+    from reports import build_report, parse_formats
+
+    parse_formats(formats)  # a typo fails before a sweep is run
+    if not files:
+        import datetime
+
+        from profiler import run_profile
+        from profiler.fidelity import run_fidelity
+
+        out = out or Path("reports-out") / "quick"
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        files = [out / f"profile-{stamp}.jsonl", out / f"fidelity-{stamp}.jsonl"]
+        typer.echo(f"no profile given: running the quick sweep into {files[0]}", err=True)
+        run_profile(preset="quick", out=files[0])
+        typer.echo(f"fidelity against exact softmax into {files[1]}", err=True)
+        run_fidelity(lengths=(256, 512, 1024), seeds=2, out=files[1],
+                     progress=lambda cell: typer.echo(f"  fidelity {cell}", err=True))
+    out = out or Path("reports-out") / files[0].stem
+    report = build_report(files, out, formats=formats, baseline=baseline, declared=_declared_exponents)
+    for warning in report.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    for kind in ("html", "md", "tex", "csv"):
+        if kind in report.files:
+            typer.echo(str(report.files[kind]))
+    typer.echo(f"{len(report.figures)} figure files in {report.out_dir / 'figures'}")
+
+
+@app.command("fidelity")
+@_user_errors
+def fidelity_cmd(
+    mixers: Optional[str] = typer.Option(
+        None, help="comma list of mixers [default: every mixer with spec.approximates_softmax]"
+    ),
+    lengths: str = typer.Option("256..4k", help="sequence lengths: 256..4k (powers of two), 256,1000,4k"),
+    seeds: int = typer.Option(3, help="seeds per cell (new weights, inputs and random features each)"),
+    batch: int = typer.Option(1, help="batch size B"),
+    dim: Optional[int] = typer.Option(None, help="model width D [default: each mixer's config default]"),
+    heads: Optional[int] = typer.Option(None, help="heads [default: each mixer's config default]"),
+    dtype: str = typer.Option("fp32", help="fp32 | fp64 | bf16 | fp16"),
+    device: str = typer.Option("auto", help="auto (the GPU if present) | cpu | cuda"),
+    causal: bool = typer.Option(False, "--causal", help="causal attention on both sides"),
+    out: Path = typer.Option(Path("runs") / "fidelity.jsonl", "--out", help="JSONL file the records are appended to"),
+) -> None:
+    """Relative error of each softmax approximation against exact softmax attention, by length."""
+    from profiler.fidelity import run_fidelity
+
+    names = [m.strip() for m in mixers.split(",") if m.strip()] if mixers else None
+    records = run_fidelity(
+        mixers=names, lengths=lengths, seeds=seeds, batch=batch, dtype=dtype, device=device, causal=causal,
+        overrides={"dim": dim, "heads": heads}, out=out, progress=lambda cell: typer.echo(f"  {cell}", err=True),
+    )
+    for r in records:
+        result = f"rel. error {r['rel_error']:.3g} ± {r['rel_error_std']:.1g}, cosine {r['cosine']:.4f}" \
+            if r["status"] == "ok" else f"{r['status']}: {r['reason']}"
+        typer.echo(f"{r['label']:24s} T={r['T']:<6d} {result}")
+    typer.echo(f"{len(records)} records appended to {out}")
+
+
+@app.command("profile")
+@_user_errors
+def profile_cmd(
+    mixers: Optional[str] = typer.Option(
+        None, help="comma list, overrides in brackets: 'softmax[impl=eager],ponet', wildcards ('*former') [default: all]"
+    ),
+    lengths: Optional[str] = typer.Option(None, help="1k..16k (doubling), 1k..16k:x1.5, 512,2048,3000; k/m suffixes [default: 1k..16k]"),
+    mode: Optional[str] = typer.Option(None, "--mode", help="forward | train | both [default: both]"),
+    scope: Optional[str] = typer.Option(None, help="mixer (the mixer alone) | model (LRA-style encoder + loss + optimizer)"),
+    preset: Optional[str] = typer.Option(None, help="default | quick | ponet-table2 (explicit options override it)"),
+    batch: Optional[int] = typer.Option(None, help="batch size B [default: 1]"),
+    dim: Optional[int] = typer.Option(None, help="model width D [default: 256]"),
+    heads: Optional[int] = typer.Option(None, help="heads [default: 4]"),
+    depth: Optional[int] = typer.Option(None, help="blocks in --scope model [default: 2]"),
+    dtype: str = typer.Option("fp32", help="fp32 | bf16 | fp16 | fp64"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:i]"),
+    causal: bool = typer.Option(False, "--causal", help="causal mixing (mixers without a causal variant: n/a)"),
+    out: Path = typer.Option(Path("runs") / "profile.jsonl", "--out", help="JSONL file of records"),
+    resume: bool = typer.Option(False, "--resume", help="run only the cells missing from --out"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it holds records"),
+    isolate: bool = typer.Option(True, "--isolate/--no-isolate", help="each cell in a fresh process"),
+    timeout: float = typer.Option(300.0, help="seconds per cell before it is killed and recorded as timeout"),
+    memory_budget: Optional[str] = typer.Option(None, help="e.g. 16g [default: 90% of free RAM / GPU memory]"),
+    baseline: str = typer.Option("softmax", help="label or mixer the end table's ratios refer to"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads [default: torch's default]"),
+    time_budget: Optional[float] = typer.Option(None, help="seconds of timed calls per cell [default: 2]"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar or end table"),
+) -> None:
+    """Sweep mixers over lengths: time, peak memory and FLOPs per cell, one JSON line each."""
+    from profiler import run_profile
+
+    path = run_profile(
+        mixers=mixers, lengths=lengths, modes=mode, scope=scope, preset=preset, batch=batch, dim=dim, heads=heads,
+        depth=depth, dtype=dtype, device=device, causal=causal, out=out, resume=resume, overwrite=overwrite,
+        isolate=isolate, timeout=timeout, memory_budget=memory_budget, baseline=baseline, threads=threads,
+        time_budget=time_budget, progress=not quiet, command=[Path(sys.argv[0]).name, *sys.argv[1:]],
+    )
+    typer.echo(f"records in {path}", err=True)
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

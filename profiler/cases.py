@@ -1,0 +1,500 @@
+"""The cell grid of a sweep: length and size parsers, mixer labels, presets and :class:`Cell`.
+
+A *cell* is one measurement: (mixer + its config overrides, T, batch, dim, heads, dtype, device,
+mode, scope). Everything here is pure Python over the registry's specs and configs; nothing
+builds a module or touches a tensor, so planning a sweep is instant and errors surface before
+anything is written.
+
+Lengths (``parse_lengths``)::
+
+    1k..16k         1024, 2048, 4096, 8192, 16384    (doubling from the start)
+    1k..16k:x1.5    1024, 1536, 2304, ...            (geometric step, rounded)
+    1k..4k:+1k      1024, 2048, 3072, 4096           (arithmetic step)
+    512,2048,3000   a list; items may be ranges;  k = 1024, m = 1024**2, "1.5k" = 1536
+
+Mixers (``parse_mixers``): ``softmax[impl=eager],ponet`` (config overrides in brackets; the label
+is the name plus the sorted overrides) and wildcards over the registry (``'*former'``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from zoo.errors import ZooValueError
+
+__all__ = [
+    "Cell",
+    "MixerChoice",
+    "PRESETS",
+    "DTYPES",
+    "MODES",
+    "SCOPES",
+    "parse_lengths",
+    "parse_size",
+    "parse_mixers",
+    "parse_modes",
+    "format_label",
+    "plan_cells",
+]
+
+MODES = ("forward", "train")
+SCOPES = ("mixer", "model")
+# user spelling -> torch dtype attribute name
+DTYPES = {
+    "fp32": "float32",
+    "float32": "float32",
+    "fp16": "float16",
+    "float16": "float16",
+    "half": "float16",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp64": "float64",
+    "float64": "float64",
+}
+_CANONICAL_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
+_SUFFIX = {"": 1, "k": 1024, "m": 1024**2}
+_NUMBER = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*$")
+_MAX_CELLS_PER_RANGE = 10_000
+
+
+# --------------------------------------------------------------------------- lengths and sizes
+def _parse_count(text: str, what: str, whole: str) -> int:
+    m = _NUMBER.match(text)
+    if not m:
+        raise ZooValueError(
+            f"lengths: expected a length like 512, 4k or 1.5k in {whole!r}, got {text.strip()!r}"
+        )
+    value = float(m.group(1)) * _SUFFIX[m.group(2).lower()]
+    if value != int(value):
+        raise ZooValueError(f"lengths: expected a whole number of tokens in {whole!r}, got {text.strip()!r} = {value:g}")
+    if value < 1:
+        raise ZooValueError(f"lengths: expected lengths >= 1 in {whole!r}, got {text.strip()!r}")
+    return int(value)
+
+
+def _parse_range(item: str, whole: str) -> list[int]:
+    body, _, step = item.partition(":")
+    lo_text, _, hi_text = body.partition("..")
+    lo = _parse_count(lo_text, "start", whole)
+    hi = _parse_count(hi_text, "end", whole)
+    if hi < lo:
+        raise ZooValueError(f"lengths: expected start <= end in {item.strip()!r}, got {lo} > {hi}")
+    step = step.strip()
+    out: list[int] = []
+    if not step or step.lower().startswith("x"):
+        factor = 2.0
+        if step:
+            try:
+                factor = float(step[1:])
+            except ValueError:
+                raise ZooValueError(
+                    f"lengths: expected a step like x2 or x1.5 after ':' in {item.strip()!r}, got {step!r}"
+                ) from None
+            if not factor > 1.0 or math.isinf(factor):
+                raise ZooValueError(f"lengths: expected a factor > 1 in {item.strip()!r}, got {step!r}")
+        i = 0
+        while True:
+            value = int(round(lo * factor**i))
+            if value > hi * (1 + 1e-9):
+                break
+            if not out or value != out[-1]:
+                out.append(value)
+            i += 1
+            if len(out) > _MAX_CELLS_PER_RANGE:
+                raise ZooValueError(f"lengths: {item.strip()!r} expands to more than {_MAX_CELLS_PER_RANGE} lengths")
+    elif step.startswith("+"):
+        inc = _parse_count(step[1:], "step", whole)
+        if (hi - lo) // inc + 1 > _MAX_CELLS_PER_RANGE:
+            raise ZooValueError(f"lengths: {item.strip()!r} expands to more than {_MAX_CELLS_PER_RANGE} lengths")
+        out = list(range(lo, hi + 1, inc))
+    else:
+        raise ZooValueError(
+            f"lengths: expected a step like x2, x1.5 or +512 after ':' in {item.strip()!r}, got {step!r}"
+        )
+    return out
+
+
+def parse_lengths(text: str | Iterable[int]) -> list[int]:
+    """Sorted, de-duplicated sequence lengths from ``1k..16k``-style text (or ints, checked)."""
+    if not isinstance(text, str):
+        values = list(text)
+        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+        if bad or not values:
+            raise ZooValueError(f"lengths: expected positive integers, got {values!r}")
+        return sorted(set(values))
+    if not text.strip():
+        raise ZooValueError("lengths: expected lengths like 1k..16k or 512,2048, got an empty string")
+    out: set[int] = set()
+    for item in text.split(","):
+        if not item.strip():
+            raise ZooValueError(f"lengths: expected a length between commas in {text!r}, got an empty item")
+        if ".." in item:
+            out.update(_parse_range(item, text))
+        elif ":" in item:
+            raise ZooValueError(f"lengths: a step (':') needs a range like 1k..16k:x2, got {item.strip()!r}")
+        else:
+            out.add(_parse_count(item, "length", text))
+    return sorted(out)
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str | int | float) -> int:
+    """Bytes from ``8g``, ``512MiB``, ``1.5GB`` (binary units) or a plain number of bytes."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        if text <= 0:
+            raise ZooValueError(f"memory budget: expected a positive size, got {text!r}")
+        return int(text)
+    m = _SIZE.match(str(text))
+    if not m:
+        raise ZooValueError(f"memory budget: expected a size like 8g, 512MiB or 1.5GB, got {text!r}")
+    scale = 1024 ** " kmgt".index((m.group(2) or " ").lower())
+    value = int(float(m.group(1)) * scale)
+    if value <= 0:
+        raise ZooValueError(f"memory budget: expected a positive size, got {text!r}")
+    return value
+
+
+def parse_modes(modes: str | Iterable[str]) -> tuple[str, ...]:
+    items = [m.strip() for m in modes.split(",")] if isinstance(modes, str) else [str(m) for m in modes]
+    out = []
+    for m in items:
+        if m == "both":
+            out.extend(MODES)
+        elif m in MODES:
+            out.append(m)
+        else:
+            raise ZooValueError(f"mode: expected forward, train or both, got {m!r}")
+    if not out:
+        raise ZooValueError("mode: expected forward, train or both, got nothing")
+    return tuple(dict.fromkeys(out))
+
+
+def canonical_dtype(dtype: str) -> str:
+    key = str(dtype).replace("torch.", "").lower()
+    if key not in DTYPES:
+        raise ZooValueError(f"dtype: expected one of fp32, bf16, fp16, fp64, got {dtype!r}")
+    return _CANONICAL_DTYPE[DTYPES[key]]
+
+
+# --------------------------------------------------------------------------- mixers and labels
+@dataclass(frozen=True)
+class MixerChoice:
+    """A registry name plus config overrides; ``registered`` is False for preset names not (yet) in
+    the registry, which become ``unsupported`` cells instead of errors."""
+
+    name: str
+    overrides: tuple[tuple[str, Any], ...] = ()
+    registered: bool = True
+
+    @property
+    def label(self) -> str:
+        return format_label(self.name, dict(self.overrides))
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def format_label(name: str, overrides: dict[str, Any]) -> str:
+    """``softmax[impl=eager]``: the name plus the overrides sorted by key (the name alone if none)."""
+    if not overrides:
+        return name
+    inner = ",".join(f"{k}={_format_value(v)}" for k, v in sorted(overrides.items()))
+    return f"{name}[{inner}]"
+
+
+def _split_top(text: str) -> list[str]:
+    """Split on commas outside brackets."""
+    parts, depth, cur = [], 0, []
+    for ch in text:
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+            if depth < 0:
+                raise ZooValueError(f"mixers: unbalanced ']' in {text!r}")
+        if ch == "," and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    if depth:
+        raise ZooValueError(f"mixers: expected a closing ']' in {text!r}")
+    parts.append("".join(cur))
+    return parts
+
+
+def _coerce(name: str, key: str, text: str, default: Any) -> Any:
+    """Turn an override's text into the config field's type (taken from the field's default)."""
+    low = text.strip().lower()
+    if isinstance(default, bool):
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+        raise ZooValueError(f"{name}: {key}: expected true or false, got {text!r}")
+    if isinstance(default, int):
+        try:
+            return int(low)
+        except ValueError:
+            raise ZooValueError(f"{name}: {key}: expected an integer, got {text!r}") from None
+    if isinstance(default, float):
+        try:
+            return float(low)
+        except ValueError:
+            raise ZooValueError(f"{name}: {key}: expected a number, got {text!r}") from None
+    if isinstance(default, str):
+        return text.strip()
+    # no usable default (None, tuples): JSON literal when it parses, else the text
+    if low in ("none", "null"):
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text.strip()
+
+
+def parse_mixers(text: str | Iterable[str] | None, *, allow_unregistered: bool = False) -> list[MixerChoice]:
+    """``"softmax[impl=eager],ponet"`` (or a list of such items) -> choices, in the given order.
+
+    Unknown names raise the registry's did-you-mean error unless ``allow_unregistered`` (presets).
+    ``None`` or ``"all"`` means every registered mixer.
+    """
+    from zoo.registry import get_mixer_class, list_mixers
+
+    if text is None:
+        return [MixerChoice(n) for n in list_mixers()]
+    items = _split_top(text) if isinstance(text, str) else [s for t in text for s in _split_top(str(t))]
+    out: list[MixerChoice] = []
+    for raw in items:
+        item = raw.strip()
+        if not item:
+            raise ZooValueError(f"mixers: expected a mixer name between commas, got an empty item in {text!r}")
+        if item == "all":
+            out.extend(MixerChoice(n) for n in list_mixers())
+            continue
+        m = re.fullmatch(r"([^\[\]]+?)\s*(?:\[(.*)\])?", item)
+        if not m:
+            raise ZooValueError(f"mixers: expected name or name[key=value,...], got {item!r}")
+        name, inner = m.group(1).strip(), m.group(2)
+        if any(c in name for c in "*?["):
+            names = list_mixers(name)
+            if not names:
+                raise ZooValueError(f"mixers: no registered mixer matches {name!r}; known: {', '.join(list_mixers())}")
+            if inner:
+                raise ZooValueError(f"mixers: overrides need one mixer name, got the wildcard {name!r}")
+            out.extend(MixerChoice(n) for n in names)
+            continue
+        try:
+            cls = get_mixer_class(name)
+        except ZooValueError:
+            if not allow_unregistered:
+                raise
+            out.append(MixerChoice(name, registered=False))
+            continue
+        defaults = {f.name: f.default for f in dataclasses.fields(cls.Config)}
+        overrides: dict[str, Any] = {}
+        for pair in _split_top(inner) if inner else []:
+            key, eq, value = pair.partition("=")
+            key = key.strip()
+            if not eq or not key:
+                raise ZooValueError(f"{name}: overrides: expected key=value, got {pair.strip()!r} in {item!r}")
+            if key in ("dim", "heads"):
+                raise ZooValueError(f"{name}: {key}: set it for the whole sweep with --{key}, not per mixer")
+            if key not in defaults:
+                # the registry's message: unknown key, did-you-mean, valid keys
+                from zoo.registry import get_config
+
+                get_config(name, **{key: value})
+            overrides[key] = _coerce(name, key, value, defaults[key])
+        out.append(MixerChoice(name, tuple(sorted(overrides.items()))))
+    # the same label twice would be measured twice: keep the first
+    seen, unique = set(), []
+    for c in out:
+        if c.label not in seen:
+            seen.add(c.label)
+            unique.append(c)
+    return unique
+
+
+# --------------------------------------------------------------------------- cells
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One measurement. ``config`` is the mixer's full config (dim/heads included) as JSON data."""
+
+    label: str
+    mixer: str
+    overrides: dict
+    config: dict
+    scope: str
+    mode: str
+    T: int
+    batch: int
+    dim: int
+    heads: int
+    depth: int | None
+    dtype: str
+    device: str
+    causal: bool = False
+    model: dict | None = None  # {"vocab", "classes", "ffn"} in model scope
+    unsupported: str | None = None  # decided while planning (not registered, no causal variant)
+    extra: dict = field(default_factory=dict)  # builder-specific data (tests), part of the key
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "config": self.config,
+            "scope": self.scope,
+            "mode": self.mode,
+            "T": self.T,
+            "batch": self.batch,
+            "dim": self.dim,
+            "heads": self.heads,
+            "depth": self.depth,
+            "dtype": self.dtype,
+            "device": self.device,
+            "causal": self.causal,
+            "model": self.model,
+            "extra": self.extra or None,
+        }
+
+    @property
+    def key(self) -> str:
+        blob = json.dumps(_jsonable(self.identity()), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Cell":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    @property
+    def title(self) -> str:
+        return f"{self.label} T={self.T} {self.mode}"
+
+
+def plan_cells(
+    choices: list[MixerChoice],
+    lengths: list[int],
+    modes: tuple[str, ...],
+    *,
+    scope: str,
+    batch: int,
+    dim: int,
+    heads: int,
+    depth: int | None,
+    dtype: str,
+    device: str,
+    causal: bool = False,
+    model: dict | None = None,
+) -> list[Cell]:
+    """The grid, lengths outermost and mixers interleaved within a length (drift hits all alike).
+
+    Configs are built here so impossible settings (heads not dividing dim, a bad override value)
+    raise the registry's error before anything runs.
+    """
+    from zoo.registry import get_config, get_spec
+
+    configs: dict[str, tuple[dict, str | None]] = {}
+    for c in choices:
+        if not c.registered:
+            configs[c.label] = ({**dict(c.overrides), "dim": dim, "heads": heads}, f"{c.name}: not a registered mixer in this build")
+            continue
+        config = get_config(c.name, **dict(c.overrides), dim=dim, heads=heads)
+        unsupported = None
+        spec = get_spec(c.name)
+        if causal and not spec.causal:
+            unsupported = f"{c.name}: no causal variant (spec.causal=False)"
+        configs[c.label] = (_jsonable(dataclasses.asdict(config)), unsupported)
+    cells = []
+    for T in lengths:
+        for c in choices:
+            config, unsupported = configs[c.label]
+            for mode in modes:
+                cells.append(
+                    Cell(
+                        label=c.label,
+                        mixer=c.name,
+                        overrides=_jsonable(dict(c.overrides)),
+                        config=config,
+                        scope=scope,
+                        mode=mode,
+                        T=T,
+                        batch=batch,
+                        dim=dim,
+                        heads=heads,
+                        depth=depth if scope == "model" else None,
+                        dtype=dtype,
+                        device=device,
+                        causal=causal,
+                        model=model if scope == "model" else None,
+                        unsupported=unsupported,
+                    )
+                )
+    return cells
+
+
+# --------------------------------------------------------------------------- presets
+# Values a preset sets; anything the caller passes explicitly wins. "mixers": None = all registered.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {
+        "description": "all mixers, 1k..16k, forward and train, mixer scope, D=256, 4 heads, B=1",
+        "mixers": None,
+        "lengths": "1k..16k",
+        "modes": ("forward", "train"),
+        "scope": "mixer",
+        "batch": 1,
+        "dim": 256,
+        "heads": 4,
+        "time_budget": 2.0,
+    },
+    "quick": {
+        "description": "all mixers, 256..1k, forward and train, D=256, short timing (about a minute on 2 cores)",
+        "mixers": None,
+        "lengths": "256..1k",
+        "modes": ("forward", "train"),
+        "scope": "mixer",
+        "batch": 1,
+        "dim": 256,
+        "heads": 4,
+        "time_budget": 0.25,
+    },
+    "ponet-table2": {
+        "description": "PoNet Table 2: LRA-text model (2 layers, d=64, 2x32 heads, FFN 128, B=32), train steps, 512..16k",
+        "mixers": "softmax[impl=eager],performer,nystrom,fnet,ponet",
+        "lengths": "512..16k",
+        "modes": ("train",),
+        "scope": "model",
+        "batch": 32,
+        "dim": 64,
+        "heads": 2,
+        "depth": 2,
+        "ffn": 128,
+        "vocab": 512,
+        "classes": 2,
+        "time_budget": 2.0,
+    },
+}

@@ -1,0 +1,239 @@
+"""What a cell's numbers mean: metrics, units, status labels, groups of comparable cells, and the
+style (colour, marker) of each mixer, shared by tables, plots and the rendered report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from reports.load import join_columns
+
+__all__ = [
+    "GROUP_COLUMNS",
+    "SHAPE_COLUMNS",
+    "group_slug",
+    "format_ratio",
+    "Metric",
+    "TIME",
+    "SPEED",
+    "MEMORY",
+    "group_cells",
+    "group_title",
+    "failure_text",
+    "is_oom",
+    "mixer_of",
+    "mixer_color",
+    "label_marker",
+    "format_length",
+    "format_number",
+    "format_bytes",
+]
+
+# Cells are comparable (one table, one figure, ratios) only within one of these groups.
+GROUP_COLUMNS = ["env_id", "scope", "mode", "batch", "dim", "heads", "depth", "dtype", "device", "causal"]
+# Across runs (other machines), the same measurement: the group without its environment.
+SHAPE_COLUMNS = ["scope", "mode", "batch", "dim", "heads", "depth", "dtype", "causal"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A number read from cells: its column, direction and the unit it is shown in."""
+
+    name: str  # "time", "speed", "memory"
+    column: str
+    higher_is_better: bool = False
+
+    def values(self, cells: pd.DataFrame) -> pd.Series:
+        """The metric for ok cells with a positive reading (NaN elsewhere)."""
+        v = pd.to_numeric(cells[self.column], errors="coerce")
+        if self.name == "speed":  # records written before steps_per_s was filled
+            v = v.where(v.notna(), 1.0 / pd.to_numeric(cells["time_median_s"], errors="coerce"))
+        return v.where((cells["status"] == "ok") & (v > 0))
+
+    def unit(self, values: pd.Series | list[float]) -> tuple[str, float]:
+        """(unit name, divisor) chosen so the typical value reads between 1 and 1000."""
+        s = pd.Series(values, dtype=float).dropna()
+        typical = float(s.median()) if len(s) else 1.0
+        if self.name == "time":
+            if typical >= 1.0:
+                return "s", 1.0
+            return ("ms", 1e-3) if typical >= 1e-3 else ("µs", 1e-6)
+        if self.name == "memory":
+            for unit, scale in (("GiB", 2.0**30), ("MiB", 2.0**20), ("KiB", 2.0**10)):
+                if typical >= scale:
+                    return unit, scale
+            return "B", 1.0
+        return "steps/s", 1.0
+
+    def axis_label(self, scope: str, mode: str, unit: str) -> str:
+        if self.name == "memory":
+            return f"peak memory ({unit})"
+        what = "training step" if mode == "train" else "forward call"
+        if self.name == "speed":
+            return f"{what}s per second"
+        return f"time per {what} ({unit})"
+
+
+TIME = Metric("time", "time_median_s")
+SPEED = Metric("speed", "steps_per_s", higher_is_better=True)
+MEMORY = Metric("memory", "mem_peak_bytes")
+
+
+def is_oom(cells: pd.DataFrame) -> pd.Series:
+    """Cells that ran out of memory, observed or inferred (predicted, or skipped after an OOM)."""
+    reason = cells["reason"].fillna("").astype(str).str.lower()
+    return (cells["status"] == "oom") | ((cells["status"] == "skipped") & reason.str.contains("oom"))
+
+
+def failure_text(row: pd.Series | dict[str, Any]) -> str:
+    """The table text of a cell that has no number: OOM, OOM† (inferred), timeout, n/a, error."""
+    status = row["status"]
+    reason = str(row.get("reason") or "").lower()
+    if status == "oom" or (status == "skipped" and "oom" in reason):
+        inferred = bool(row.get("inferred")) or status == "skipped"
+        return "OOM†" if inferred else "OOM"
+    return {"timeout": "timeout", "unsupported": "n/a", "error": "error", "skipped": "skipped"}.get(status, "–")
+
+
+def _value(v: Any) -> Any:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    return v
+
+
+def group_cells(cells: pd.DataFrame, columns: list[str] | None = None) -> list[tuple[dict[str, Any], pd.DataFrame]]:
+    """Split cells into comparable groups: by default same environment, scope, mode, shape, dtype
+    and device (:data:`GROUP_COLUMNS`); :data:`SHAPE_COLUMNS` groups the same cells across runs."""
+    if cells.empty:
+        return []
+    columns = columns or GROUP_COLUMNS
+    keys = join_columns(cells, columns)
+    out = []
+    for key in dict.fromkeys(keys):  # first-seen order
+        part = cells[keys == key]
+        first = part.iloc[0]
+        out.append(({c: _value(first[c]) if c in columns else None for c in GROUP_COLUMNS}, part))
+    order = {"train": 0, "forward": 1}
+    out.sort(key=lambda g: (str(g[0]["env_id"]), str(g[0]["scope"]), order.get(g[0]["mode"], 2)))
+    return out
+
+
+def group_title(group: dict[str, Any], with_env: bool = False) -> str:
+    """'train · model scope (depth 2) · B=32, D=64, 2 heads · fp32 · cpu'."""
+    mode = {"train": "training step", "forward": "forward"}.get(group["mode"], str(group["mode"]))
+    scope = f"{group['scope']} scope"
+    if group.get("depth") is not None and group["scope"] == "model":
+        scope += f" (depth {int(group['depth'])})"
+    shape = f"B={_int(group['batch'])}, D={_int(group['dim'])}, {_int(group['heads'])} heads"
+    parts = [mode, scope, shape, str(group["dtype"])]
+    if group.get("device") is not None:
+        parts.append(str(group["device"]))
+    if str(group.get("causal")).lower() == "true":
+        parts.append("causal")
+    if with_env and group.get("env_id"):
+        parts.append(str(group["env_id"]))
+    return " · ".join(parts)
+
+
+def _int(v: Any) -> str:
+    try:
+        return str(int(v))
+    except (TypeError, ValueError):
+        return "?"
+
+
+def group_slug(group: dict[str, Any]) -> str:
+    """A file-name-safe id of a group: 'train-model-b32-d64-h2-fp32-cpu'."""
+    parts = [group["mode"], group["scope"], f"b{_int(group['batch'])}", f"d{_int(group['dim'])}",
+             f"h{_int(group['heads'])}", group["dtype"]]
+    if group.get("device") is not None:
+        parts.append(group["device"])
+    if str(group.get("causal")).lower() == "true":
+        parts.append("causal")
+    slug = "-".join(str(p) for p in parts)
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in slug)
+
+
+# --- style: a colour per mixer, from its name alone ---------------------------------------------
+# Ten strong colours (tab10 without its grey, the guide slopes' colour, plus black) and six light
+# companions. The salt was picked once so that the zoo's fourteen mixers get distinct colours and
+# the PoNet-table set (softmax, performer, nystrom, fnet, ponet) strong ones. A new name may share
+# a colour with an old one; its marker (from the full label) still tells the lines apart.
+PALETTE = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+    "#bcbd22", "#000000", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
+)
+_SALT = "197767"
+MARKERS = ("o", "s", "^", "D", "v", "P", "<", ">", "p", "h", "*", "d")
+
+
+def mixer_of(label: str) -> str:
+    """'softmax[impl=eager]' -> 'softmax' (variants of a mixer share its colour)."""
+    return str(label).split("[", 1)[0]
+
+
+def _hash(text: str) -> int:
+    return int(hashlib.sha256(text.encode("utf-8")).hexdigest(), 16)
+
+
+def mixer_color(label: str) -> str:
+    """The mixer's colour: the same in every figure and every report, whatever else is plotted."""
+    return PALETTE[_hash(f"{_SALT}:{mixer_of(label)}") % len(PALETTE)]
+
+
+def label_marker(label: str) -> str:
+    return MARKERS[_hash(f"marker:{label}") % len(MARKERS)]
+
+
+# --- formatting ----------------------------------------------------------------------------------
+def format_length(T: float) -> str:
+    """512, 1k, 1.5k, 16k, 1M (binary k/M only when exact to three figures)."""
+    T = float(T)
+    for unit, scale in (("M", 2**20), ("k", 2**10)):
+        if T >= scale and (T / scale) == round(T / scale, 1):
+            v = T / scale
+            return f"{v:g}{unit}"
+    return f"{T:.0f}"
+
+
+def format_number(v: float) -> str:
+    """Three significant figures without scientific notation for the usual range."""
+    if v is None or not math.isfinite(v):
+        return "–"
+    a = abs(v)
+    if a >= 1000:
+        return f"{v:,.0f}"
+    if a >= 100:
+        return f"{v:.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    if a >= 1:
+        return f"{v:.2f}"
+    if a >= 0.001:
+        return f"{v:.3g}"
+    return f"{v:.2e}"
+
+
+def format_ratio(r: float) -> str:
+    """'(0.25×)', '(1.3×)', '(12×)'."""
+    if r >= 100:
+        return f"({r:,.0f}×)"
+    if r >= 10:
+        return f"({r:.0f}×)"
+    if r >= 0.1:
+        return f"({r:.2g}×)" if r < 1 else f"({r:.1f}×)"
+    return f"({r:.2g}×)"
+
+
+def format_bytes(n: float | None) -> str:
+    if n is None or not math.isfinite(n):
+        return "–"
+    for unit, scale in (("GiB", 2.0**30), ("MiB", 2.0**20), ("KiB", 2.0**10)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.0f} B"

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The README's main command: sets itself up, then profiles every registered mixer on the CPU
+# (lengths 256..4k, forward and train, D=256, 4 heads, B=1) into runs/cpu.jsonl.
+# A few minutes on 2 cores. Extra args go to `zoo profile` (e.g. --threads 1, --mixers ponet,softmax).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck disable=SC1091
+. "$root/scripts/setup.sh"
+cd "$root"
+zoo profile --device cpu --lengths 256..4k --time-budget 0.5 --out runs/cpu.jsonl --overwrite "$@"

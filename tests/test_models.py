@@ -1,0 +1,83 @@
+"""zoo.models.Encoder: shapes, loss and gradients, padding, length-reducing mixers, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zoo import list_mixers
+from zoo.errors import ZooTypeError, ZooValueError
+from zoo.models import Encoder
+
+TINY = dict(depth=2, dim=16, heads=2, vocab=50, classes=3, ffn=32, max_len=64)
+
+
+def test_forward_loss_and_gradients():
+    model = Encoder(mixer="softmax", **TINY)
+    tokens = torch.randint(0, 50, (2, 12))
+    labels = torch.tensor([0, 2])
+    logits = model(tokens)
+    assert logits.shape == (2, 3) and torch.isfinite(logits).all()
+    loss = model.loss(tokens, labels)
+    expected = torch.nn.functional.cross_entropy(logits, labels)
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    for name, p in model.named_parameters():
+        if name.startswith("position_embedding"):
+            assert p.grad is not None and p.grad[:12].abs().sum() > 0 and p.grad[12:].abs().sum() == 0
+        else:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert len(model.blocks) == 2 and model.blocks[0].mixer.spec.name == "softmax"
+
+
+def test_mixer_overrides_reach_the_mixer():
+    model = Encoder(mixer="softmax", mixer_overrides={"impl": "eager"}, **TINY)
+    assert all(block.mixer.config.impl == "eager" for block in model.blocks)
+    with pytest.raises(ZooValueError, match="unknown config key"):
+        Encoder(mixer="softmax", mixer_overrides={"imp": "eager"}, **TINY)
+    with pytest.raises(ZooValueError, match="heads"):
+        Encoder(mixer="softmax", mixer_overrides={"heads": 4}, **TINY)
+
+
+def test_padding_does_not_change_logits():
+    """Padded tokens (mask False) can hold anything: the logits of the sequence stay the same."""
+    torch.manual_seed(0)
+    model = Encoder(mixer="softmax", **TINY).double().eval()
+    tokens = torch.randint(0, 50, (1, 10))
+    mask = torch.ones(1, 10, dtype=torch.bool)
+    mask[:, 7:] = False
+    other = tokens.clone()
+    other[:, 7:] = (other[:, 7:] + 13) % 50
+    torch.testing.assert_close(model(tokens, mask), model(other, mask))
+    short = model(tokens[:, :7])  # the same real tokens, no padding at all
+    torch.testing.assert_close(model(tokens, mask), short)
+
+
+@pytest.mark.parametrize("name", list_mixers(reduces_length=True))
+def test_length_reducing_mixer(name):
+    model = Encoder(mixer=name, **TINY)
+    T = 40
+    lengths = model.lengths(T)
+    assert lengths[0] == T and lengths[1] == model.blocks[0].mixer.out_len(T) < T
+    tokens = torch.randint(0, 50, (2, T))
+    mask = torch.ones(2, T, dtype=torch.bool)
+    mask[1, 30:] = False
+    loss = model.loss(tokens, torch.tensor([0, 1]), mask)
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_errors_and_meta_device():
+    model = Encoder(mixer="softmax", **TINY)
+    with pytest.raises(ZooValueError, match="max_len=64"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+    with pytest.raises(ZooTypeError, match="int64"):
+        model(torch.zeros(1, 8))
+    with pytest.raises(ZooValueError, match="mask"):
+        model(torch.zeros(1, 8, dtype=torch.long), torch.ones(1, 7, dtype=torch.bool))
+    with pytest.raises(ZooValueError, match="depth"):
+        Encoder(mixer="softmax", **{**TINY, "depth": 0})
+    with pytest.raises(ZooValueError, match="Did you mean"):
+        Encoder(mixer="sofmax", **TINY)
+    meta = Encoder(mixer="softmax", **TINY, device="meta")
+    assert all(p.device.type == "meta" for p in meta.parameters())

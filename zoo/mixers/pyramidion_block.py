@@ -1,0 +1,103 @@
+"""Pyramidion's blockwise attention: softmax attention inside non-overlapping blocks (length-preserving).
+
+Paper
+    Pietruszka, Borchmann, Garncarek, "Sparsifying Transformer Models with Trainable
+    Representation Pooling", ACL 2022, arXiv 2009.05169 (reference code: applicaai/pyramidions).
+
+Mechanism
+    The sequence is cut into non-overlapping blocks of ``block_size`` tokens (one block of T
+    tokens when T < block_size) and each block runs standard multi-head softmax attention with
+    its own keys only, as an independent batch element (fused SDPA). Q, K, V and W_O are
+    Lin(D->D) shared by all blocks. Padded keys are excluded inside every block; T is padded to
+    a multiple of the block with masked tokens and sliced back. ``causal=True`` masks keys
+    j > i inside each block. This is the attention of a Pyramidion encoder layer without the
+    pooling (registry entry ``pyramidion`` adds the top-k pooling).
+
+Deviations
+    The reference applies no padding mask in its pooling mode and drops the last T mod c tokens
+    (``unfold``); the zoo masks padded keys inside every block and pads T to a multiple of the
+    block instead. A fully padded block attends uniformly and is then zeroed (C2/C4). Causal mode
+    is a zoo addition (the paper's encoder is bidirectional). Parameters use PyTorch's default
+    Linear init (fairseq uses Xavier-uniform with gain 1/sqrt(2) on Q/K/V).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from zoo.base import Complexity, MixerConfig, MixerSpec, TokenMixer, cfg, check_inputs, check_positive_int, zero_padded
+from zoo.functional import block_attention, linear_flops, merge_heads, pad_to_multiple, split_heads
+from zoo.registry import register
+
+
+@dataclass(frozen=True)
+class PyramidionBlockConfig(MixerConfig):
+    block_size: int = cfg(512, "tokens per attention block c (the reference's chunk_size)")
+
+    def validate(self) -> None:
+        check_positive_int("block_size", self.block_size)
+
+    @classmethod
+    def tiny(cls) -> "PyramidionBlockConfig":
+        return cls(dim=16, heads=2, block_size=8)
+
+
+def effective_block(block_size: int, T: int) -> int:
+    """The reference's c = min(T, chunk_size): a short sequence is one block, not padded to c."""
+    return max(1, min(block_size, T))
+
+
+def block_attention_flops(c: MixerConfig, B: int, T: int, causal: bool = False) -> float:
+    """Q/K/V/O projections plus QK^T and PV inside blocks over the padded length."""
+    blk = effective_block(c.block_size, T)
+    Tp = -(-T // blk) * blk
+    attn = 4.0 * B * Tp * blk * c.dim  # 2 * (2 B H Tp c P)
+    return linear_flops(B, Tp, c.dim, c.dim, count=4) + (attn / 2 if causal else attn)
+
+
+@register
+class PyramidionBlockMixer(TokenMixer):
+    spec = MixerSpec(
+        name="pyramidion_block",
+        title="Sparsifying Transformer Models with Trainable Representation Pooling",
+        arxiv="2009.05169",
+        year=2022,
+        time=Complexity.LINEAR,
+        memory=Complexity.LINEAR,
+        flops=block_attention_flops,
+        cost_note="O(T·c·D) time, O(B·H·T·c) scores per block batch (fused SDPA), c = block_size",
+        causal=True,
+        key_padding_mask=True,
+        approximates_softmax=True,
+        deviations=(
+            "padded keys masked inside every block and T padded to a multiple of the block "
+            "(reference: no mask in pooling mode, trailing T mod c tokens dropped); causal mode is a "
+            "zoo addition; PyTorch default Linear init"
+        ),
+    )
+    Config = PyramidionBlockConfig
+
+    def __init__(self, config: PyramidionBlockConfig, *, device=None, dtype=None):
+        super().__init__(config)
+        kw = {"device": device, "dtype": dtype}
+        D = config.dim
+        self.q_proj = nn.Linear(D, D, **kw)
+        self.k_proj = nn.Linear(D, D, **kw)
+        self.v_proj = nn.Linear(D, D, **kw)
+        self.out_proj = nn.Linear(D, D, **kw)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False) -> torch.Tensor:
+        check_inputs(self, x, mask, causal)
+        B, T, _ = x.shape
+        H = self.config.heads
+        blk = effective_block(self.config.block_size, T)
+        xp, mp = pad_to_multiple(x, mask, blk)  # (B, T', D), (B, T') or None
+        q = split_heads(self.q_proj(xp), H)  # (B, H, T', P)
+        k = split_heads(self.k_proj(xp), H)  # (B, H, T', P)
+        v = split_heads(self.v_proj(xp), H)  # (B, H, T', P)
+        o = block_attention(q, k, v, blk, mp, causal)  # (B, H, T', P)
+        y = self.out_proj(merge_heads(o)[:, :T])  # (B, T, D)
+        return zero_padded(y, mask)

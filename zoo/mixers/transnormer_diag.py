@@ -1,0 +1,174 @@
+"""TransNormer DiagAttention: attention restricted to non-overlapping blocks of ``block_size`` tokens.
+
+Paper
+    Qin, Han, Sun, Li, Kong, Barnes, Zhong, "The Devil in Linear Transformer", EMNLP 2022,
+    arXiv 2210.10340. Code: OpenNLPLab/fairseq-evo (``norm_local_attention.py``, chunk variant)
+    and OpenNLPLab/lra.
+
+Mechanism
+    The sequence is cut into blocks of c = ``block_size`` tokens (right-padded internally to a
+    multiple of c); token i attends only to tokens of its own block. Per head and block the
+    scores are ``(Q / sqrt(p)) K^T``, with URPE (Householder map from ``seed``, learned rotary
+    frequencies) applied to Q and K at positions 0..c-1 within the block. Variant t1 uses
+    ``ReLU(scores)`` as weights (no normalisation) followed by SimpleRMSNorm of the merged
+    output; t2 uses ``softmax(scores)`` and no norm. Causal mode drops keys j > i inside the block.
+
+Deviations
+    Padding: padded keys get weight 0 (t1) or a large negative logit (t2), so real outputs do not
+    depend on padding (the reference accepts the mask and ignores it; ``faithful_mask=True``
+    reproduces that, including the zero rows added to reach a multiple of c taking softmax mass).
+    The causal mask is applied before the softmax (the LRA code applies it after). No attention
+    dropout. Default block size 64 as in the T1/T2 configs (the module's own default is 32).
+    The output normalisation of t1 is SimpleRMSNorm as in the language models (LRA: BatchNorm).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo.base import (
+    Complexity,
+    MixerConfig,
+    MixerSpec,
+    TokenMixer,
+    cfg,
+    ceil_div,
+    check_choice,
+    check_inputs,
+    check_positive_int,
+    zero_padded,
+)
+from zoo.errors import ZooValueError
+from zoo.functional import (
+    compute_dtype,
+    householder_vector,
+    linear_flops,
+    merge_heads,
+    neg_value,
+    rotary_frequencies,
+    simple_rms_norm,
+    split_heads,
+    urpe,
+)
+from zoo.registry import register
+
+VARIANTS = ("t1", "t2")
+
+
+@dataclass(frozen=True)
+class DiagAttentionConfig(MixerConfig):
+    variant: str = cfg("t1", "t1: ReLU weights + SimpleRMSNorm | t2: softmax weights, no norm")
+    block_size: int = cfg(64, "tokens per attention block c (the sequence is padded to a multiple)")
+    urpe: bool = cfg(True, "unitary relative positional encoding on Q, K (positions within the block)")
+    faithful_mask: bool = cfg(False, "ignore the padding mask in the mixing, as the reference does")
+    seed: int = cfg(0, "seed of the Householder vector drawn at init (URPE)")
+
+    def validate(self) -> None:
+        check_choice("variant", self.variant, VARIANTS)
+        check_positive_int("block_size", self.block_size)
+        check_choice("urpe", self.urpe, (True, False))
+        check_choice("faithful_mask", self.faithful_mask, (True, False))
+        check_positive_int("seed", self.seed, minimum=0)
+        if self.urpe and self.head_dim % 2:
+            raise ZooValueError(
+                f"transnormer_diag: urpe: expected an even head width dim/heads for the rotary pairs, "
+                f"got dim={self.dim}, heads={self.heads} (head width {self.head_dim})"
+            )
+
+    @classmethod
+    def tiny(cls) -> "DiagAttentionConfig":
+        return cls(dim=16, heads=2, block_size=8)
+
+
+def diag_flops(c: DiagAttentionConfig, B: int, T: int, causal: bool = False) -> float:
+    Tp = ceil_div(T, c.block_size) * c.block_size
+    # Q K^T and weights @ V inside blocks: 2 * (2 B H Tp c P); causal computes the full blocks too
+    return linear_flops(B, T, c.dim, c.dim, count=4) + 4.0 * B * Tp * c.block_size * c.dim
+
+
+@register
+class DiagAttentionMixer(TokenMixer):
+    spec = MixerSpec(
+        name="transnormer_diag",
+        title="The Devil in Linear Transformer",
+        arxiv="2210.10340",
+        year=2022,
+        time=Complexity.LINEAR,
+        memory=Complexity.LINEAR,
+        flops=diag_flops,
+        cost_note="O(T·c·D) time, c = block_size; memory O(B·H·T·c)",
+        causal=True,
+        key_padding_mask=True,
+        deviations=(
+            "padded keys masked (reference ignores masks; faithful_mask=True reproduces it); causal mask "
+            "before the softmax; no attention dropout; SimpleRMSNorm for t1 as in the LMs (LRA: BatchNorm)"
+        ),
+    )
+    Config = DiagAttentionConfig
+
+    def __init__(self, config: DiagAttentionConfig, *, device=None, dtype=None):
+        super().__init__(config)
+        kw = {"device": device, "dtype": dtype}
+        D, P = config.dim, config.head_dim
+        self.q_proj = nn.Linear(D, D, **kw)
+        self.k_proj = nn.Linear(D, D, **kw)
+        self.v_proj = nn.Linear(D, D, **kw)
+        self.out_proj = nn.Linear(D, D, **kw)
+        for proj in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
+            nn.init.xavier_uniform_(proj.weight)
+        nn.init.zeros_(self.out_proj.bias)
+        if config.urpe:
+            self.register_buffer("householder_u", householder_vector(P, config.seed, device, dtype))
+            self.theta = nn.Parameter(rotary_frequencies(P).to(device=device, dtype=dtype or torch.get_default_dtype()))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False) -> torch.Tensor:
+        check_inputs(self, x, mask, causal)
+        c = self.config
+        B, T, _ = x.shape
+        C, P = c.block_size, c.head_dim
+        dt = compute_dtype(x.dtype)
+        q = split_heads(self.q_proj(x), c.heads).to(dt) * P**-0.5  # (B, H, T, P)
+        k = split_heads(self.k_proj(x), c.heads).to(dt)  # (B, H, T, P)
+        v = split_heads(self.v_proj(x), c.heads).to(dt)  # (B, H, T, P)
+        pad = (-T) % C
+        # zero rows after the projection, as the reference pads
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))  # (B, H, n, P), n = T + pad
+        N = (T + pad) // C
+        qb = q.reshape(B, c.heads, N, C, P)  # (B, H, N, C, P)
+        kb = k.reshape(B, c.heads, N, C, P)  # (B, H, N, C, P)
+        vb = v.reshape(B, c.heads, N, C, P)  # (B, H, N, C, P)
+        if c.urpe:
+            positions = torch.arange(C, device=x.device)  # offsets within each block
+            qb = urpe(qb, self.householder_u, self.theta, positions)  # (B, H, N, C, P)
+            kb = urpe(kb, self.householder_u, self.theta, positions)  # (B, H, N, C, P)
+        scores = torch.matmul(qb, kb.transpose(-1, -2))  # (B, H, N, C, C)
+
+        allowed = None  # bool broadcastable to (B, H, N, C, C): key j may be used by query i
+        if not c.faithful_mask and (mask is not None or pad):
+            keys = mask if mask is not None else torch.ones(B, T, dtype=torch.bool, device=x.device)
+            keys = F.pad(keys, (0, pad), value=False)  # (B, n)
+            allowed = keys.reshape(B, 1, N, 1, C)  # (B, 1, N, 1, C)
+        if causal:
+            tril = torch.ones(C, C, dtype=torch.bool, device=x.device).tril()  # (C, C)
+            allowed = tril if allowed is None else allowed & tril
+
+        if c.variant == "t1":
+            weights = torch.relu(scores)  # (B, H, N, C, C)
+            if allowed is not None:
+                weights = weights.masked_fill(~allowed, 0.0)
+        else:
+            if allowed is not None:
+                # finite NEG: a fully padded block gives a uniform (then zeroed) row, not NaN
+                scores = scores.masked_fill(~allowed, neg_value(dt))
+            weights = torch.softmax(scores, dim=-1)  # (B, H, N, C, C)
+        o = torch.matmul(weights, vb)  # (B, H, N, C, P)
+        o = o.reshape(B, c.heads, N * C, P)[:, :, :T]  # (B, H, T, P)
+        y = merge_heads(o)  # (B, T, D)
+        if c.variant == "t1":
+            y = simple_rms_norm(y)
+        y = self.out_proj(y.to(x.dtype))  # (B, T, D)
+        return zero_padded(y, mask)

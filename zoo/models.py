@@ -1,0 +1,135 @@
+"""An LRA-style text classifier around any registered mixer (the profiler's ``--scope model``).
+
+    from zoo.models import Encoder
+    model = Encoder(mixer="ponet", depth=2, dim=64, heads=2, vocab=512, classes=2, ffn=128)
+    logits = model(tokens, mask)              # tokens (B, T) int64, mask bool (B, T) -> (B, classes)
+    loss = model.loss(tokens, labels, mask)   # mean cross-entropy
+
+Token embedding plus learned absolute positions, ``depth`` pre-norm blocks
+``h = h + mixer(LN(h)); h = h + FFN(LN(h))`` (FFN = Linear, GELU, Linear), a final LayerNorm, a
+mean over real tokens and a linear classifier. This is the setting of the LRA text task and of
+the PoNet paper's consumption table (2 layers, d = 64, 2 heads of 32, FFN 128).
+
+A mixer with ``spec.reduces_length`` (e.g. Pyramidion) returns fewer tokens than it reads: its
+block has no residual around the mixer (the shapes differ) and the pooled keep-mask from
+``forward_with_mask`` is carried to the following blocks and to the mean-pool.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo.base import check_positive_int
+from zoo.errors import ZooTypeError, ZooValueError
+from zoo.registry import create_mixer
+
+__all__ = ["Encoder", "EncoderBlock"]
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm block: ``h + mixer(LN(h))`` then ``h + FFN(LN(h))``."""
+
+    def __init__(self, mixer: nn.Module, dim: int, ffn: int, *, device=None, dtype=None):
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.norm1 = nn.LayerNorm(dim, **kw)
+        self.mixer = mixer
+        self.norm2 = nn.LayerNorm(dim, **kw)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn, **kw), nn.GELU(), nn.Linear(ffn, dim, **kw))
+
+    def forward(
+        self, h: torch.Tensor, mask: torch.Tensor | None, causal: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        z = self.norm1(h)  # (B, T, D)
+        if self.mixer.spec.reduces_length:
+            h, mask = self.mixer.forward_with_mask(z, mask, causal=causal)  # (B, T', D), (B, T')
+        else:
+            h = h + self.mixer(z, mask, causal=causal)  # (B, T, D)
+        h = h + self.ffn(self.norm2(h))  # (B, T, D)
+        if mask is not None:
+            h = h * mask.unsqueeze(-1).to(h.dtype)  # padded rows stay exactly zero
+        return h, mask
+
+
+class Encoder(nn.Module):
+    """Embedding + learned positions, ``depth`` pre-norm blocks, mean-pool classifier."""
+
+    def __init__(
+        self,
+        mixer: str = "ponet",
+        depth: int = 2,
+        dim: int = 64,
+        heads: int = 2,
+        vocab: int = 512,
+        classes: int = 2,
+        ffn: int = 128,
+        max_len: int = 4096,
+        mixer_overrides: dict[str, Any] | None = None,
+        *,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        for name, value in (("depth", depth), ("vocab", vocab), ("classes", classes), ("ffn", ffn), ("max_len", max_len)):
+            check_positive_int(f"Encoder: {name}", value)
+        overrides = dict(mixer_overrides or {})
+        for key in ("dim", "heads"):
+            if key in overrides:
+                raise ZooValueError(f"Encoder: mixer_overrides: expected no {key!r} (pass {key}= to Encoder), got {overrides[key]!r}")
+        kw = {"device": device, "dtype": dtype}
+        self.mixer_name = mixer
+        self.max_len = max_len
+        self.token_embedding = nn.Embedding(vocab, dim, **kw)
+        self.position_embedding = nn.Embedding(max_len, dim, **kw)
+        self.blocks = nn.ModuleList(
+            EncoderBlock(create_mixer(mixer, dim=dim, heads=heads, **overrides, **kw), dim, ffn, **kw)
+            for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(dim, **kw)
+        self.classifier = nn.Linear(dim, classes, **kw)
+        if device != "meta":
+            with torch.no_grad():
+                nn.init.normal_(self.token_embedding.weight, std=0.02)
+                nn.init.normal_(self.position_embedding.weight, std=0.02)
+
+    def lengths(self, T: int) -> list[int]:
+        """Sequence length entering each block (differs only after a length-reducing mixer)."""
+        out = []
+        for block in self.blocks:
+            out.append(T)
+            T = block.mixer.out_len(T)
+        return out
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False) -> torch.Tensor:
+        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
+            got = f"{tokens.dtype} tensor of shape {tuple(tokens.shape)}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            raise ZooTypeError(f"Encoder: tokens: expected an int64 tensor of shape (B, T), got {got}")
+        B, T = tokens.shape
+        if T > self.max_len:
+            raise ZooValueError(f"Encoder: tokens: expected T <= max_len={self.max_len}, got T={T}")
+        if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) != (B, T)):
+            raise ZooValueError(f"Encoder: mask: expected a bool tensor of shape ({B}, {T}), got {mask.dtype} {tuple(mask.shape)}")
+        positions = torch.arange(T, device=tokens.device)  # (T,)
+        h = self.token_embedding(tokens) + self.position_embedding(positions)  # (B, T, D)
+        if mask is not None:
+            h = h * mask.unsqueeze(-1).to(h.dtype)
+        for block in self.blocks:
+            h, mask = block(h, mask, causal)  # (B, T_l, D)
+        h = self.norm(h)  # (B, T_l, D)
+        if mask is None:
+            pooled = h.mean(dim=1)  # (B, D)
+        else:
+            w = mask.to(h.dtype).unsqueeze(-1)  # (B, T_l, 1)
+            pooled = (h * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)  # (B, D)
+        return self.classifier(pooled)  # (B, classes)
+
+    def loss(
+        self, tokens: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False
+    ) -> torch.Tensor:
+        """Mean cross-entropy of the classifier (computed in fp32)."""
+        logits = self(tokens, mask, causal=causal)  # (B, classes)
+        return F.cross_entropy(logits.float(), labels)
