@@ -128,12 +128,16 @@ def measure_memory_here(fn: Callable[[], object]) -> tuple[int, str]:
 def peak_memory(case: Case, mode: str, threads: int | None = None, timeout: float = 900) -> dict[str, Any]:
     """Run the case once in a fresh interpreter and return {"bytes", "method"} or {"error"}."""
     payload = json.dumps({"builder": case.builder, "kwargs": case.kwargs, "mode": mode, "threads": threads})
+    # Large blocks go straight to mmap, so freed warm-up memory is returned to the kernel and
+    # the measured call's growth shows up in VmHWM instead of being served from glibc's heap.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", "65536")}
     proc = subprocess.run(
         [sys.executable, __file__, "--memory", payload],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=ROOT,
+        env=env,
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:

@@ -1,10 +1,8 @@
-import os
-
 import pytest
 import torch
 
 # Small, deterministic CPU runs: tests are about correctness, not speed.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(1)  # tiny tensors: threads only add overhead
 
 
 @pytest.fixture(autouse=True)
