@@ -103,7 +103,9 @@ def eager_attention(
     if causal:
         future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
         scores = scores.masked_fill(future, neg_value(scores.dtype))
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)  # (B, H, T, T)
+    # fp32 softmax for half inputs; fp32/fp64 stay as they are
+    acc = torch.promote_types(scores.dtype, torch.float32)
+    probs = torch.softmax(scores, dim=-1, dtype=acc).to(v.dtype)  # (B, H, T, T)
     return torch.matmul(probs, v)  # (B, H, T, P)
 
 
