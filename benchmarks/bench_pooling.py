@@ -12,7 +12,6 @@ memory against T. The issue's target: exponent <= 1.15 for both, for every mixer
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -62,10 +61,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the subprocess memory runs")
     args = parser.parse_args(argv)
-    # Memory subprocesses inherit this: a fixed mmap threshold makes glibc return every freed
-    # tensor to the kernel, so the warm-up call's freed heap cannot hide the measured call's peak
-    # (with the default dynamic threshold, tensors up to 32 MiB are recycled from the heap).
-    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
 
     cases = [
         Case(f"{name} T={T}", "benchmarks/bench_pooling.py:build_zoo", {"name": name, "T": T})

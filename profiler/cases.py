@@ -472,7 +472,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "time_budget": 2.0,
     },
     "quick": {
-        "description": "all mixers, 256..1k, forward and train, D=256, short timing (about a minute on 2 cores)",
+        "description": "all mixers, 256..1k, forward and train, D=256, 1 thread, short timing (a minute or two)",
         "mixers": None,
         "lengths": "256..1k",
         "modes": ("forward", "train"),
@@ -481,6 +481,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "dim": 256,
         "heads": 4,
         "time_budget": 0.25,
+        # one thread: a busy machine (or `zoo compare` next to other work) does not make OpenMP
+        # barriers spin, so the small cells' ratios stay meaningful
+        "threads": 1,
     },
     "ponet-table2": {
         "description": "PoNet Table 2: LRA-text model (2 layers, d=64, 2x32 heads, FFN 128, B=32), train steps, 512..16k",

@@ -162,7 +162,7 @@ def _sweep(names, lengths, seeds, batch, dtype, device, causal, overrides, run_i
     for name in names:
         spec = get_spec(name)
         fields = {f.name for f in dataclasses.fields(get_config(name).__class__)}
-        mine = {k: v for k, v in overrides.items() if k in fields}
+        mine = {**dict(spec.fidelity_overrides), **{k: v for k, v in overrides.items() if k in fields}}
         try:
             config = get_config(name, **mine)
             config_dict = dataclasses.asdict(config)

@@ -7,10 +7,13 @@
    with a live-tensor tracker and ``FlopCounterMode`` (FFT and CPU SDPA formulas added). It gives
    the predicted peak (cells that cannot fit the memory budget become ``oom``, inferred, without
    running) and the counted FLOPs. Mixers with data-dependent shapes cannot run fake; their
-   prediction then comes from the runner's extrapolation of shorter lengths, or is absent;
+   prediction then comes from the runner's extrapolation of shorter lengths (or is absent) and
+   their FLOPs are counted during the first real call;
 3. the real module and inputs are built (outside every timed region), the first call's output is
    checked (shape, finite values: a red check is ``error``, never a number);
-4. the memory pass (also the second warm-up call): on CPU the resident high-water mark is reset
+4. the memory pass (also the second warm-up call), after ``Step.reset`` (gradients of the previous
+   step dropped, so the baseline does not hold memory the step frees and re-allocates): on CPU
+   the resident high-water mark is reset
    (``echo 5 > /proc/self/clear_refs``) after ``malloc_trim``, the step runs under the
    live-tensor tracker, and the growth of ``VmHWM`` over ``VmRSS`` is the peak; on CUDA
    ``max_memory_allocated`` minus the allocated baseline;
@@ -81,13 +84,16 @@ class Step:
     """What a builder returns: a zero-argument step and what is known about it.
 
     ``fn()`` runs one forward (no grad) or one training step and returns its output (checked on
-    the first call by ``check``, which raises on a bad shape or non-finite values).
+    the first call by ``check``, which raises on a bad shape or non-finite values). ``reset()``
+    frees what the previous call left behind (gradients), so that the memory pass's baseline does
+    not hold memory the step itself frees and re-allocates.
     """
 
     fn: Callable[[], Any]
     params: int = 0
     flops_analytic: float | None = None
     check: Callable[[Any], None] | None = None
+    reset: Callable[[], None] | None = None  # drop state a previous call left (grads) before a memory pass
 
 
 # --------------------------------------------------------------------------- builders
@@ -141,10 +147,13 @@ def build_step(cell: Cell, device: torch.device, dtype: torch.dtype) -> Step:
     x.requires_grad_(True)
     grad_out = torch.randn(B, T_out, D, generator=gen, device=device, dtype=dtype)  # (B, T_out, D)
 
-    def train_step():
+    def clear_grads():
         x.grad = None
         for p in params:
             p.grad = None
+
+    def train_step():
+        clear_grads()
         y = module(x, causal=causal)  # (B, T_out, D)
         y.backward(grad_out)
         return y
@@ -156,7 +165,7 @@ def build_step(cell: Cell, device: torch.device, dtype: torch.dtype) -> Step:
             if p.grad is not None:
                 _check_tensor(f"gradient of {name}", p.grad)
 
-    return Step(train_step, n_params, 3.0 * flops, train_check)
+    return Step(train_step, n_params, 3.0 * flops, train_check, clear_grads)
 
 
 def _build_model_step(cell: Cell, device: torch.device, dtype: torch.dtype) -> Step:
@@ -199,7 +208,8 @@ def _build_model_step(cell: Cell, device: torch.device, dtype: torch.dtype) -> S
         optimizer.step()
         return loss.detach()
 
-    return Step(train_step, n_params, 3.0 * flops, lambda loss: _check_tensor("loss", loss, ()))
+    return Step(train_step, n_params, 3.0 * flops, lambda loss: _check_tensor("loss", loss, ()),
+                lambda: optimizer.zero_grad(set_to_none=True))
 
 
 def load_builder(ref: str | None) -> Callable[[Cell, torch.device, torch.dtype], Step]:
@@ -472,10 +482,12 @@ def _warm_tracker() -> None:
         (torch.ones(4) * 2).sum()
 
 
-def _memory_pass_cpu(fn: Callable[[], Any], track: bool) -> dict[str, Any]:
+def _memory_pass_cpu(fn: Callable[[], Any], track: bool, reset: Callable[[], None] | None = None) -> dict[str, Any]:
     tracker = None
     if track:
         _warm_tracker()
+    if reset is not None:
+        reset()
     gc.collect()
     _malloc_trim()
     base = _status_bytes("VmRSS")
@@ -489,6 +501,8 @@ def _memory_pass_cpu(fn: Callable[[], Any], track: bool) -> dict[str, Any]:
             if is_oom(exc):
                 raise
             tracker = None
+            if reset is not None:
+                reset()
             gc.collect()
             _malloc_trim()
             base = _status_bytes("VmRSS")
@@ -516,7 +530,9 @@ def _memory_pass_cpu(fn: Callable[[], Any], track: bool) -> dict[str, Any]:
     return result
 
 
-def _memory_pass_cuda(fn: Callable[[], Any], device: torch.device) -> dict[str, Any]:
+def _memory_pass_cuda(fn: Callable[[], Any], device: torch.device, reset: Callable[[], None] | None = None) -> dict[str, Any]:
+    if reset is not None:
+        reset()
     torch.cuda.synchronize(device)
     gc.collect()
     torch.cuda.empty_cache()
@@ -623,7 +639,7 @@ def measure_cell(cell: Cell, opts: dict[str, Any], emit: Callable[[dict], None] 
     """Run the protocol for one cell; returns the measured fields plus ``status``/``reason``.
 
     ``opts``: threads, time_budget_s, timeout_s (checked between calls), memory_budget_bytes,
-    predict (bool), fallback_predicted_abs (bytes or None), builder (reference or None).
+    predict (bool), count_flops (bool), fallback_predicted_abs (bytes or None), builder (reference or None).
     ``emit`` receives partial results as they become known (kept if the cell is later killed).
     """
     result: dict[str, Any] = {}
@@ -670,22 +686,31 @@ def measure_cell(cell: Cell, opts: dict[str, Any], emit: Callable[[dict], None] 
 
         step = builder(cell, device, dtype)
         note(params=int(step.params), flops_analytic=step.flops_analytic)
-        if result.get("flops_counted") is not None and step.flops_analytic:
-            a, c = step.flops_analytic, result["flops_counted"]
-            note(flops_disagree=bool(c <= 0 or max(a, c) / max(min(a, c), 1.0) > DISAGREE_FLOPS))
 
-        # call 1: warm-up + check; call 2: memory pass (also a warm-up call)
+        # call 1: warm-up + check (under the FLOP counter when the fake pass could not count);
+        # call 2: the memory pass (also a warm-up call)
         warm_start = time.perf_counter()
-        out = step.fn()
+        if result.get("flops_counted") is None and opts.get("count_flops", True):
+            from torch.utils.flop_counter import FlopCounterMode
+
+            counter = FlopCounterMode(display=False, custom_mapping=extra_flop_formulas())
+            with counter:
+                out = step.fn()
+            note(flops_counted=float(counter.get_total_flops()))
+        else:
+            out = step.fn()
         if step.check is not None:
             step.check(out)
         del out
+        if result.get("flops_counted") is not None and step.flops_analytic:
+            a, c = step.flops_analytic, result["flops_counted"]
+            note(flops_disagree=bool(c <= 0 or max(a, c) / max(min(a, c), 1.0) > DISAGREE_FLOPS))
         if deadline is not None and time.monotonic() > deadline:
             raise CellTimeout("deadline passed during warm-up")
         if device.type == "cuda":
-            mem = _memory_pass_cuda(step.fn, device)
+            mem = _memory_pass_cuda(step.fn, device, step.reset)
         else:
-            mem = _memory_pass_cpu(step.fn, track=opts.get("track_tensors", True))
+            mem = _memory_pass_cpu(step.fn, track=opts.get("track_tensors", True), reset=step.reset)
         ops = mem.pop("_ops", None)
         if ops and result.get("sdpa_backend") is None:
             mem["sdpa_backend"] = sdpa_backend(set(ops))

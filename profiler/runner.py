@@ -614,8 +614,11 @@ def run_sweep(
     frontier: dict[tuple, tuple[int, str]] = {}
     history: dict[tuple, list[dict]] = {}
     planned_keys = [c.key for c in cells]
+    planned_series = {_series_id(c) for c in cells}
     for rec in previous.values():
-        if rec.get("status") in ("oom", "timeout") and not (rec.get("inferred") and rec.get("reason", "").startswith("after")):
+        if _series_id(rec) not in planned_series:  # another sweep's settings in the same file
+            continue
+        if rec.get("status") in ("oom", "timeout") and not (rec.get("inferred") and (rec.get("reason") or "").startswith("after")):
             _update_frontier(frontier, rec["label"], rec["mode"], rec["T"], rec["status"])
         if rec.get("status") == "ok":
             history.setdefault(_series_id(rec), []).append(rec)
@@ -860,6 +863,7 @@ def run_profile(
                 raise ZooValueError(f"{nm}: expected a positive integer, got {v!r}")
     dtype_name = canonical_dtype(dtype)
     dev = resolve_device(device)
+    threads = pick(threads, "threads")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ZooValueError(f"threads: expected a positive integer, got {threads!r}")
     if timeout is not None and not timeout > 0:

@@ -79,6 +79,9 @@ class MixerSpec:
     approximates_softmax: bool = False  # fidelity vs exact softmax with the same q/k/v/out_proj
     deviations: str = ""  # where the zoo differs from the paper / official code
     extra_inputs: tuple[str, ...] = ()  # optional forward kwargs, e.g. ("segment_ids",)
+    # config overrides for the fidelity panel: branches that are not part of the softmax
+    # approximation (e.g. Nystrom's conv skip) are switched off there, and the label says so
+    fidelity_overrides: tuple[tuple[str, Any], ...] = ()
 
     def summary(self) -> dict[str, Any]:
         """A flat dict for tables (no callables)."""

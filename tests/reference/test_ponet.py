@@ -49,6 +49,7 @@ def identity_out(m):
         (dict(faithful_segments=True, num_segments=3), 20, [20, 12, 0]),  # LRA formula, empty row
         (dict(local_kernel=5, segment_backend="scatter"), 19, [19, 11, 6]),
         (dict(num_segments=1), 13, [13, 5, 13]),  # SMP is a global max
+        (dict(local_kernel=1, segment_len=4), 10, [10, 10, 7]),  # no LMP; last segment shorter
     ],
 )
 def test_matches_loop_oracle_outputs_and_gradients(overrides, T, lengths):

@@ -215,6 +215,7 @@ class NystromMixer(TokenMixer):
         causal=False,
         key_padding_mask=True,
         approximates_softmax=True,
+        fidelity_overrides=(("conv_kernel", 0),),  # the conv skip is not part of the approximation
         deviations=(
             "landmarks = means over runs of real tokens (C3 holds, no internal padding); sequences with "
             "N <= M real tokens get the exact limit; Z0 normalised per (batch, head), not over the batch"

@@ -31,9 +31,8 @@ Deviations
     * Padded rows of S and L are filled with ``finfo(dtype).min / 2`` (the code uses -1e4) before
       the max-pools, so real values below -1e4 still win; padded rows of y are zeroed with
       ``masked_fill``. A fully padded sequence gives zeros (the code divides by zero).
-    * The projections are applied as one fused matmul over the five concatenated weights (same
-      parameters as five ``nn.Linear``); GA's mean and softmax run in at least fp32 (the LRA code
-      runs the whole core in fp32); Q is not masked in place.
+    * GA's mean and softmax run in at least fp32 (the LRA code runs the whole core in fp32); Q is
+      not masked in place.
     * The HF pretraining version's special-token isolation (``clsgsepg``) is not implemented: it
       needs token ids, which a token mixer does not see; pass sentence ``segment_ids`` instead.
     * With a mask, segment lengths are read on the host (one device sync per call).
@@ -45,7 +44,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from zoo.base import (
@@ -137,7 +135,7 @@ class PoNetMixer(TokenMixer):
         deviations=(
             "segment length ceil(N_real / num_segments) from the unpadded length (LRA: floor(T/S)+1 "
             "on the padded T, kept as faithful_segments=True); finfo.min/2 instead of -1e4 for "
-            "padded rows before max-pooling; fused projection matmul; no clsgsepg special-token handling"
+            "padded rows before max-pooling; no clsgsepg special-token handling"
         ),
         extra_inputs=("segment_ids",),
     )
@@ -219,19 +217,19 @@ class PoNetMixer(TokenMixer):
         # An all-real mask is no mask: skip the masked copies (one host sync, needed anyway below).
         pad_mask = None if mask is None or bool(mask.all()) else mask
 
-        # Five projections in one matmul: (B, T, D) @ (D, 5D); the chunks are strided views.
-        weight = torch.cat([m.weight for m in self._input_projections()])  # (5D, D)
-        bias = torch.cat([m.bias for m in self._input_projections()])  # (5D,)
-        q, k, gate, seg, loc = F.linear(x, weight, bias).split(D, dim=-1)  # 5 x (B, T, D)
+        # GA first: at inference its Q and K are freed before the other projections exist.
+        g = self._global_aggregation(self.q_proj(x), self.k_proj(x), pad_mask, H, P).to(x.dtype)  # (B, 1, D)
 
-        g = self._global_aggregation(q, k, pad_mask, H, P).to(x.dtype)  # (B, 1, D)
-
+        seg = self.segment_proj(x)  # (B, T, D)
+        loc = self.local_proj(x)  # (B, T, D)
         if pad_mask is not None:
-            # padded rows must never win a max (a finite value, so no inf - inf downstream)
+            # padded rows must never win a max (finite, so no inf arithmetic downstream); in place
+            # on fresh projection outputs, which no backward formula has saved
             pad_rows = ~pad_mask.unsqueeze(-1)  # (B, T, 1)
-            seg = seg.masked_fill(pad_rows, neg_value(x.dtype))  # (B, T, D)
-            loc = loc.masked_fill(pad_rows, neg_value(x.dtype))  # (B, T, D)
+            seg.masked_fill_(pad_rows, neg_value(x.dtype))
+            loc.masked_fill_(pad_rows, neg_value(x.dtype))
         local = local_max_pool(loc, self.config.local_kernel)  # (B, T, D)
+        del loc
 
         if segment_ids is None:
             lengths = self.segment_lengths(T, pad_mask, B)
@@ -246,16 +244,9 @@ class PoNetMixer(TokenMixer):
             else:
                 ids = segment_ids_fixed(seg_len, T, B, x.device)  # (B, T)
                 seg_max = segment_max(seg, ids, n_seg, backend)  # (B, n_seg, D)
-            if T % seg_len == 0:
-                # broadcast each segment's max over its tokens without materialising (B, T, D)
-                gs = g.unsqueeze(1) + seg_max.unsqueeze(2)  # (B, n_seg, 1, D)
-                y = torch.addcmul(
-                    local.view(B, n_seg, seg_len, D), gs, gate.view(B, n_seg, seg_len, D)
-                )  # (B, n_seg, L, D)
-                y = y.view(B, T, D)  # (B, T, D)
-            else:
-                s = seg_max.unsqueeze(2).expand(B, n_seg, seg_len, D).reshape(B, n_seg * seg_len, D)[:, :T]  # (B, T, D)
-                y = torch.addcmul(local, s + g, gate)  # (B, T, D)
+            del seg
+            gate = self.gate_proj(x)  # (B, T, D)
+            y = self._fuse_uniform(local, g, seg_max, gate, seg_len)  # (B, T, D)
         else:
             if segment_ids is None:
                 if backend == "contiguous":
@@ -270,16 +261,40 @@ class PoNetMixer(TokenMixer):
                 ids, n_seg = segment_ids.long(), num_ids
             scatter_backend = "scatter" if backend == "auto" else backend
             seg_max = segment_max(seg, ids, n_seg, scatter_backend)  # (B, n_seg, D)
-            s = torch.gather(seg_max, 1, ids.unsqueeze(-1).expand(B, T, D))  # (B, T, D)
-            y = torch.addcmul(local, s + g, gate)  # (B, T, D)
+            del seg
+            s = torch.gather(seg_max, 1, ids.unsqueeze(-1).expand(B, T, D)).add_(g)  # (B, T, D): g + s_i
+            gate = self.gate_proj(x)  # (B, T, D)
+            y = torch.addcmul(local, s, gate)  # (B, T, D)
+        del local, gate
 
         if pad_mask is not None:
-            y = y.masked_fill(~pad_mask.unsqueeze(-1), 0.0)  # (B, T, D), padded rows exactly 0
+            y.masked_fill_(~pad_mask.unsqueeze(-1), 0.0)  # (B, T, D), padded rows exactly 0
         out = self.out_proj(y)  # (B, T, D)
         return zero_padded(out, mask)
 
-    def _input_projections(self) -> tuple[nn.Linear, ...]:
-        return (self.q_proj, self.k_proj, self.gate_proj, self.segment_proj, self.local_proj)
+    @staticmethod
+    def _fuse_uniform(
+        local: torch.Tensor, g: torch.Tensor, seg_max: torch.Tensor, gate: torch.Tensor, seg_len: int
+    ) -> torch.Tensor:
+        """y = (g + s) * G + l with s broadcast from one row per segment (never a (B, T, D) copy).
+
+        Full segments run on (B, T // L, L, D) views; a shorter last segment on its own.
+        """
+        B, T, D = local.shape
+        n_full = T // seg_len
+        full = n_full * seg_len
+        gs = g.unsqueeze(1) + seg_max.unsqueeze(2)  # (B, n_seg, 1, D)
+        parts = []
+        if n_full:
+            head = torch.addcmul(
+                local[:, :full].view(B, n_full, seg_len, D),
+                gs[:, :n_full],
+                gate[:, :full].view(B, n_full, seg_len, D),
+            )  # (B, T // L, L, D)
+            parts.append(head.view(B, full, D))
+        if full < T:
+            parts.append(torch.addcmul(local[:, full:], gs[:, n_full], gate[:, full:]))  # (B, T - full, D)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # (B, T, D)
 
     @staticmethod
     def _global_aggregation(
