@@ -8,8 +8,11 @@ Frobenius error ``||y - y*|| / ||y*||`` and the mean cosine similarity of output
 over seeds (each seed draws new weights, new inputs and, where the config has a ``seed`` field,
 new random features / sketches), with the spread over seeds.
 
-Inputs are N(0, 1) and weights at their initialisation (eval mode): the error of a mixer with
-trained, peaked attention may differ; this is a like-for-like comparison at one operating point.
+Branches a spec declares outside the approximation (``spec.fidelity_overrides``, e.g. Nystrom's
+conv skip) are switched off for this panel, and the record's label names them
+(``nystrom[conv_kernel=0]``). Inputs are N(0, 1) and weights at their initialisation (eval
+mode): the error of a mixer with trained, peaked attention may differ; this is a like-for-like
+comparison at one operating point.
 
 Records are ``kind="fidelity"`` (``docs/RECORDS.md``), appended one line at a time after a header,
 so ``reports`` can read them next to a profile. A mixer that cannot run a cell (a length above its

@@ -727,8 +727,8 @@ def measure_cell(cell: Cell, opts: dict[str, Any], emit: Callable[[dict], None] 
         note(**summarise_samples(samples), status="ok", reason=None, inferred=False)
         return result
     except CellTimeout as exc:
-        if len(exc.args) > 1 and exc.args[1]:
-            note(**summarise_samples(list(exc.args[1])))
+        if len(exc.args) > 1 and exc.args[1]:  # raw samples only: a timed-out cell has no median
+            note(time_samples=[float(t) for t in exc.args[1]])
         status, reason = classify_exception(exc)
     except Exception as exc:  # classified into the record: a failing mixer never stops a sweep
         status, reason = classify_exception(exc)

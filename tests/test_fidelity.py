@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import profiler.fidelity as fidelity
+from profiler.cases import format_label
 from profiler.fidelity import exact_softmax_output, fidelity_errors, missing_projections, run_fidelity
 from reports import read_profile
 from zoo import create_mixer, get_spec, list_mixers
@@ -70,7 +71,11 @@ def test_every_approximating_mixer_runs_and_its_records_read_back(tmp_path):
     for r in records:
         assert r["status"] == "ok", r
         assert r["n_seeds"] == 2 and r["rel_error"] >= 0 and -1 <= r["cosine"] <= 1 + 1e-9
-        assert r["dim"] == 16 and r["heads"] == 2 and r["label"] == r["mixer"]
+        assert r["dim"] == 16 and r["heads"] == 2
+        # the label names the switches the spec turns off for this panel (e.g. a conv skip)
+        expected = format_label(r["mixer"], dict(get_spec(r["mixer"]).fidelity_overrides))
+        assert r["label"] == expected
+        assert all(r["config"][k] == v for k, v in get_spec(r["mixer"]).fidelity_overrides)
     # read back by reports: one header, every record, no damage
     profile = read_profile(out)
     assert len(profile.headers) == 1 and profile.headers[0]["settings"]["kind"] == "fidelity"
