@@ -17,7 +17,7 @@ At T = 16384, D = 256, 4 heads, B = 1, fp32 on CPU (forward under no_grad, and f
     python benchmarks/bench_foundation.py --only fnet,ponet --T 4096 --reps 5 --no-memory
 
 Prints a table per mixer (median, IQR, peak memory, ratios to the peer) and writes
-``bench-out/bench_foundation.json``. Before timing, the zoo PoNet (faithful segments) is checked
+``bench-out/bench_foundation[_<subset>]_T<T>.json``. Before timing, the zoo PoNet (faithful segments) is checked
 against the reference on the same weights at a short length, and the zoo FNet against
 transformers', so the timed callables compute the same thing.
 """
@@ -239,13 +239,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory subprocesses")
     ap.add_argument("--max-seconds", type=float, default=240.0, help="timing budget per mode and mixer")
+    ap.add_argument("--modes", default="forward,train", help="comma-separated subset of forward,train")
     args = ap.parse_args(argv)
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = only - {"ponet", "fnet", "softmax"}
     if unknown:
         ap.error(f"--only: expected names from ponet,fnet,softmax, got {', '.join(sorted(unknown))}")
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    if not modes or set(modes) - {"forward", "train"}:
+        ap.error(f"--modes: expected names from forward,train, got {args.modes!r}")
     shape = {"T": args.T, "D": args.D}
-    run = dict(reps=args.reps, memory=args.memory, threads=args.threads, max_seconds=args.max_seconds)
+    run = dict(modes=modes, reps=args.reps, memory=args.memory, threads=args.threads, max_seconds=args.max_seconds)
     print(f"T={args.T} D={args.D} heads={args.heads} B=1 fp32 CPU, torch {torch.__version__}, threads={args.threads or torch.get_num_threads()}")
     all_results, targets = [], []
 
@@ -305,12 +309,13 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\nratios (zoo / peer; time = median of per-round ratios; target: ponet, fnet <= 1, softmax <= 1.05)")
     for zoo_case, peer in targets:
-        for mode in ("forward", "train"):
+        for mode in modes:
             t = ratio(all_results, zoo_case, peer, mode, "time")
             m = ratio(all_results, zoo_case, peer, mode, "memory")
             mem = f"{m:.3f}" if m else "-"
             print(f"  {zoo_case:22s} / {peer:38s} {mode:8s} time {t:.3f}  peak memory {mem}")
-    path = save_results(all_results, "bench_foundation")
+    name = "bench_foundation" if only == {"ponet", "fnet", "softmax"} else "bench_foundation_" + "_".join(sorted(only))
+    path = save_results(all_results, f"{name}_T{args.T}")
     print(f"wrote {path}")
     return 0
 
