@@ -11,7 +11,7 @@ conv 35) is no slower than PoNet's `examples/LRA/code/attention.py` Attention wi
 and forward + backward. Over T = 4k..16k the fitted log-log exponent of time and of peak memory is
 <= 1.15 for every mixer here. The peer is loaded from ``--ponet-repo`` at run time (never copied
 into the project); without it the comparison is skipped with a message. JSON goes to
-``bench-out/bench_kernel.json``.
+``bench-out/bench_kernel.json`` (``bench_kernel_<part>.json`` for a single part).
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         out["compare"] = run_compare(args.ponet_repo, args.T, args.reps, args.threads)
     if args.part in ("all", "scaling"):
         out["scaling"], out["fits"] = run_scaling(args.lengths, args.reps, args.threads)
-    path = save_results([out], "bench_kernel")
+    path = save_results([out], "bench_kernel" if args.part == "all" else f"bench_kernel_{args.part}")
     print(f"\nwrote {path}")
 
 
