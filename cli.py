@@ -174,6 +174,9 @@ def profile_cmd(
     baseline: str = typer.Option("softmax", help="label or mixer the end table's ratios refer to"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads [default: torch's default]"),
     time_budget: Optional[float] = typer.Option(None, help="seconds of timed calls per cell [default: 2]"),
+    cpu_heap: str = typer.Option(
+        "managed", help="managed (memory pass in a tracking heap, timing in a caching heap, no page-fault noise) | system (glibc as is)"
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar or end table"),
 ) -> None:
     """Sweep mixers over lengths: time, peak memory and FLOPs per cell, one JSON line each."""
@@ -183,7 +186,7 @@ def profile_cmd(
         mixers=mixers, lengths=lengths, modes=mode, scope=scope, preset=preset, batch=batch, dim=dim, heads=heads,
         depth=depth, dtype=dtype, device=device, causal=causal, out=out, resume=resume, overwrite=overwrite,
         isolate=isolate, timeout=timeout, memory_budget=memory_budget, baseline=baseline, threads=threads,
-        time_budget=time_budget, progress=not quiet, command=[Path(sys.argv[0]).name, *sys.argv[1:]],
+        time_budget=time_budget, cpu_heap=cpu_heap, progress=not quiet, command=[Path(sys.argv[0]).name, *sys.argv[1:]],
     )
     typer.echo(f"records in {path}", err=True)
 

@@ -28,7 +28,6 @@ their own builder by reference (``"path/to/file.py:function"`` or ``"module:func
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import gc
 import importlib
@@ -47,6 +46,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from profiler.cases import DTYPES, Cell
+from profiler.heap import CPU_HEAP_CHOICES, release_heap, set_heap_mode
 from zoo.errors import ZooError
 
 __all__ = [
@@ -68,6 +68,8 @@ NOISY_IQR = 0.10  # flag cells still above this after the budget (STYLE.md)
 STABLE_REPS = 10
 MIN_REPS = 3
 MAX_REPS = 200
+MIN_BLOCK_S = 0.025  # a timing sample is a block of calls lasting at least this long (blocked_autorange)
+MAX_BLOCK = 1000
 WARMUP_CALLS = 2
 WARMUP_SECONDS = 0.2
 DISAGREE_MEMORY = 0.25  # tensor peak vs RSS peak
@@ -385,10 +387,7 @@ def _status_bytes(key: str) -> int | None:
 
 def _malloc_trim() -> None:
     """Give freed heap pages back to the kernel so the next peak is counted from scratch."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    release_heap()
 
 
 def _reset_hwm() -> bool:
@@ -448,9 +447,19 @@ def time_calls(
     deadline: float | None = None,
     min_reps: int = MIN_REPS,
     max_reps: int = MAX_REPS,
+    min_block_s: float = MIN_BLOCK_S,
+    info: dict | None = None,
 ) -> list[float]:
-    """Timed calls until IQR/median <= TARGET_IQR (>= STABLE_REPS samples) or the budget is spent
-    (>= min_reps samples). Raises CellTimeout past ``deadline`` (``time.monotonic()`` seconds)."""
+    """Seconds per call, one sample per *block* of calls, until IQR/median <= TARGET_IQR (>=
+    STABLE_REPS samples) or the budget is spent (>= min_reps samples). Raises CellTimeout past
+    ``deadline`` (``time.monotonic()`` seconds).
+
+    A block is as many back-to-back calls as last >= ``min_block_s`` (one call when a call is
+    that long already), as ``torch.utils.benchmark``'s blocked_autorange does: a millisecond
+    call's jitter averages out inside its block, so the IQR rule converges instead of burning the
+    budget. The first call sizes the block; when it is long enough it is the first sample.
+    ``info`` (a dict) receives ``block``, the calls per sample.
+    """
     import numpy as np
 
     device = torch.device(device)
@@ -459,8 +468,18 @@ def time_calls(
         torch.cuda.synchronize()
     samples: list[float] = []
     start = time.perf_counter()
+    first = clock(fn)
+    block = 1 if first >= min_block_s else int(min(MAX_BLOCK, math.ceil(min_block_s / max(first, 1e-7))))
+    if block == 1:
+        samples.append(first)
+    if info is not None:
+        info["block"] = block
+
+    def run_block():
+        for _ in range(block):
+            fn()
+
     while True:
-        samples.append(clock(fn))
         n, spent = len(samples), time.perf_counter() - start
         if n >= max_reps:
             break
@@ -471,7 +490,8 @@ def time_calls(
             if q50 > 0 and (q75 - q25) / q50 <= TARGET_IQR:
                 break
         if deadline is not None and time.monotonic() > deadline:
-            raise CellTimeout(f"deadline passed after {n} timed calls", samples)
+            raise CellTimeout(f"deadline passed after {n} timed samples", samples)
+        samples.append(clock(run_block) / block)
     return samples
 
 
@@ -643,6 +663,7 @@ def measure_cell(cell: Cell, opts: dict[str, Any], emit: Callable[[dict], None] 
     ``emit`` receives partial results as they become known (kept if the cell is later killed).
     """
     result: dict[str, Any] = {}
+    managed = False
 
     def note(**fields):
         result.update(fields)
@@ -651,6 +672,16 @@ def measure_cell(cell: Cell, opts: dict[str, Any], emit: Callable[[dict], None] 
 
     timeout = opts.get("timeout_s")
     deadline = None if timeout is None else time.monotonic() + float(timeout)
+    phases: dict[str, float] = {}
+    result["phase_s"] = phases  # seconds per protocol phase (where a cell's wall time goes)
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        phases[name] = round(now - clock, 4)
+        clock = now
+
     try:
         device = torch.device(cell.device)
         dtype = torch_dtype(cell.dtype)
@@ -658,6 +689,11 @@ def measure_cell(cell: Cell, opts: dict[str, Any], emit: Callable[[dict], None] 
             torch.cuda.set_device(device.index or 0)
         threads = _set_threads(opts.get("threads"))
         note(threads=threads, compute_dtype=cell.dtype, checkpointing=False)
+        cpu_heap = opts.get("cpu_heap") or "managed"
+        if cpu_heap not in CPU_HEAP_CHOICES:
+            raise ValueError(f"cpu_heap: expected one of {', '.join(CPU_HEAP_CHOICES)}, got {cpu_heap!r}")
+        managed = device.type == "cpu" and cpu_heap == "managed"
+        memory_heap = set_heap_mode("tracking") if managed else "system"
         torch.manual_seed(0)
         builder = load_builder(opts.get("builder"))
         budget = opts.get("memory_budget_bytes")
@@ -676,6 +712,7 @@ def measure_cell(cell: Cell, opts: dict[str, Any], emit: Callable[[dict], None] 
                 result["_ops"] = fake["_ops"]
                 note(mem_predicted_bytes=fake["mem_predicted_bytes"], flops_counted=fake["flops_counted"],
                      sdpa_backend=sdpa_backend(set(fake["_ops"])))
+            lap("predict")
         if predicted_abs is None and opts.get("fallback_predicted_abs"):
             predicted_abs = int(opts["fallback_predicted_abs"])
             note(mem_predicted_bytes=int(opts.get("fallback_predicted_step") or predicted_abs))
@@ -686,6 +723,7 @@ def measure_cell(cell: Cell, opts: dict[str, Any], emit: Callable[[dict], None] 
 
         step = builder(cell, device, dtype)
         note(params=int(step.params), flops_analytic=step.flops_analytic)
+        lap("build")
 
         # call 1: warm-up + check (under the FLOP counter when the fake pass could not count);
         # call 2: the memory pass (also a warm-up call)
@@ -707,6 +745,7 @@ def measure_cell(cell: Cell, opts: dict[str, Any], emit: Callable[[dict], None] 
             note(flops_disagree=bool(c <= 0 or max(a, c) / max(min(a, c), 1.0) > DISAGREE_FLOPS))
         if deadline is not None and time.monotonic() > deadline:
             raise CellTimeout("deadline passed during warm-up")
+        lap("first_call")
         if device.type == "cuda":
             mem = _memory_pass_cuda(step.fn, device, step.reset)
         else:
@@ -715,16 +754,42 @@ def measure_cell(cell: Cell, opts: dict[str, Any], emit: Callable[[dict], None] 
         if ops and result.get("sdpa_backend") is None:
             mem["sdpa_backend"] = sdpa_backend(set(ops))
         note(**mem)
-        calls = 2
-        while calls < WARMUP_CALLS or time.perf_counter() - warm_start < WARMUP_SECONDS:
-            step.fn()
-            calls += 1
-            if deadline is not None and time.monotonic() > deadline:
-                raise CellTimeout("deadline passed during warm-up")
-        note(warmup_calls=calls, warmup_s=time.perf_counter() - warm_start)
+        lap("memory")
+        timing_heap = set_heap_mode("caching") if managed else "system"
 
-        samples = time_calls(step.fn, device=device, budget_s=float(opts.get("time_budget_s", 2.0)), deadline=deadline)
-        note(**summarise_samples(samples), status="ok", reason=None, inferred=False)
+        def warm_up_and_time(calls: int) -> list[float]:
+            # >= WARMUP_CALLS calls and >= WARMUP_SECONDS in all, and >= 1 call in the timing heap
+            # (the caching heap faults its pages in on its first call)
+            in_heap = 0
+            while calls < WARMUP_CALLS or time.perf_counter() - warm_start < WARMUP_SECONDS or (managed and in_heap < 1):
+                step.fn()
+                calls += 1
+                in_heap += 1
+                if deadline is not None and time.monotonic() > deadline:
+                    raise CellTimeout("deadline passed during warm-up")
+            note(warmup_calls=calls, warmup_s=time.perf_counter() - warm_start)
+            lap("warmup")
+            info: dict[str, Any] = {}
+            out = time_calls(step.fn, device=device, budget_s=float(opts.get("time_budget_s", 2.0)), deadline=deadline,
+                             info=info)
+            note(time_block=info.get("block"))
+            lap("timing")
+            return out
+
+        try:
+            samples = warm_up_and_time(2)
+        except Exception as exc:
+            # the caching heap keeps freed blocks, so its footprint can exceed the measured peak:
+            # if that hits the memory limit, time again in the tracking heap (recorded)
+            if not (is_oom(exc) and timing_heap == "caching"):
+                raise
+            gc.collect()
+            timing_heap = set_heap_mode("tracking")
+            release_heap()
+            samples = warm_up_and_time(0)
+        if device.type == "cpu":
+            note(cpu_heap={"memory": memory_heap, "timing": timing_heap})
+        note(phase_s=phases, **summarise_samples(samples), status="ok", reason=None, inferred=False)
         return result
     except CellTimeout as exc:
         if len(exc.args) > 1 and exc.args[1]:  # raw samples only: a timed-out cell has no median
@@ -732,5 +797,9 @@ def measure_cell(cell: Cell, opts: dict[str, Any], emit: Callable[[dict], None] 
         status, reason = classify_exception(exc)
     except Exception as exc:  # classified into the record: a failing mixer never stops a sweep
         status, reason = classify_exception(exc)
+    finally:
+        if managed:  # leave an in-process caller's heap as the memory pass expects it, and small
+            set_heap_mode("tracking")
+            release_heap()
     note(status=status, reason=reason, inferred=False)
     return result

@@ -48,6 +48,7 @@ from profiler.cases import (
     parse_size,
     plan_cells,
 )
+from profiler.heap import CPU_HEAP_CHOICES
 from profiler.records import CELL_KEYS, RecordWriter, check_writable, environment, now_iso, read_records
 from zoo.errors import ZooValueError
 
@@ -537,6 +538,7 @@ def run_sweep(
     declared: dict[str, dict[str, float]] | None = None,
     command: list[str] | None = None,
     executor: str | None = None,
+    cpu_heap: str = "managed",
 ) -> Path:
     """Run planned cells, appending one record each to ``out``; see :func:`run_profile`.
 
@@ -579,6 +581,7 @@ def run_sweep(
             "time_budget_s": time_budget,
             "baseline": baseline,
             "resume": resume,
+            "cpu_heap": cpu_heap if not device.startswith("cuda") else None,
         },
     }
     if executor is None:
@@ -644,6 +647,7 @@ def run_sweep(
                     "predict": predict,
                     "builder": builder,
                     "timeout_s": timeout,
+                    "cpu_heap": cpu_heap,
                 }
                 fb = _fallback_prediction(history.get(_series_id(cell), []), cell.T, (declared or {}).get(cell.mixer, {}).get("memory"))
                 if fb is not None:
@@ -818,6 +822,7 @@ def run_profile(
     baseline: str = "softmax",
     threads: int | None = None,
     time_budget: float | None = None,
+    cpu_heap: str = "managed",
     progress: bool = True,
     command: list[str] | None = None,
 ) -> Path:
@@ -872,6 +877,8 @@ def run_profile(
     if not t_budget > 0:
         raise ZooValueError(f"time budget: expected a positive number of seconds, got {time_budget!r}")
     budget = parse_size(memory_budget) if memory_budget is not None else default_memory_budget(dev)
+    if cpu_heap not in CPU_HEAP_CHOICES:
+        raise ZooValueError(f"cpu heap: expected one of {', '.join(CPU_HEAP_CHOICES)}, got {cpu_heap!r}")
 
     mixer_text = mixers if mixers is not None else p.get("mixers")
     choices = parse_mixers(mixer_text, allow_unregistered=mixers is None and preset is not None)
@@ -904,5 +911,5 @@ def run_profile(
     return run_sweep(
         cells, out=out, settings=settings, isolate=isolate, timeout=timeout, memory_budget=budget, threads=threads,
         time_budget=t_budget, baseline=baseline, resume=resume, overwrite=overwrite, progress=progress,
-        declared=declared, command=command,
+        declared=declared, command=command, cpu_heap=cpu_heap,
     )

@@ -49,6 +49,7 @@ def one_error_line(result) -> str:
         (["--dtype", "fp8"], "dtype"),
         (["--memory-budget", "lots"], "memory budget"),
         (["--scope", "block"], "scope"),
+        (["--cpu-heap", "jemalloc"], "cpu heap: expected one of managed, system"),
     ],
 )
 def test_user_errors_are_one_line(tmp_path, args, expected):

@@ -1,0 +1,126 @@
+"""The CPU heap modes of a measurement and blocked timing (profiler/heap.py, profiler.measure).
+
+The heap mode is process-wide, so the resident-memory checks run in a child interpreter.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from profiler.heap import CPU_HEAP_CHOICES, set_heap_mode
+from profiler.measure import time_calls
+
+ROOT = Path(__file__).resolve().parent.parent
+glibc = pytest.mark.skipif(set_heap_mode("tracking") != "tracking", reason="needs glibc's mallopt")
+
+
+def _child(code: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_heap_mode_names():
+    assert set(CPU_HEAP_CHOICES) == {"managed", "system"}
+    assert set_heap_mode("system") == "system"
+    with pytest.raises(ValueError, match="cpu heap: expected one of tracking, caching, system, got 'fast'"):
+        set_heap_mode("fast")
+
+
+@glibc
+def test_tracking_heap_returns_freed_blocks_and_caching_heap_keeps_them():
+    """After freeing 16 x 4 MiB blocks, RSS falls back in the tracking heap (so VmHWM growth is the
+    live peak) and stays up in the caching heap (so the next call takes no page faults)."""
+    out = _child(
+        """
+        import json, ctypes
+        from profiler.heap import set_heap_mode, release_heap
+        from profiler.measure import _status_bytes
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc.restype = ctypes.c_void_p
+        libc.free.argtypes = [ctypes.c_void_p]
+        def grow_and_free():
+            ptrs = [libc.malloc(4 << 20) for _ in range(16)]
+            for p in ptrs:
+                ctypes.memset(p, 1, 4 << 20)
+            peak = _status_bytes("VmRSS")
+            for p in reversed(ptrs):
+                libc.free(p)
+            return peak, _status_bytes("VmRSS")
+        res = {}
+        for mode in ("tracking", "caching"):
+            assert set_heap_mode(mode) == mode
+            release_heap()
+            base = _status_bytes("VmRSS")
+            peak, after = grow_and_free()
+            res[mode] = [(peak - base) / 2**20, (after - base) / 2**20]
+        print(json.dumps(res))
+        """
+    )
+    grown, kept = out["tracking"]
+    assert grown >= 60 and kept < 8, out
+    grown, kept = out["caching"]
+    assert grown >= 60 and kept >= 60, out
+
+
+def test_blocked_timing_averages_short_calls():
+    calls = []
+
+    def fast():
+        calls.append(1)
+        t = time.perf_counter()
+        while time.perf_counter() - t < 0.001:
+            pass
+
+    info = {}
+    samples = time_calls(fast, budget_s=0.3, min_block_s=0.01, info=info)
+    assert info["block"] >= 5  # ~10 calls of 1 ms per 10 ms block
+    assert len(calls) == 1 + info["block"] * len(samples)  # the first call only sized the block
+    assert all(0.0009 < s < 0.01 for s in samples)  # seconds per call, not per block
+
+
+def test_blocked_timing_keeps_long_calls_single():
+    def slow():
+        time.sleep(0.03)
+
+    info = {}
+    samples = time_calls(slow, budget_s=0.05, min_reps=3, min_block_s=0.01, info=info)
+    assert info["block"] == 1 and len(samples) >= 3  # the sizing call is the first sample
+    assert all(0.029 < s < 0.2 for s in samples)
+
+
+def test_measured_cell_records_heap_block_and_phases(tmp_path):
+    """A real CPU cell through the in-process runner: the record says which heap each pass used,
+    how many calls each timing sample averages and where the wall time went."""
+    from profiler import load_results, run_profile
+
+    out = tmp_path / "r.jsonl"
+    run_profile(mixers="ponet", lengths="256", modes="forward", dim=32, heads=2, device="cpu", out=out, isolate=False,
+                time_budget=0.05, threads=1, progress=False)
+    df = load_results(out)
+    rec = df.iloc[0]
+    assert rec["status"] == "ok"
+    glibc_heap = set_heap_mode("tracking") == "tracking"
+    expected = {"memory": "tracking", "timing": "caching"} if glibc_heap else {"memory": "system", "timing": "system"}
+    assert rec["cpu_heap"] == expected
+    assert rec["time_block"] >= 1
+    assert set(rec["phase_s"]) == {"predict", "build", "first_call", "memory", "warmup", "timing"}
+    assert rec["warmup_calls"] >= 3  # first call, memory pass, >= 1 call in the caching heap
+
+
+def test_system_heap_is_recorded(tmp_path):
+    from profiler import load_results, run_profile
+
+    out = tmp_path / "r.jsonl"
+    run_profile(mixers="fnet", lengths="128", modes="forward", dim=32, heads=2, device="cpu", out=out, isolate=False,
+                time_budget=0.05, threads=1, progress=False, cpu_heap="system")
+    rec = load_results(out).iloc[0]
+    assert rec["status"] == "ok" and rec["cpu_heap"] == {"memory": "system", "timing": "system"}
