@@ -29,27 +29,6 @@ D, H = 256, 4
 TARGET_EXPONENT = 1.15
 
 
-def _rss_follows_live_memory() -> None:
-    """In the harness's memory subprocess only: make glibc return large freed blocks to the OS.
-
-    glibc raises its mmap threshold dynamically (up to 32 MiB) after large blocks are freed, so
-    the warm-up call leaves tensors below that size cached in the heap, the measured call reuses
-    them, and VmHWM growth under-reports peaks at small T (steepening the fitted memory exponent).
-    A fixed 1 MiB threshold (M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1) keeps RSS equal to the
-    live memory. Timing runs keep the default allocator behaviour.
-    """
-    if "--memory" not in sys.argv:
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 20)
-        libc.mallopt(-1, 1 << 20)
-    except (OSError, AttributeError):  # not glibc: measure as is
-        pass
-
-
 def _closure(module, x, mode: str, call):
     import torch
 
@@ -78,7 +57,6 @@ def build_zoo(mode: str, name: str, T: int, causal: bool = False, **overrides):
 
     from zoo import create_mixer
 
-    _rss_follows_live_memory()
     torch.manual_seed(0)
     m = create_mixer(name, dim=D, heads=H, **overrides).train(mode == "train")
     x = torch.randn(1, T, D)
@@ -97,7 +75,6 @@ def build_ponet_nystrom(mode: str, repo: str, T: int, landmarks: int = 64, conv:
     warnings.filterwarnings("ignore", category=FutureWarning)  # its torch.cuda.amp.autocast call
     from attention import Attention  # the peer's module, from its own repository
 
-    _rss_follows_live_memory()
     config = {
         "transformer_dim": D,
         "head_dim": D // H,

@@ -17,17 +17,20 @@
 
 Prints the tables, ratios, exponents and PASS/FAIL lines, and writes ``bench-out/bench_linear.json``.
 Threads default to 1: on a shared machine one thread per process gives stable ratios. The
-peak-memory subprocesses run with ``MALLOC_MMAP_THRESHOLD_=65536`` (``--malloc-threshold``; 0
-leaves glibc's default): every buffer above 64 KiB is then mapped and unmapped, so the VmHWM growth
-of a call is its true peak; with glibc's adaptive threshold, buffers freed by the warm-up call are
-reused from the heap and the measured growth jumps erratically between lengths.
+peak-memory subprocesses run in the harness's tracking heap (``benchmarks/harness.py``). The
+comparison with the paper is timed twice in the run: under glibc's heap as it is, where the target
+is judged (what a user of either codebase gets), and under the caching heap (no page faults), printed
+beside it. Measured on 2 cores: the zoo is 1.7x (forward) and 2x (train) faster under glibc's heap and
+at parity (1.0-1.06x) under the caching heap: both do the same 4·d·T·p sketch FLOPs near peak, and
+the zoo's lead is its 3.5-4x smaller allocations, which glibc serves with fresh, page-faulting
+mappings on every call. The scaling part times in the caching heap (``ZOO_BENCH_HEAP=system`` to
+change it).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from pathlib import Path
 
@@ -169,20 +172,34 @@ def run_paper(args, report: dict) -> list[dict]:
         cases.append(Case(base, f"{SCRIPT}:build_ref_skein", {"T": args.T, "repo": args.skein_repo}))
     else:
         print(f"skipping the paper's SkeinAttention: --skein-repo {args.skein_repo!r} has no src/models/attention_skeinformer.py")
-    results = compare(cases, modes=tuple(args.modes), reps=args.reps, memory=not args.no_memory, threads=args.threads)
-    print(f"\n== skeinformer vs the paper's code, T={args.T}, D=256, 4 heads, B=1, fp32 CPU, {args.threads} thread(s)")
-    print_results(results, baseline=base if have_ref else None)
-    if have_ref:
-        for mode in args.modes:
-            for case in ("zoo skeinformer (mask)", "zoo skeinformer (no mask)"):
-                speedup = 1.0 / ratio(results, case, base, mode, "time")
-                mem = ratio(results, case, base, mode, "memory")
-                ok = speedup >= 1.5 and (mem is None or mem < 1.0)
-                line = f"{case:26s} {mode:8s} speed-up x{speedup:.2f} (target >= 1.5)"
-                line += f", memory ratio {mem:.2f} (target < 1)" if mem is not None else ""
-                print(("PASS " if ok else "FAIL ") + line)
-                report[f"paper/{case}/{mode}"] = {"speedup": speedup, "memory_ratio": mem, "pass": ok}
-    return results
+    # Two heaps in one run: glibc as it is (what a user of either codebase gets, and where the
+    # target is judged) and the caching heap (no page faults: the compute alone).
+    all_results = []
+    for heap in ("system", "caching"):
+        results = compare(cases, modes=tuple(args.modes), reps=args.reps, memory=not args.no_memory and heap == "system",
+                          threads=args.threads, heap=heap)
+        print(f"\n== skeinformer vs the paper's code, T={args.T}, D=256, 4 heads, B=1, fp32 CPU, {args.threads} thread(s), "
+              f"{heap} heap")
+        print_results(results, baseline=base if have_ref else None)
+        if have_ref:
+            for mode in args.modes:
+                for case in ("zoo skeinformer (mask)", "zoo skeinformer (no mask)"):
+                    speedup = 1.0 / ratio(results, case, base, mode, "time")
+                    if heap == "caching":
+                        print(f"     {case:26s} {mode:8s} speed-up x{speedup:.2f} with the caching heap (compute only; "
+                              "not the target)")
+                        report[f"paper/{case}/{mode}"]["speedup_caching_heap"] = speedup
+                        continue
+                    mem = ratio(results, case, base, mode, "memory")
+                    ok = speedup >= 1.5 and (mem is None or mem < 1.0)
+                    line = f"{case:26s} {mode:8s} speed-up x{speedup:.2f} (target >= 1.5)"
+                    line += f", memory ratio {mem:.2f} (target < 1)" if mem is not None else ""
+                    print(("PASS " if ok else "FAIL ") + line)
+                    report[f"paper/{case}/{mode}"] = {"speedup": speedup, "memory_ratio": mem, "pass": ok}
+        for r in results:
+            r["heap_run"] = heap
+        all_results += results
+    return all_results
 
 
 def run_scaling(args, report: dict) -> list[dict]:
@@ -216,10 +233,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    parser.add_argument("--malloc-threshold", type=int, default=65536, help="glibc mmap threshold for the memory runs (0: default)")
     args = parser.parse_args()
-    if args.malloc_threshold:
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_threshold)  # read by the memory subprocesses
 
     report: dict = {}
     results = []

@@ -15,16 +15,17 @@ of `longformer` and `bigbird`.
     python benchmarks/bench_local.py --part peer --reps 3 --no-memory      # quick peer check
     python benchmarks/bench_local.py --part scaling --lengths 1024 2048    # smoke run
 
-The transformers peer is skipped with a message when the package is not installed. The script
-re-executes itself with ``MALLOC_MMAP_THRESHOLD_=1048576`` (see ``main``); ``--default-malloc``
-times under glibc's default allocator settings instead.
+The transformers peer is skipped with a message when the package is not installed. The CPU heap
+is the harness's (``benchmarks/harness.py``: caching for timing, tracking for the memory
+subprocesses); ``ZOO_BENCH_HEAP=system`` times under glibc's default dynamic mmap threshold, under
+which BigBird's gathered key blocks (32 MiB at T = 4k) are recycled at 4k and page-fault on every
+call at 16k, bending the time curve (exponent ~1.25).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import sys
 from pathlib import Path
 
@@ -176,27 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the subprocess memory runs")
-    parser.add_argument(
-        "--default-malloc",
-        action="store_true",
-        help="time under glibc's default dynamic mmap threshold instead of the fixed 1 MiB one",
-    )
     args = parser.parse_args(argv)
-    # A fixed glibc mmap threshold (1 MiB) for the timing process and the memory subprocesses.
-    # Memory: every freed tensor goes back to the kernel, so the warm-up call's freed heap cannot
-    # hide the measured peak. Timing: glibc's default threshold adapts up to 32 MiB, so at T = 4k
-    # the big per-call tensors (BigBird's gathered key blocks: T*(5+r)*D floats, 32 MiB) are
-    # recycled from the heap while at 16k they are fresh mmaps that page-fault on every call; that
-    # step alone bends the default-allocator time curve (exponent ~1.25 for bigbird). With one
-    # fixed rule at every length the curve measures the mixer. glibc reads the variable at start-up,
-    # hence the re-exec.
-    if not args.default_malloc and "MALLOC_MMAP_THRESHOLD_" not in os.environ and argv is None:
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
-        os.execv(sys.executable, [sys.executable, *sys.argv])
-    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
-    timing_rule = "glibc default (dynamic)" if args.default_malloc else os.environ["MALLOC_MMAP_THRESHOLD_"]
-    print(f"glibc mmap threshold: timing process {timing_rule}, memory subprocesses {os.environ['MALLOC_MMAP_THRESHOLD_']}")
-
     results, report, ok = [], {}, True
     if args.part in ("all", "peer"):
         res, summary, part_ok = run_peer(args)

@@ -24,6 +24,14 @@ Memory: for each (case, mode) a fresh ``python`` process builds the case, runs i
 up, resets the kernel's high-water mark (``echo 5 > /proc/self/clear_refs``) and reports
 ``VmHWM - VmRSS(before the measured call)``: the peak resident growth of one call (Linux only;
 elsewhere ``ru_maxrss`` of the whole process, marked as such).
+
+The CPU heap (``profiler/heap.py``), the same policy as ``zoo profile``: the memory subprocess
+runs in the *tracking* heap (every block above 1 MiB its own mapping, returned on free, so the
+VmHWM growth is the live peak); timing runs in the *caching* heap (no mmap, no trim: after the
+warm-up no call page-faults). Under glibc's default dynamic threshold a tensor that crosses
+32 MiB between two lengths turns heap reuse into per-call page faults, a step in the time curve
+that is the allocator's (bigbird's exponent read ~1.25, performer's 4k->8k step 2.8x). Set
+``ZOO_BENCH_HEAP=system`` to time under glibc as it is; each result row records the heaps used.
 """
 
 from __future__ import annotations
@@ -41,6 +49,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from profiler.heap import HEAP_MODES, release_heap, set_heap_mode  # noqa: E402 (torch-free)
 
 
 @dataclasses.dataclass
@@ -112,6 +124,7 @@ def measure_memory_here(fn: Callable[[], object]) -> tuple[int, str]:
 
     fn()  # warm-up: lazy inits, allocator pools
     gc.collect()
+    release_heap()
     try:
         before = _read_status("VmRSS")
         with open("/proc/self/clear_refs", "w") as fh:
@@ -128,16 +141,12 @@ def measure_memory_here(fn: Callable[[], object]) -> tuple[int, str]:
 def peak_memory(case: Case, mode: str, threads: int | None = None, timeout: float = 900) -> dict[str, Any]:
     """Run the case once in a fresh interpreter and return {"bytes", "method"} or {"error"}."""
     payload = json.dumps({"builder": case.builder, "kwargs": case.kwargs, "mode": mode, "threads": threads})
-    # Large blocks go straight to mmap, so freed warm-up memory is returned to the kernel and
-    # the measured call's growth shows up in VmHWM instead of being served from glibc's heap.
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", "65536")}
     proc = subprocess.run(
         [sys.executable, __file__, "--memory", payload],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=ROOT,
-        env=env,
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -153,14 +162,25 @@ def compare(
     memory: bool = True,
     threads: int | None = None,
     max_seconds: float = 240.0,
+    heap: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Time all cases side by side per mode, then measure each one's peak memory in a subprocess."""
+    """Time all cases side by side per mode, then measure each one's peak memory in a subprocess.
+
+    ``heap``: the CPU heap of the timed calls (default ``$ZOO_BENCH_HEAP`` or ``caching``)."""
+    heap = heap or os.environ.get("ZOO_BENCH_HEAP", "caching")
+    if heap not in HEAP_MODES:
+        raise SystemExit(f"heap (ZOO_BENCH_HEAP): expected one of {', '.join(HEAP_MODES)}, got {heap!r}")
     threads_used = set_threads(threads)
     results = []
     for mode in modes:
         fns = {c.name: load_builder(c.builder)(mode, **c.kwargs) for c in cases}
-        samples = time_interleaved(fns, reps=reps, max_seconds=max_seconds)
-        del fns
+        timing_heap = set_heap_mode(heap)  # the warm-up calls fault the caching heap in
+        try:
+            samples = time_interleaved(fns, reps=reps, max_seconds=max_seconds)
+        finally:
+            del fns
+            set_heap_mode("tracking")
+            release_heap()
         rounds = min(len(s) for s in samples.values())
         for case in cases:
             s = samples[case.name]
@@ -174,6 +194,7 @@ def compare(
                 "time_iqr_s": q[2] - q[0],
                 "time_samples": s,
                 "rounds": rounds,
+                "heap": {"timing": timing_heap, "memory": "tracking" if memory else None},
             }
             if memory:
                 mem = peak_memory(case, mode, threads)
@@ -237,6 +258,7 @@ def save_results(results: list[dict[str, Any]], name: str) -> Path:
 
 def _memory_main(payload: str) -> None:
     spec = json.loads(payload)
+    set_heap_mode("tracking")
     set_threads(spec.get("threads"))
     fn = load_builder(spec["builder"])(spec["mode"], **spec["kwargs"])
     nbytes, method = measure_memory_here(fn)

@@ -33,7 +33,7 @@ import ctypes
 import ctypes.util
 import sys
 
-__all__ = ["HEAP_MODES", "CPU_HEAP_CHOICES", "set_heap_mode", "release_heap"]
+__all__ = ["HEAP_MODES", "CPU_HEAP_CHOICES", "set_heap_mode", "current_heap_mode", "release_heap"]
 
 HEAP_MODES = ("tracking", "caching", "system")
 # what a user picks per sweep: "managed" = tracking heap for the memory pass, caching heap for timing
@@ -47,6 +47,7 @@ _MMAP_MAX_DEFAULT = 65536
 _TRACKING_THRESHOLD = 1 << 20
 
 _libc = None
+_current = "system"  # the mode last set in this process (glibc's own until set_heap_mode)
 
 
 def _glibc():
@@ -68,10 +69,11 @@ def _glibc():
 def set_heap_mode(mode: str) -> str:
     """Switch the process's heap to ``mode`` (see the module docstring); returns the mode in
     force: ``mode`` itself, or ``"system"`` where the C library is not glibc."""
+    global _current
     if mode not in HEAP_MODES:
         raise ValueError(f"cpu heap: expected one of {', '.join(HEAP_MODES)}, got {mode!r}")
     if mode == "system":
-        return "system"
+        return "system"  # glibc's settings cannot be handed back once set: "system" changes nothing
     lib = _glibc()
     if lib is None:
         return "system"
@@ -80,7 +82,14 @@ def set_heap_mode(mode: str) -> str:
         ok = ok and lib.mallopt(_M_TRIM_THRESHOLD, _TRACKING_THRESHOLD)
     else:  # caching: never mmap (the heap serves every size), never trim on free (-1 -> SIZE_MAX)
         ok = lib.mallopt(_M_MMAP_MAX, 0) and lib.mallopt(_M_TRIM_THRESHOLD, -1)
+    if ok:
+        _current = mode
     return mode if ok else "system"
+
+
+def current_heap_mode() -> str:
+    """The mode last set by :func:`set_heap_mode` in this process (``"system"`` before any)."""
+    return _current
 
 
 def release_heap() -> None:

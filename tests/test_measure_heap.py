@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from profiler.heap import CPU_HEAP_CHOICES, set_heap_mode
-from profiler.measure import time_calls
+from profiler.heap import CPU_HEAP_CHOICES, current_heap_mode, set_heap_mode
+from profiler.measure import Step, time_calls
 
 ROOT = Path(__file__).resolve().parent.parent
 glibc = pytest.mark.skipif(set_heap_mode("tracking") != "tracking", reason="needs glibc's mallopt")
@@ -124,3 +124,36 @@ def test_system_heap_is_recorded(tmp_path):
                 time_budget=0.05, threads=1, progress=False, cpu_heap="system")
     rec = load_results(out).iloc[0]
     assert rec["status"] == "ok" and rec["cpu_heap"] == {"memory": "system", "timing": "system"}
+
+
+def build_fails_in_caching_heap(cell, device, dtype):
+    """A step that runs out of memory whenever the caching heap is in force (a cell whose peak
+    fits the budget but whose caching-heap footprint does not)."""
+    import torch
+
+    x = torch.ones(64, dtype=dtype)
+
+    def step():
+        if current_heap_mode() == "caching":
+            raise MemoryError("simulated: the caching heap's footprint exceeds the budget")
+        return x * 2
+
+    return Step(step, params=0, flops_analytic=64.0)
+
+
+@glibc
+def test_caching_heap_oom_falls_back_to_tracking_heap(tmp_path):
+    from profiler.cases import Cell
+    from profiler.runner import run_sweep
+
+    cell = Cell(label="dummy", mixer="dummy", overrides={}, config={}, scope="mixer", mode="forward", T=64, batch=1,
+                dim=64, heads=1, depth=None, dtype="fp32", device="cpu")
+    out = tmp_path / "r.jsonl"
+    run_sweep([cell], out=out, builder=f"{Path(__file__).resolve()}:build_fails_in_caching_heap", predict=False,
+              isolate=False, threads=1, time_budget=0.05)
+    from profiler.records import read_records
+
+    rec = next(r for r in read_records(out) if r.get("kind") == "cell")
+    assert rec["status"] == "ok", rec["reason"]
+    assert rec["cpu_heap"] == {"memory": "tracking", "timing": "tracking"}
+    assert current_heap_mode() == "tracking"  # left as the memory pass expects it
