@@ -457,7 +457,8 @@ def time_calls(
     A block is as many back-to-back calls as last >= ``min_block_s`` (one call when a call is
     that long already), as ``torch.utils.benchmark``'s blocked_autorange does: a millisecond
     call's jitter averages out inside its block, so the IQR rule converges instead of burning the
-    budget. The first call sizes the block; when it is long enough it is the first sample.
+    budget. The median of up to 3 single calls sizes the block; calls that long already are the
+    first samples.
     ``info`` (a dict) receives ``block``, the calls per sample.
     """
     import numpy as np
@@ -468,10 +469,15 @@ def time_calls(
         torch.cuda.synchronize()
     samples: list[float] = []
     start = time.perf_counter()
-    first = clock(fn)
-    block = 1 if first >= min_block_s else int(min(MAX_BLOCK, math.ceil(min_block_s / max(first, 1e-7))))
+    # size the block from the median of up to 3 single calls (a fresh process's first call is
+    # often cold: sized from it alone, blocks come out short and their means noisy)
+    probes = [clock(fn)]
+    while len(probes) < 3 and probes[-1] < min_block_s:
+        probes.append(clock(fn))
+    per_call = float(np.median(probes))
+    block = 1 if per_call >= min_block_s else int(min(MAX_BLOCK, math.ceil(min_block_s / max(per_call, 1e-7))))
     if block == 1:
-        samples.append(first)
+        samples.extend(probes)
     if info is not None:
         info["block"] = block
 

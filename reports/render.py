@@ -333,12 +333,14 @@ def _fairness_section(doc: Doc, runs: list[tuple[str, pd.DataFrame]]) -> None:
         "What each mixer was actually measured with, so unfair comparisons show: parameters, FLOPs "
         "at the longest measured length (the spec's analytic formula against torch's FlopCounterMode; "
         "flagged beyond 2×), the dtype the computation ran in, gradient checkpointing, the SDPA "
-        "backend that ran, and how memory was read."
+        "backend that ran, how memory was read, and on CPU the heap of the memory pass and of the "
+        "timed calls (tracking / caching: resident growth follows live tensors, timed calls take no "
+        "page faults; system: glibc as it is, whose timings depend on what ran before)."
     )
     multi = len(runs) > 1
     notes = []
     head = ["mixer", "params", "GFLOP analytic / counted", "compute dtype", "checkpointing", "SDPA backend",
-            "memory read by", "threads"]
+            "memory read by", "threads", "CPU heap (memory / timing)"]
     for run, cells in runs:
         groups = group_cells(cells)
         for group, part in groups:
@@ -367,12 +369,23 @@ def _fairness_section(doc: Doc, runs: list[tuple[str, pd.DataFrame]]) -> None:
                 threads = ", ".join(str(int(t)) for t in sorted(set(rows_l["threads"].dropna()))) or "–"
                 rows.append([
                     label, f"{int(params.iloc[0]):,}" if len(params) else "–", flops, dtype, ckpt_text,
-                    backend, mem, threads,
+                    backend, mem, threads, _heap_text(rows_l),
                 ])
             doc.frame(Frame(head, rows))
             if len(dtypes) > 1:
                 notes.append(f"{title}: mixers ran in different dtypes ({', '.join(sorted(dtypes))}).")
     doc.items(notes)
+
+
+def _heap_text(rows: pd.DataFrame) -> str:
+    """'tracking / caching' (or several, comma-separated) from the cells' cpu_heap records."""
+    seen = set()
+    for value in rows["cpu_heap"] if "cpu_heap" in rows else ():
+        if isinstance(value, dict):
+            seen.add(f"{value.get('memory') or '–'} / {value.get('timing') or '–'}")
+        elif isinstance(value, str) and value:
+            seen.add(value)
+    return ", ".join(sorted(seen)) or "–"
 
 
 def _gflop(v: Any) -> str:

@@ -69,7 +69,7 @@ def synthetic_records(
                 "params": 4 * dim * dim + 4 * dim, "mem_method": "vmhwm",
                 "flops_analytic": factor * (4.0 * dim * T ** k_time * 64),
                 "flops_counted": factor * (4.0 * dim * T ** k_time * 64) * (1.0 if label != "fnet" else 0.3),
-                "started_at": "2025-01-01T00:00:01Z",
+                "started_at": "2025-01-01T00:00:01Z", "cpu_heap": {"memory": "tracking", "timing": "caching"},
             }
             cell["flops_disagree"] = label == "fnet"
             mem = c_mem * T**k_mem * factor

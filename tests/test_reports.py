@@ -341,6 +341,14 @@ def test_report_markdown_flags_exponents_that_disagree_with_the_declared_class(r
     assert "⚠" not in ponet_row
 
 
+def test_fairness_notes_show_the_cpu_heap(report):
+    md = (report.out_dir / "report.md").read_text()
+    fairness = md[md.index("Fairness notes"):md.index("Environment")]
+    assert "CPU heap (memory / timing)" in fairness
+    ponet_row = next(line for line in fairness.splitlines() if line.startswith("| ponet | "))
+    assert ponet_row.rstrip(" |").endswith("tracking / caching")
+
+
 def test_two_runs_side_by_side_with_ratios(profile_path, tmp_path):
     faster = synthetic_records(MIXERS, LENGTHS, budget_bytes=2.0**33, run_id="gpu", device_name="Fast GPU", seed=1)
     for rec in faster:
