@@ -21,7 +21,10 @@ transnormer_diag at 1k-16k, forward and train).
 ``"caching"`` (warm-up and timed calls): no ``mmap`` and no trimming, so after the first call
 every step reuses heap pages already faulted in: the steady state of a caching allocator, as
 PyTorch's CUDA allocator gives on GPU. Fork-per-cell and in-process timings then agree, and IQRs
-drop from 10-35% to a few % at 1k-4k on 2 cores.
+drop from 10-35% to a few % at 1k-4k on 2 cores. Its price is footprint: freed blocks are kept
+and reused first-fit, up to 2.9x the step's live peak (linformer train at 16k), so the profiler
+times a step in the tracking heap when 3x its measured peak does not fit the memory budget
+(``softmax[impl=eager]`` train at 16k: 13 GB), and falls back to it after an OOM.
 
 ``"system"`` leaves glibc as it is (``--cpu-heap system``). Outside glibc (macOS, musl) every mode
 is a no-op and :func:`set_heap_mode` reports ``"system"``. No torch import here.

@@ -68,6 +68,7 @@ NOISY_IQR = 0.10  # flag cells still above this after the budget (STYLE.md)
 STABLE_REPS = 10
 MIN_REPS = 3
 MAX_REPS = 200
+CACHING_HEAP_FOOTPRINT = 3.0  # the caching heap's footprint, worst seen: 2.9x the step's peak (linformer train, 16k)
 MIN_BLOCK_S = 0.025  # a timing sample is a block of calls lasting at least this long (blocked_autorange)
 MAX_BLOCK = 1000
 WARMUP_CALLS = 2
@@ -761,7 +762,13 @@ def measure_cell(cell: Cell, opts: dict[str, Any], emit: Callable[[dict], None] 
             mem["sdpa_backend"] = sdpa_backend(set(ops))
         note(**mem)
         lap("memory")
-        timing_heap = set_heap_mode("caching") if managed else "system"
+        timing_heap = "system"
+        if managed:
+            # the caching heap keeps freed blocks (up to ~3x the step's peak measured), so a step
+            # that large relative to the memory budget is timed in the tracking heap instead
+            step_peak = mem.get("mem_peak_bytes") or 0
+            fits = not budget or CACHING_HEAP_FOOTPRINT * step_peak <= budget
+            timing_heap = set_heap_mode("caching" if fits else "tracking")
 
         def warm_up_and_time(calls: int) -> list[float]:
             # >= WARMUP_CALLS calls and >= WARMUP_SECONDS in all, and >= 1 call in the timing heap
@@ -782,13 +789,17 @@ def measure_cell(cell: Cell, opts: dict[str, Any], emit: Callable[[dict], None] 
             lap("timing")
             return out
 
+        retry = False
         try:
             samples = warm_up_and_time(2)
         except Exception as exc:
-            # the caching heap keeps freed blocks, so its footprint can exceed the measured peak:
-            # if that hits the memory limit, time again in the tracking heap (recorded)
+            # the caching heap's footprint exceeded the memory limit after all: time again in the
+            # tracking heap (recorded). Outside this block, so the traceback no longer holds the
+            # failed call's frames and their tensors.
             if not (is_oom(exc) and timing_heap == "caching"):
                 raise
+            retry = True
+        if retry:
             gc.collect()
             timing_heap = set_heap_mode("tracking")
             release_heap()
