@@ -126,6 +126,25 @@ def test_system_heap_is_recorded(tmp_path):
     assert rec["status"] == "ok" and rec["cpu_heap"] == {"memory": "system", "timing": "system"}
 
 
+def _run_dummy(tmp_path, builder: str, **kwargs) -> dict:
+    """One forward cell of a test builder in this process; its record."""
+    from profiler.cases import Cell
+    from profiler.records import read_records
+    from profiler.runner import run_sweep
+
+    cell = Cell(label="dummy", mixer="dummy", overrides={}, config={}, scope="mixer", mode="forward", T=64, batch=1,
+                dim=64, heads=1, depth=None, dtype="fp32", device="cpu")
+    out = tmp_path / "r.jsonl"
+    run_sweep([cell], out=out, builder=f"{Path(__file__).resolve()}:{builder}", predict=False, isolate=False,
+              threads=1, time_budget=0.05, **kwargs)
+    return next(r for r in read_records(out) if r.get("kind") == "cell")
+
+
+def _builder_module():
+    """The test file as the runner's load_builder imported it (its own module globals)."""
+    return sys.modules[f"_zoo_builder_{Path(__file__).resolve().stem}"]
+
+
 def build_fails_in_caching_heap(cell, device, dtype):
     """A step that runs out of memory whenever the caching heap is in force (a cell whose peak
     fits the budget but whose caching-heap footprint does not)."""
@@ -143,17 +162,7 @@ def build_fails_in_caching_heap(cell, device, dtype):
 
 @glibc
 def test_caching_heap_oom_falls_back_to_tracking_heap(tmp_path):
-    from profiler.cases import Cell
-    from profiler.runner import run_sweep
-
-    cell = Cell(label="dummy", mixer="dummy", overrides={}, config={}, scope="mixer", mode="forward", T=64, batch=1,
-                dim=64, heads=1, depth=None, dtype="fp32", device="cpu")
-    out = tmp_path / "r.jsonl"
-    run_sweep([cell], out=out, builder=f"{Path(__file__).resolve()}:build_fails_in_caching_heap", predict=False,
-              isolate=False, threads=1, time_budget=0.05)
-    from profiler.records import read_records
-
-    rec = next(r for r in read_records(out) if r.get("kind") == "cell")
+    rec = _run_dummy(tmp_path, "build_fails_in_caching_heap")
     assert rec["status"] == "ok", rec["reason"]
     assert rec["cpu_heap"] == {"memory": "tracking", "timing": "tracking"}
     assert current_heap_mode() == "tracking"  # left as the memory pass expects it
@@ -184,20 +193,10 @@ def build_pins_memory_when_failing(cell, device, dtype):
 
 @glibc
 def test_caching_heap_retry_does_not_hold_the_failed_call(tmp_path):
-    from profiler.cases import Cell
-    from profiler.records import read_records
-    from profiler.runner import run_sweep
-
-    cell = Cell(label="dummy", mixer="dummy", overrides={}, config={}, scope="mixer", mode="forward", T=64, batch=1,
-                dim=64, heads=1, depth=None, dtype="fp32", device="cpu")
-    out = tmp_path / "r.jsonl"
-    path = Path(__file__).resolve()
-    run_sweep([cell], out=out, builder=f"{path}:build_pins_memory_when_failing", predict=False, isolate=False,
-              threads=1, time_budget=0.05)
-    rec = next(r for r in read_records(out) if r.get("kind") == "cell")
+    rec = _run_dummy(tmp_path, "build_pins_memory_when_failing")
     assert rec["status"] == "ok", rec["reason"]
     assert rec["cpu_heap"]["timing"] == "tracking"
-    held = sys.modules[f"_zoo_builder_{path.stem}"]._HELD  # the builder's module, as the runner loaded it
+    held = _builder_module()._HELD
     assert len(held) >= 4 and max(held) == 0, held  # no call started with an earlier call's buffer alive
 
 
@@ -218,22 +217,11 @@ def build_8mib_step(cell, device, dtype):
 @pytest.mark.parametrize("budget_mib, timing_heap", [(16, "tracking"), (64, "caching")])
 def test_large_steps_are_timed_in_the_tracking_heap(tmp_path, budget_mib, timing_heap):
     """3x the measured step peak (8 MiB) must fit the memory budget for the caching heap."""
-    from profiler.cases import Cell
-    from profiler.records import read_records
-    from profiler.runner import run_sweep
-
-    cell = Cell(label="dummy", mixer="dummy", overrides={}, config={}, scope="mixer", mode="forward", T=64, batch=1,
-                dim=64, heads=1, depth=None, dtype="fp32", device="cpu")
-    out = tmp_path / "r.jsonl"
-    path = Path(__file__).resolve()
-    seen = sys.modules.get(f"_zoo_builder_{path.stem}")
-    if seen is not None:
-        seen._MODES_SEEN.clear()
-    run_sweep([cell], out=out, builder=f"{path}:build_8mib_step", predict=False, isolate=False, threads=1,
-              time_budget=0.05, memory_budget=budget_mib * 2**20)
-    rec = next(r for r in read_records(out) if r.get("kind") == "cell")
+    if f"_zoo_builder_{Path(__file__).resolve().stem}" in sys.modules:
+        _builder_module()._MODES_SEEN.clear()
+    rec = _run_dummy(tmp_path, "build_8mib_step", memory_budget=budget_mib * 2**20)
     assert rec["status"] == "ok", rec["reason"]
     assert 7 * 2**20 <= rec["mem_peak_bytes"] < 12 * 2**20  # page granularity
     assert rec["cpu_heap"] == {"memory": "tracking", "timing": timing_heap}
-    modes = sys.modules[f"_zoo_builder_{path.stem}"]._MODES_SEEN
+    modes = _builder_module()._MODES_SEEN
     assert ("caching" in modes) == (timing_heap == "caching"), modes  # never tried when it cannot fit
