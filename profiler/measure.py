@@ -386,11 +386,6 @@ def _status_bytes(key: str) -> int | None:
     return None
 
 
-def _malloc_trim() -> None:
-    """Give freed heap pages back to the kernel so the next peak is counted from scratch."""
-    release_heap()
-
-
 def _reset_hwm() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as fh:
@@ -516,7 +511,7 @@ def _memory_pass_cpu(fn: Callable[[], Any], track: bool, reset: Callable[[], Non
     if reset is not None:
         reset()
     gc.collect()
-    _malloc_trim()
+    release_heap()  # freed pages back to the kernel: the next peak counts from scratch
     base = _status_bytes("VmRSS")
     resettable = base is not None and _reset_hwm()
     if track:
@@ -531,7 +526,7 @@ def _memory_pass_cpu(fn: Callable[[], Any], track: bool, reset: Callable[[], Non
             if reset is not None:
                 reset()
             gc.collect()
-            _malloc_trim()
+            release_heap()
             base = _status_bytes("VmRSS")
             resettable = base is not None and _reset_hwm()
             out = fn()
@@ -806,7 +801,7 @@ def measure_cell(cell: Cell, opts: dict[str, Any], emit: Callable[[dict], None] 
             samples = warm_up_and_time(0)
         if device.type == "cpu":
             note(cpu_heap={"memory": memory_heap, "timing": timing_heap})
-        note(phase_s=phases, **summarise_samples(samples), status="ok", reason=None, inferred=False)
+        note(**summarise_samples(samples), status="ok", reason=None, inferred=False)
         return result
     except CellTimeout as exc:
         if len(exc.args) > 1 and exc.args[1]:  # raw samples only: a timed-out cell has no median

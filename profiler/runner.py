@@ -547,6 +547,8 @@ def run_sweep(
     """
     from profiler.fit import fit_records
 
+    if cpu_heap not in CPU_HEAP_CHOICES:
+        raise ZooValueError(f"cpu heap: expected one of {', '.join(CPU_HEAP_CHOICES)}, got {cpu_heap!r}")
     path = check_writable(out)
     has_records = path.exists() and path.stat().st_size > 0
     if has_records and not (resume or overwrite):
@@ -877,8 +879,6 @@ def run_profile(
     if not t_budget > 0:
         raise ZooValueError(f"time budget: expected a positive number of seconds, got {time_budget!r}")
     budget = parse_size(memory_budget) if memory_budget is not None else default_memory_budget(dev)
-    if cpu_heap not in CPU_HEAP_CHOICES:
-        raise ZooValueError(f"cpu heap: expected one of {', '.join(CPU_HEAP_CHOICES)}, got {cpu_heap!r}")
 
     mixer_text = mixers if mixers is not None else p.get("mixers")
     choices = parse_mixers(mixer_text, allow_unregistered=mixers is None and preset is not None)

@@ -383,8 +383,6 @@ def _heap_text(rows: pd.DataFrame) -> str:
     for value in rows["cpu_heap"] if "cpu_heap" in rows else ():
         if isinstance(value, dict):
             seen.add(f"{value.get('memory') or '–'} / {value.get('timing') or '–'}")
-        elif isinstance(value, str) and value:
-            seen.add(value)
     return ", ".join(sorted(seen)) or "–"
 
 

@@ -126,16 +126,20 @@ def test_system_heap_is_recorded(tmp_path):
     assert rec["status"] == "ok" and rec["cpu_heap"] == {"memory": "system", "timing": "system"}
 
 
+def _dummy_cell():
+    from profiler.cases import Cell
+
+    return Cell(label="dummy", mixer="dummy", overrides={}, config={}, scope="mixer", mode="forward", T=64, batch=1,
+                dim=64, heads=1, depth=None, dtype="fp32", device="cpu")
+
+
 def _run_dummy(tmp_path, builder: str, **kwargs) -> dict:
     """One forward cell of a test builder in this process; its record."""
-    from profiler.cases import Cell
     from profiler.records import read_records
     from profiler.runner import run_sweep
 
-    cell = Cell(label="dummy", mixer="dummy", overrides={}, config={}, scope="mixer", mode="forward", T=64, batch=1,
-                dim=64, heads=1, depth=None, dtype="fp32", device="cpu")
     out = tmp_path / "r.jsonl"
-    run_sweep([cell], out=out, builder=f"{Path(__file__).resolve()}:{builder}", predict=False, isolate=False,
+    run_sweep([_dummy_cell()], out=out, builder=f"{Path(__file__).resolve()}:{builder}", predict=False, isolate=False,
               threads=1, time_budget=0.05, **kwargs)
     return next(r for r in read_records(out) if r.get("kind") == "cell")
 
@@ -225,3 +229,14 @@ def test_large_steps_are_timed_in_the_tracking_heap(tmp_path, budget_mib, timing
     assert rec["cpu_heap"] == {"memory": "tracking", "timing": timing_heap}
     modes = _builder_module()._MODES_SEEN
     assert ("caching" in modes) == (timing_heap == "caching"), modes  # never tried when it cannot fit
+
+
+def test_run_sweep_rejects_an_unknown_heap_before_writing(tmp_path):
+    from profiler.runner import run_sweep
+    from zoo.errors import ZooValueError
+
+    out = tmp_path / "r.jsonl"
+    with pytest.raises(ZooValueError, match="cpu heap: expected one of managed, system, got 'jemalloc'"):
+        run_sweep([_dummy_cell()], out=out, builder=f"{Path(__file__).resolve()}:build_8mib_step", isolate=False,
+                  cpu_heap="jemalloc")
+    assert not out.exists()
