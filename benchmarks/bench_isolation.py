@@ -43,6 +43,11 @@ def _plan(args):
     return cells, default_memory_budget("cpu")
 
 
+def _usage_error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mixers", default=None, help="comma list [default: all registered]")
@@ -50,12 +55,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-budget", type=float, default=2.0, help="seconds of timed calls per cell (the default sweep's)")
     parser.add_argument("--threads", type=int, default=None, help="[default: torch's default, as zoo profile]")
     args = parser.parse_args(argv)
+    if not args.time_budget > 0:
+        return _usage_error(f"time budget: expected a positive number of seconds, got {args.time_budget!r}")
+    if args.threads is not None and args.threads < 1:
+        return _usage_error(f"threads: expected a positive integer, got {args.threads!r}")
 
     import torch
 
     from profiler.runner import DEFAULT_TIMEOUT, InProcessExecutor, ZygoteExecutor
+    from zoo.errors import ZooError
 
-    cells, budget = _plan(args)
+    try:
+        cells, budget = _plan(args)
+    except ZooError as exc:  # unknown mixer, malformed lengths: one line, as zoo profile says it
+        return _usage_error(str(exc))
     threads = args.threads or torch.get_num_threads()
     opts = {"threads": threads, "time_budget_s": args.time_budget, "memory_budget_bytes": budget, "predict": True,
             "builder": None, "timeout_s": DEFAULT_TIMEOUT, "cpu_heap": "managed"}

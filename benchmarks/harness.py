@@ -169,7 +169,8 @@ def compare(
     ``heap``: the CPU heap of the timed calls (default ``$ZOO_BENCH_HEAP`` or ``caching``)."""
     heap = heap or os.environ.get("ZOO_BENCH_HEAP", "caching")
     if heap not in HEAP_MODES:
-        raise SystemExit(f"heap (ZOO_BENCH_HEAP): expected one of {', '.join(HEAP_MODES)}, got {heap!r}")
+        print(f"error: heap (ZOO_BENCH_HEAP): expected one of {', '.join(HEAP_MODES)}, got {heap!r}", file=sys.stderr)
+        raise SystemExit(2)
     threads_used = set_threads(threads)
     results = []
     for mode in modes:
