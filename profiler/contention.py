@@ -1,0 +1,438 @@
+"""Contention: what the rest of the machine does while a cell is timed (issue 10). Torch-free.
+
+*Why.* On a 2-core machine one other busy process made 25 of 140 cells > 1.5x slower (up to 32x)
+with 2 torch threads: every parallel region waits for the thread that shares a core with it, and
+no statistic of the samples (median, minimum) recovers the quiet value. Noise of this kind is not
+jitter around the truth; it is a different measurement. So it is *observed*, per sample.
+
+*Signals* (Linux; elsewhere every figure is ``None`` and nothing is ever called contended):
+
+- ``other_cpu``: CPU used by every other process, in cores: busy time (user + nice + system + irq +
+  softirq + steal) of the CPUs this process may run on, from ``/proc/stat``, minus this process's
+  own CPU time (all threads, ``time.process_time``), over wall time. ``steal_cpu`` is the steal
+  part alone (a noisy VM neighbour). ``/proc/stat`` counts 10 ms ticks, so a 25 ms sample cannot
+  be judged alone: the figure is taken over a window of at least :data:`MIN_WINDOW_S` that ends
+  with the sample (the sample and the ones just before it), and the tick error of that window,
+  :data:`TICK_SLACK` ticks over its length, is subtracted before the threshold is applied.
+- ``run_wait``: how many of this process's threads were, on average, runnable but waiting for a
+  CPU during the sample (the sum of ``run_delay`` of ``/proc/self/task/*/schedstat``, in ns, over
+  the sample's wall time). It is exact at any sample length and measures the harm itself, not
+  its cause. It is ignored when the cell asked for more threads than there are cores (the
+  threads then wait for each other).
+
+*Threshold.* A cell running ``threads`` threads on ``cores`` usable cores leaves
+``cores - threads`` cores free. A sample is *contended* when others used more than
+:data:`OTHER_LIMIT` cores beyond the free ones (after the tick slack), or when the cell's threads
+waited for a CPU more than :data:`WAIT_LIMIT` of their time. One rule, :func:`judge`.
+
+*Strategy for clean numbers on a busy machine* (what the profiler does, in order):
+
+1. **Pre-flight** (:func:`preflight`): others' CPU use over half a second, load average, the
+   frequency governor, the busiest other processes; recorded in the sweep header, and one line on
+   stderr with the remedy when the sweep's threads would share cores with them.
+2. **Fewer threads than cores** (:func:`auto_threads`, ``--threads auto``): cores minus busy
+   cores, at least 1, recorded in every cell, so two runs are never compared at different thread
+   counts without saying so. Thread count changes the comparison itself (ratios to softmax at 1
+   and 2 threads agree within 15% for only half the cells), so it is a setting, not a correction.
+3. **Retake contended samples** within the cell's time budget (the timing loop discards a sample
+   whose :meth:`ContentionProbe.end` says ``contended``).
+4. **Wait for a quiet window**, bounded: after :data:`CONTENDED_RUN` contended samples in a row the
+   probe's next :meth:`~ContentionProbe.begin` waits (outside the timed region) until others leave
+   the cell's cores, at most ``wait_budget_s`` per cell; a wait that finds no quiet window is not
+   repeated in that cell (the load is persistent: waiting longer only spends the budget).
+5. A cell that still lacks clean samples is recorded ``contended: true`` and shown as such.
+
+Interleaving cells of one length in rounds (drift hits every mixer alike) is a sweep-level change,
+proposed separately.
+
+*Limits.* Contention that uses no CPU time of the cell's cores is invisible here: memory bandwidth
+and shared caches taken by a process on a free core, or an SMT sibling hidden by a hypervisor.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+__all__ = [
+    "OTHER_LIMIT", "WAIT_LIMIT", "MIN_WINDOW_S", "TICK_SLACK", "CONTENDED_RUN",
+    "ProcReader", "ContentionProbe", "judge", "usable_cores", "busy_cores", "auto_threads",
+    "measure_others", "wait_for_quiet", "preflight", "preflight_line", "warn_if_busy",
+]
+
+OTHER_LIMIT = 0.2  # cores of the cell's cores others may use before a sample is contended
+WAIT_LIMIT = 0.05  # share of the cell's thread time spent runnable but waiting for a CPU
+MIN_WINDOW_S = 0.25  # others' CPU is judged over at least this much wall time (ticks are 10 ms)
+TICK_SLACK = 2.0  # ticks of truncation/sampling error in a window's busy time
+CONTENDED_RUN = 3  # contended samples in a row before the probe waits for a quiet window
+QUIET_POLL_S = 0.25  # window of each look for quiet
+PREFLIGHT_WINDOW_S = 0.5
+
+
+# --------------------------------------------------------------------------- readers
+class ProcReader:
+    """The operating system's counters; every method returns ``None`` where unreadable.
+
+    Tests replace it with a scripted reader; nothing else in this module touches ``/proc``.
+    """
+
+    def __init__(self, proc: str = "/proc", sys_root: str = "/sys") -> None:
+        self.proc, self.sys_root = proc, sys_root
+        self.tick = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
+
+    def cpu_times(self, cpus: frozenset[int] | None) -> tuple[float, float] | None:
+        """(busy seconds, steal seconds) summed over ``cpus`` (None: all), since boot."""
+        try:
+            with open(f"{self.proc}/stat") as fh:
+                lines = [ln.split() for ln in fh if ln.startswith("cpu")]
+        except OSError:
+            return None
+        busy = steal = 0.0
+        for f in lines:
+            if f[0] == "cpu" or len(f) < 9 or (cpus is not None and int(f[0][3:]) not in cpus):
+                continue
+            # user nice system idle iowait irq softirq steal [guest guest_nice]; guest is inside user
+            v = [int(x) for x in f[1:9]]
+            busy += v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+            steal += v[7]
+        return busy / self.tick, steal / self.tick
+
+    def now(self) -> float:
+        return time.perf_counter()
+
+    def own_cpu(self) -> float:
+        return time.process_time()  # all threads of this process, ns resolution
+
+    def thread_waits(self) -> dict[int, int] | None:
+        """{thread id: ns spent runnable but not running} for this process's threads."""
+        root = f"{self.proc}/self/task"
+        try:
+            tids = os.listdir(root)
+        except OSError:
+            return None
+        out = {}
+        for tid in tids:
+            try:
+                with open(f"{root}/{tid}/schedstat") as fh:
+                    out[int(tid)] = int(fh.read().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # the thread ended between listdir and open
+        return out or None
+
+    def loadavg(self) -> tuple[float, float, float] | None:
+        try:
+            return tuple(round(x, 2) for x in os.getloadavg())  # type: ignore[return-value]
+        except (OSError, AttributeError):
+            return None
+
+    def governor(self, cpus: frozenset[int] | None) -> str | None:
+        seen = []
+        for cpu in sorted(cpus or range(os.cpu_count() or 1)):
+            try:
+                with open(f"{self.sys_root}/devices/system/cpu/cpu{cpu}/cpufreq/scaling_governor") as fh:
+                    name = fh.read().strip()
+            except OSError:
+                continue
+            if name not in seen:
+                seen.append(name)
+        return ",".join(seen) or None
+
+    def process_times(self) -> dict[int, tuple[str, float]]:
+        """{pid: (command name, CPU seconds)} of every readable process (empty without /proc)."""
+        out = {}
+        try:
+            pids = [p for p in os.listdir(self.proc) if p.isdigit()]
+        except OSError:
+            return out
+        for pid in pids:
+            try:
+                with open(f"{self.proc}/{pid}/stat") as fh:
+                    text = fh.read()
+            except OSError:
+                continue
+            head, _, tail = text.rpartition(")")
+            f = tail.split()
+            if len(f) > 12:  # fields after the name start at state (field 3): utime is 14, stime 15
+                out[int(pid)] = (head.partition("(")[2], (int(f[11]) + int(f[12])) / self.tick)
+        return out
+
+
+def usable_cores() -> tuple[int, frozenset[int] | None]:
+    """(cores this process may use, their CPU ids or None where unknown): the affinity mask,
+    capped by a cgroup CPU quota (containers) where one is set."""
+    try:
+        cpus: frozenset[int] | None = frozenset(os.sched_getaffinity(0))
+        n = len(cpus)
+    except (AttributeError, OSError):
+        cpus, n = None, os.cpu_count() or 1
+    quota = _cgroup_quota()
+    if quota is not None:
+        n = max(1, min(n, math.ceil(quota - 1e-9)))
+    return n, cpus
+
+
+def _cgroup_quota() -> float | None:
+    for path, period_path in (("/sys/fs/cgroup/cpu.max", None),
+                              ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")):
+        try:
+            with open(path) as fh:
+                fields = fh.read().split()
+            if period_path is not None:
+                with open(period_path) as fh:
+                    fields.append(fh.read().strip())
+            if fields[0] in ("max", "-1"):
+                return None
+            return int(fields[0]) / int(fields[1])
+        except (OSError, IndexError, ValueError, ZeroDivisionError):
+            continue
+    return None
+
+
+# --------------------------------------------------------------------------- the rule
+def judge(other_cpu: float | None, run_wait: float | None, *, threads: int, cores: int,
+          window_s: float | None = None, tick: float = 100.0) -> tuple[bool, str | None]:
+    """(contended, why) for a sample: THE rule (module docstring, *Threshold*).
+
+    ``other_cpu``: others' cores over a window of ``window_s`` seconds; ``run_wait``: this
+    process's threads waiting for a CPU, on average, during the sample.
+    """
+    used = max(1, min(int(threads), int(cores)))
+    if other_cpu is not None:
+        slack = TICK_SLACK / (tick * window_s) if window_s else 0.0
+        overlap = other_cpu - (cores - used)
+        if overlap - slack > OTHER_LIMIT:
+            return True, f"other processes used {other_cpu:.2f} cores, {overlap:.2f} of them on the cell's {used}"
+    if run_wait is not None and threads <= cores and run_wait > WAIT_LIMIT * used:
+        return True, f"the cell's threads waited for a CPU {run_wait / used:.0%} of their time"
+    return False, None
+
+
+def busy_cores(other_cpu: float | None, cores: int) -> int:
+    """Cores to leave to others: the fewest that keep their overlap with ours within OTHER_LIMIT."""
+    if other_cpu is None:
+        return 0
+    return max(0, min(cores, math.ceil(other_cpu - OTHER_LIMIT - 1e-9)))
+
+
+def auto_threads(requested: int | str = "auto", *, other_cpu: float | None = None, cores: int | None = None,
+                 reader: ProcReader | None = None) -> int:
+    """Threads for ``--threads``: an explicit positive int is kept; ``"auto"`` is usable cores
+    minus busy cores (others' CPU measured now over half a second unless ``other_cpu`` is
+    given), at least 1."""
+    if isinstance(requested, bool) or not (requested == "auto" or (isinstance(requested, int) and requested >= 1)):
+        raise ValueError(f"threads: expected a positive integer or 'auto', got {requested!r}")
+    if requested != "auto":
+        return int(requested)
+    if cores is None:
+        cores = usable_cores()[0]
+    if other_cpu is None:
+        other_cpu = measure_others(PREFLIGHT_WINDOW_S, reader=reader)["other_cpu"]
+    return max(1, cores - busy_cores(other_cpu, cores))
+
+
+# --------------------------------------------------------------------------- windows
+@dataclass(frozen=True)
+class _Snap:
+    t: float
+    cpu: tuple[float, float] | None  # (busy, steal) seconds of the watched CPUs
+    own: float
+
+
+def _snap(reader: ProcReader, cpus: frozenset[int] | None) -> _Snap:
+    return _Snap(reader.now(), reader.cpu_times(cpus), reader.own_cpu())
+
+
+def _others(a: _Snap, b: _Snap) -> tuple[float | None, float | None]:
+    """(other_cpu, steal_cpu) in cores between two snapshots."""
+    wall = b.t - a.t
+    if a.cpu is None or b.cpu is None or wall <= 0:
+        return None, None
+    other = (b.cpu[0] - a.cpu[0]) - (b.own - a.own)
+    return max(0.0, other / wall), max(0.0, (b.cpu[1] - a.cpu[1]) / wall)
+
+
+def measure_others(window_s: float = PREFLIGHT_WINDOW_S, *, reader: ProcReader | None = None,
+                   sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+    """Others' CPU use (cores) and steal over ``window_s`` seconds of this process sleeping."""
+    reader = reader or ProcReader()
+    cpus = usable_cores()[1]
+    a = _snap(reader, cpus)
+    sleep(window_s)
+    b = _snap(reader, cpus)
+    other, steal = _others(a, b)
+    return {"other_cpu": other, "steal_cpu": steal, "window_s": b.t - a.t}
+
+
+def wait_for_quiet(threads: int, max_wait_s: float, *, cores: int | None = None, reader: ProcReader | None = None,
+                   sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+    """Sleep in windows of :data:`QUIET_POLL_S` until others leave the cores ``threads`` threads
+    need (by :func:`judge`), at most ``max_wait_s``. Returns ``{quiet, waited_s, other_cpu}``;
+    ``quiet`` is True at once where contention cannot be read."""
+    reader = reader or ProcReader()
+    if cores is None:
+        cores = usable_cores()[0]
+    start = reader.now()
+    other = None
+    while True:
+        m = measure_others(QUIET_POLL_S, reader=reader, sleep=sleep)
+        other = m["other_cpu"]
+        if other is None or not judge(other, None, threads=threads, cores=cores, window_s=m["window_s"],
+                                      tick=reader.tick)[0]:
+            return {"quiet": True, "waited_s": reader.now() - start, "other_cpu": other}
+        if reader.now() - start + QUIET_POLL_S > max_wait_s:
+            return {"quiet": False, "waited_s": reader.now() - start, "other_cpu": other}
+
+
+# --------------------------------------------------------------------------- the per-sample probe
+class ContentionProbe:
+    """What the rest of the machine did during each timed sample of ONE cell.
+
+    The timing loop calls ``begin()`` right before a sample's clock starts and ``end()`` right
+    after it stops; ``end()`` returns ``{contended, other_cpu, steal_cpu, run_wait, window_s,
+    quiet_wait_s, why}`` (cores, threads, seconds; ``None`` where unreadable). ``summary()`` gives
+    the per-cell fields. ``threads``: the torch threads the cell runs; ``wait_budget_s``: the most
+    this probe waits for quiet in all (about half the cell's time budget).
+    """
+
+    def __init__(self, threads: int, *, wait_budget_s: float = 1.0, reader: ProcReader | None = None,
+                 cores: int | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads: expected a positive integer, got {threads!r}")
+        self.threads = threads
+        self.reader = reader or ProcReader()
+        n, self.cpus = usable_cores()
+        self.cores = cores or n
+        self._sleep = sleep
+        self._history: deque[_Snap] = deque()  # begin snapshots of recent samples, oldest first
+        self._begin: _Snap | None = None
+        self._waits0: dict[int, int] | None = None
+        self._streak = 0
+        self._wait_left = float(wait_budget_s)
+        self._quiet_wait = 0.0
+        self.results: list[dict[str, Any]] = []
+
+    def begin(self) -> None:
+        self._quiet_wait = 0.0
+        if self._streak >= CONTENDED_RUN and self._wait_left > 0:
+            got = wait_for_quiet(self.threads, self._wait_left, cores=self.cores, reader=self.reader, sleep=self._sleep)
+            self._quiet_wait = got["waited_s"]
+            self._wait_left = self._wait_left - got["waited_s"] if got["quiet"] else 0.0  # persistent load
+            self._streak = 0
+            self._history.clear()  # the next window starts after the wait, not in the load before it
+        self._begin = _snap(self.reader, self.cpus)
+        self._history.append(self._begin)
+        self._waits0 = self.reader.thread_waits()
+
+    def end(self) -> dict[str, Any]:
+        if self._begin is None:
+            raise RuntimeError("ContentionProbe.end() called without begin()")
+        now = _snap(self.reader, self.cpus)
+        waits1 = self.reader.thread_waits()
+        wall = now.t - self._begin.t
+        # others' CPU over the newest window >= MIN_WINDOW_S ending now (ticks are coarse)
+        start = self._history[0]
+        for snap in self._history:
+            if now.t - snap.t >= MIN_WINDOW_S:
+                start = snap
+        while self._history[0] is not start:
+            self._history.popleft()
+        other, steal = _others(start, now)
+        run_wait = None
+        if self._waits0 is not None and waits1 is not None and wall > 0:
+            waited_ns = sum(max(0, v - self._waits0.get(tid, 0)) for tid, v in waits1.items())
+            run_wait = waited_ns / 1e9 / wall
+        window = now.t - start.t
+        contended, why = judge(other, run_wait, threads=self.threads, cores=self.cores, window_s=window,
+                               tick=self.reader.tick)
+        self._streak = self._streak + 1 if contended else 0
+        self._begin = None
+        result = {"contended": contended, "other_cpu": other, "steal_cpu": steal, "run_wait": run_wait,
+                  "window_s": window if other is not None else None, "quiet_wait_s": self._quiet_wait, "why": why}
+        self.results.append(result)
+        return result
+
+    def summary(self) -> dict[str, Any]:
+        """Per-cell fields: ``contended_samples`` (of ``probed_samples``), means of ``other_cpu``,
+        ``steal_cpu`` and ``run_wait`` over the probed samples, total ``quiet_wait_s``."""
+
+        def mean(key: str) -> float | None:
+            vals = [r[key] for r in self.results if r[key] is not None]
+            return round(sum(vals) / len(vals), 4) if vals else None
+
+        return {
+            "contended_samples": sum(bool(r["contended"]) for r in self.results),
+            "probed_samples": len(self.results),
+            "other_cpu": mean("other_cpu"),
+            "steal_cpu": mean("steal_cpu"),
+            "run_wait": mean("run_wait"),
+            "quiet_wait_s": round(sum(r["quiet_wait_s"] for r in self.results), 4),
+        }
+
+
+# --------------------------------------------------------------------------- pre-flight
+def preflight(threads: int | None = None, *, window_s: float = PREFLIGHT_WINDOW_S, reader: ProcReader | None = None,
+              sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+    """How busy the machine is before a sweep, for the header: others' CPU use (cores) and steal
+    over ``window_s``, load average, governor, the busiest other processes, the thread count
+    ``--threads auto`` would pick, and ``busy`` (a sweep at ``threads`` threads, None = every core,
+    would share cores with others) with ``message``, the one-line warning (None when not busy)."""
+    reader = reader or ProcReader()
+    cores, cpus = usable_cores()
+    before = reader.process_times()
+    m = measure_others(window_s, reader=reader, sleep=sleep)
+    after = reader.process_times()
+    used = cores if threads is None else min(int(threads), cores)
+    busy, _ = judge(m["other_cpu"], None, threads=used, cores=cores, window_s=m["window_s"], tick=reader.tick)
+    top = []
+    if m["window_s"] > 0:
+        for pid, (name, cpu) in after.items():
+            if pid != os.getpid() and pid in before:
+                share = (cpu - before[pid][1]) / m["window_s"]
+                if share >= 0.05:
+                    top.append({"pid": pid, "name": name, "cpu": round(share, 2)})
+    top.sort(key=lambda p: -p["cpu"])
+    info = {
+        "cores": cores, "threads": used, "other_cpu": _round(m["other_cpu"]), "steal_cpu": _round(m["steal_cpu"]),
+        "window_s": round(m["window_s"], 3), "loadavg": reader.loadavg(), "governor": reader.governor(cpus),
+        "busy_cores": busy_cores(m["other_cpu"], cores), "top": top[:3], "busy": busy,
+    }
+    info["auto_threads"] = max(1, cores - info["busy_cores"])
+    info["message"] = preflight_line(info)
+    return info
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
+
+
+def preflight_line(info: dict[str, Any]) -> str | None:
+    """The one-line warning with its remedy for a :func:`preflight` result (None when not busy)."""
+    if not info.get("busy"):
+        return None
+    seen = [f"load average {' '.join(f'{x:g}' for x in info['loadavg'])}" if info.get("loadavg") else None,
+            f"steal {info['steal_cpu']:.2f} cores (a busy VM neighbour)" if (info.get("steal_cpu") or 0) >= 0.05 else None,
+            f"governor {info['governor']}" if info.get("governor") else None]
+    top = ", ".join(f"{p['name']} {p['cpu']:.2f}" for p in info.get("top") or [])
+    busiest = f"; busiest: {top}" if top else ""
+    remedy = "stop them or wait for them to finish"
+    if info.get("auto_threads", info["threads"]) < info["threads"]:
+        remedy += f", or run with --threads auto ({info['auto_threads']} of {info['cores']} cores here)"
+    details = ", ".join(s for s in seen if s) + busiest
+    details = f" ({details.lstrip('; ')})" if details else ""
+    return (f"warning: machine busy: other processes use {info['other_cpu']:.2f} of {info['cores']} cores"
+            f"{details}; {info['threads']} threads would be timed on shared cores and cells "
+            f"marked contended. Remedy: {remedy}")
+
+
+def warn_if_busy(info: dict[str, Any], stream=None) -> bool:
+    """Print :func:`preflight_line` on stderr (or ``stream``) when busy; True if printed."""
+    line = info.get("message") if "message" in info else preflight_line(info)
+    if not line:
+        return False
+    print(line, file=stream if stream is not None else sys.stderr, flush=True)
+    return True
