@@ -51,7 +51,12 @@ def load_cells(path: str | Path) -> list[dict[str, Any]]:
 
 
 def flagged(cell: dict[str, Any]) -> bool:
-    return bool(cell.get("noisy")) or bool(cell.get("contended"))
+    """Noisy or contended: the report's rule where it has one (``reports.cells``)."""
+    try:
+        from reports.cells import is_contended, is_noisy
+    except ImportError:  # a report without the clean-cell rule: the record fields as written
+        return bool(cell.get("noisy")) or bool(cell.get("contended"))
+    return is_noisy(cell) or is_contended(cell)
 
 
 def _ok(cells: Iterable[dict[str, Any]]) -> dict[Key, dict[str, Any]]:

@@ -1,52 +1,46 @@
 """Contention: what the rest of the machine does while a cell is timed (issue 10). Torch-free.
 
-*Why.* On a 2-core machine one other busy process made 25 of 140 cells > 1.5x slower (up to 32x)
-with 2 torch threads: every parallel region waits for the thread that shares a core with it, and
-no statistic of the samples (median, minimum) recovers the quiet value. Noise of this kind is not
-jitter around the truth; it is a different measurement. So it is *observed*, per sample.
+*Why.* On 2 cores one other busy process made 25 of 140 cells > 1.5x slower (up to 32x) at 2
+torch threads: every parallel region waits for the thread that shares a core, and no statistic of
+the samples (median, minimum) recovers the quiet value. So contention is *observed*, per sample.
 
 *Signals* (Linux; elsewhere every figure is ``None`` and nothing is ever called contended):
 
-- ``other_cpu``: CPU used by every other process, in cores: busy time (user + nice + system + irq +
-  softirq + steal) of the CPUs this process may run on, from ``/proc/stat``, minus this process's
-  own CPU time (all threads, ``time.process_time``), over wall time. ``steal_cpu`` is the steal
-  part alone (a noisy VM neighbour). ``/proc/stat`` counts 10 ms ticks, so a 25 ms sample cannot
-  be judged alone: the figure is taken over a window of at least :data:`MIN_WINDOW_S` that ends
-  with the sample (the sample and the ones just before it), and the tick error of that window,
-  :data:`TICK_SLACK` ticks over its length, is subtracted before the threshold is applied.
+- ``other_cpu``: cores used by all other processes: busy time (user + nice + system + irq +
+  softirq + steal) of the CPUs this process may run on (``/proc/stat``) minus this process's own
+  CPU time (all threads, ``time.process_time``), over wall time; ``steal_cpu`` is the steal part (a
+  noisy VM neighbour). ``/proc/stat`` counts 10 ms ticks, so a 25 ms sample is not judged alone:
+  the figure covers a window of >= :data:`MIN_WINDOW_S` ending with the sample (it and the samples
+  just before it), and :data:`TICK_SLACK` ticks over the window's length are subtracted first.
 - ``run_wait``: how many of this process's threads were, on average, runnable but waiting for a
-  CPU during the sample (the sum of ``run_delay`` of ``/proc/self/task/*/schedstat``, in ns, over
-  the sample's wall time). It is exact at any sample length and measures the harm itself, not
-  its cause. It is ignored when the cell asked for more threads than there are cores (the
-  threads then wait for each other).
+  CPU during the sample (``run_delay`` of ``/proc/self/task/*/schedstat``, ns). Exact at any sample
+  length, and it measures the harm itself; ignored when the cell runs more threads than cores.
 
-*Threshold.* A cell running ``threads`` threads on ``cores`` usable cores leaves
-``cores - threads`` cores free. A sample is *contended* when others used more than
-:data:`OTHER_LIMIT` cores beyond the free ones (after the tick slack), or when the cell's threads
-waited for a CPU more than :data:`WAIT_LIMIT` of their time. One rule, :func:`judge`.
+*Threshold*, one rule (:func:`judge`): a cell of ``threads`` threads on ``cores`` CPUs leaves
+``cores - threads`` free; a sample is *contended* when others used more than :data:`OTHER_LIMIT`
+cores beyond the free ones, or the cell's threads waited for a CPU more than :data:`WAIT_LIMIT`
+of their time.
 
-*Strategy for clean numbers on a busy machine* (what the profiler does, in order):
+*Strategy for clean numbers on a busy machine*, in order:
 
-1. **Pre-flight** (:func:`preflight`): others' CPU use over half a second, load average, the
-   frequency governor, the busiest other processes; recorded in the sweep header, and one line on
-   stderr with the remedy when the sweep's threads would share cores with them.
+1. **Pre-flight** (:func:`preflight`): others' CPU over half a second, load average, governor, the
+   busiest other processes; kept in the sweep header, and one stderr line with the remedy when the
+   sweep's threads would share cores with them.
 2. **Fewer threads than cores** (:func:`auto_threads`, ``--threads auto``): cores minus busy
-   cores, at least 1, recorded in every cell, so two runs are never compared at different thread
-   counts without saying so. Thread count changes the comparison itself (ratios to softmax at 1
-   and 2 threads agree within 15% for only half the cells), so it is a setting, not a correction.
-3. **Retake contended samples** within the cell's time budget (the timing loop discards a sample
+   cores, at least 1, recorded in every cell. The thread count changes the comparison itself
+   (ratios to softmax at 1 and 2 threads agree within 15% for half the cells): it is a setting of
+   the run, never a silent correction.
+3. **Retake contended samples** within the cell's time budget (the timing loop drops a sample
    whose :meth:`ContentionProbe.end` says ``contended``).
-4. **Wait for a quiet window**, bounded: after :data:`CONTENDED_RUN` contended samples in a row the
-   probe's next :meth:`~ContentionProbe.begin` waits (outside the timed region) until others leave
-   the cell's cores, at most ``wait_budget_s`` per cell; a wait that finds no quiet window is not
-   repeated in that cell (the load is persistent: waiting longer only spends the budget).
-5. A cell that still lacks clean samples is recorded ``contended: true`` and shown as such.
+4. **Wait for a quiet window**, bounded: after :data:`CONTENDED_RUN` contended samples in a row,
+   the next :meth:`~ContentionProbe.begin` waits (outside the timed region) for others to leave the
+   cell's cores, at most ``wait_budget_s`` per cell; after one wait that finds no quiet window the
+   load is taken as persistent and the cell waits no more.
+5. A cell still short of clean samples is recorded ``contended: true`` and shown as such.
 
-Interleaving cells of one length in rounds (drift hits every mixer alike) is a sweep-level change,
-proposed separately.
-
-*Limits.* Contention that uses no CPU time of the cell's cores is invisible here: memory bandwidth
-and shared caches taken by a process on a free core, or an SMT sibling hidden by a hypervisor.
+Interleaving the cells of one length in rounds is a sweep-level change, proposed separately.
+*Limits.* Contention that takes no CPU time on the cell's cores is invisible here: memory bandwidth
+and caches used from a free core, or an SMT sibling hidden by a hypervisor.
 """
 
 from __future__ import annotations
@@ -61,7 +55,7 @@ from typing import Any, Callable
 
 __all__ = [
     "OTHER_LIMIT", "WAIT_LIMIT", "MIN_WINDOW_S", "TICK_SLACK", "CONTENDED_RUN",
-    "ProcReader", "ContentionProbe", "judge", "usable_cores", "busy_cores", "auto_threads",
+    "ProcReader", "ContentionProbe", "judge", "usable_cores", "current_threads", "cpu_quota", "busy_cores", "auto_threads",
     "measure_others", "wait_for_quiet", "preflight", "preflight_line", "warn_if_busy",
 ]
 
@@ -111,12 +105,8 @@ class ProcReader:
     def thread_waits(self) -> dict[int, int] | None:
         """{thread id: ns spent runnable but not running} for this process's threads."""
         root = f"{self.proc}/self/task"
-        try:
-            tids = os.listdir(root)
-        except OSError:
-            return None
         out = {}
-        for tid in tids:
+        for tid in _listdir(root):
             try:
                 with open(f"{root}/{tid}/schedstat") as fh:
                     out[int(tid)] = int(fh.read().split()[1])
@@ -145,38 +135,47 @@ class ProcReader:
     def process_times(self) -> dict[int, tuple[str, float]]:
         """{pid: (command name, CPU seconds)} of every readable process (empty without /proc)."""
         out = {}
-        try:
-            pids = [p for p in os.listdir(self.proc) if p.isdigit()]
-        except OSError:
-            return out
-        for pid in pids:
+        for pid in (p for p in _listdir(self.proc) if p.isdigit()):
             try:
                 with open(f"{self.proc}/{pid}/stat") as fh:
-                    text = fh.read()
+                    head, _, tail = fh.read().rpartition(")")
             except OSError:
                 continue
-            head, _, tail = text.rpartition(")")
-            f = tail.split()
-            if len(f) > 12:  # fields after the name start at state (field 3): utime is 14, stime 15
+            f = tail.split()  # from field 3 (state) on: utime is field 14, stime 15
+            if len(f) > 12:
                 out[int(pid)] = (head.partition("(")[2], (int(f[11]) + int(f[12])) / self.tick)
         return out
 
 
-def usable_cores() -> tuple[int, frozenset[int] | None]:
-    """(cores this process may use, their CPU ids or None where unknown): the affinity mask,
-    capped by a cgroup CPU quota (containers) where one is set."""
+def _listdir(path: str) -> list[str]:
     try:
-        cpus: frozenset[int] | None = frozenset(os.sched_getaffinity(0))
-        n = len(cpus)
-    except (AttributeError, OSError):
-        cpus, n = None, os.cpu_count() or 1
-    quota = _cgroup_quota()
-    if quota is not None:
-        n = max(1, min(n, math.ceil(quota - 1e-9)))
-    return n, cpus
+        return os.listdir(path)
+    except OSError:
+        return []
 
 
-def _cgroup_quota() -> float | None:
+def usable_cores() -> tuple[int, frozenset[int] | None]:
+    """(CPUs this process may run on, their ids or None where unknown): the affinity mask. Others'
+    busy time is counted on exactly these CPUs."""
+    try:
+        cpus = frozenset(os.sched_getaffinity(0))
+        return len(cpus), cpus
+    except (AttributeError, OSError):  # macOS
+        return os.cpu_count() or 1, None
+
+
+def current_threads() -> int:
+    """The compute threads of this process: torch's count when torch is already imported (this
+    module never imports it), else ``OMP_NUM_THREADS``, else the usable cores."""
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "get_num_threads"):
+        return int(torch.get_num_threads())
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(env) if env.isdigit() and int(env) > 0 else usable_cores()[0]
+
+
+def cpu_quota() -> float | None:
+    """CPUs' worth of time a cgroup quota allows (containers), None when unlimited or unknown."""
     for path, period_path in (("/sys/fs/cgroup/cpu.max", None),
                               ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")):
         try:
@@ -223,7 +222,7 @@ def auto_threads(requested: int | str = "auto", *, other_cpu: float | None = Non
                  reader: ProcReader | None = None) -> int:
     """Threads for ``--threads``: an explicit positive int is kept; ``"auto"`` is usable cores
     minus busy cores (others' CPU measured now over half a second unless ``other_cpu`` is
-    given), at least 1."""
+    given), at least 1, and no more than a cgroup quota allows."""
     if isinstance(requested, bool) or not (requested == "auto" or (isinstance(requested, int) and requested >= 1)):
         raise ValueError(f"threads: expected a positive integer or 'auto', got {requested!r}")
     if requested != "auto":
@@ -232,7 +231,9 @@ def auto_threads(requested: int | str = "auto", *, other_cpu: float | None = Non
         cores = usable_cores()[0]
     if other_cpu is None:
         other_cpu = measure_others(PREFLIGHT_WINDOW_S, reader=reader)["other_cpu"]
-    return max(1, cores - busy_cores(other_cpu, cores))
+    quota = cpu_quota()
+    limit = cores if quota is None else max(1, int(quota + 1e-9))
+    return max(1, min(limit, cores - busy_cores(other_cpu, cores)))
 
 
 # --------------------------------------------------------------------------- windows
@@ -277,7 +278,6 @@ def wait_for_quiet(threads: int, max_wait_s: float, *, cores: int | None = None,
     if cores is None:
         cores = usable_cores()[0]
     start = reader.now()
-    other = None
     while True:
         m = measure_others(QUIET_POLL_S, reader=reader, sleep=sleep)
         other = m["other_cpu"]
@@ -295,12 +295,14 @@ class ContentionProbe:
     The timing loop calls ``begin()`` right before a sample's clock starts and ``end()`` right
     after it stops; ``end()`` returns ``{contended, other_cpu, steal_cpu, run_wait, window_s,
     quiet_wait_s, why}`` (cores, threads, seconds; ``None`` where unreadable). ``summary()`` gives
-    the per-cell fields. ``threads``: the torch threads the cell runs; ``wait_budget_s``: the most
-    this probe waits for quiet in all (about half the cell's time budget).
+    the per-cell fields. ``threads``: the threads the cell runs (default: torch's current count
+    when torch is loaded, so ``ContentionProbe()`` is a zero-argument factory for the cell
+    process); ``wait_budget_s``: the most this probe waits for quiet in all.
     """
 
-    def __init__(self, threads: int, *, wait_budget_s: float = 1.0, reader: ProcReader | None = None,
+    def __init__(self, threads: int | None = None, *, wait_budget_s: float = 0.5, reader: ProcReader | None = None,
                  cores: int | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+        threads = current_threads() if threads is None else threads
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads: expected a positive integer, got {threads!r}")
         self.threads = threads
@@ -375,39 +377,44 @@ class ContentionProbe:
 
 
 # --------------------------------------------------------------------------- pre-flight
-def preflight(threads: int | None = None, *, window_s: float = PREFLIGHT_WINDOW_S, reader: ProcReader | None = None,
-              sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+def preflight(threads: int | str | None = None, *, window_s: float = PREFLIGHT_WINDOW_S,
+              reader: ProcReader | None = None, sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
     """How busy the machine is before a sweep, for the header: others' CPU use (cores) and steal
-    over ``window_s``, load average, governor, the busiest other processes, the thread count
-    ``--threads auto`` would pick, and ``busy`` (a sweep at ``threads`` threads, None = every core,
-    would share cores with others) with ``message``, the one-line warning (None when not busy)."""
+    over ``window_s``, load average, governor, the busiest other processes, ``auto_threads`` (what
+    ``--threads auto`` picks now), ``threads`` (the count the sweep will run: ``threads`` as
+    given, every core for None, ``auto_threads`` for ``"auto"``), ``busy`` (that count would share
+    cores with others) and ``message``, the one-line warning (None when not busy)."""
+    if not (threads is None or threads == "auto" or (isinstance(threads, int) and not isinstance(threads, bool)
+                                                     and threads >= 1)):
+        raise ValueError(f"threads: expected a positive integer, 'auto' or None, got {threads!r}")
     reader = reader or ProcReader()
     cores, cpus = usable_cores()
     before = reader.process_times()
     m = measure_others(window_s, reader=reader, sleep=sleep)
-    after = reader.process_times()
-    used = cores if threads is None else min(int(threads), cores)
+    top = _busiest(before, reader.process_times(), m["window_s"])
+    auto = auto_threads("auto", other_cpu=m["other_cpu"] or 0.0, cores=cores)
+    used = cores if threads is None else auto if threads == "auto" else min(int(threads), cores)
     busy, _ = judge(m["other_cpu"], None, threads=used, cores=cores, window_s=m["window_s"], tick=reader.tick)
-    top = []
-    if m["window_s"] > 0:
-        for pid, (name, cpu) in after.items():
-            if pid != os.getpid() and pid in before:
-                share = (cpu - before[pid][1]) / m["window_s"]
-                if share >= 0.05:
-                    top.append({"pid": pid, "name": name, "cpu": round(share, 2)})
-    top.sort(key=lambda p: -p["cpu"])
     info = {
-        "cores": cores, "threads": used, "other_cpu": _round(m["other_cpu"]), "steal_cpu": _round(m["steal_cpu"]),
-        "window_s": round(m["window_s"], 3), "loadavg": reader.loadavg(), "governor": reader.governor(cpus),
-        "busy_cores": busy_cores(m["other_cpu"], cores), "top": top[:3], "busy": busy,
+        "cores": cores, "threads_requested": threads, "threads": used, "auto_threads": auto,
+        "other_cpu": None if m["other_cpu"] is None else round(m["other_cpu"], 3),
+        "steal_cpu": None if m["steal_cpu"] is None else round(m["steal_cpu"], 3), "window_s": round(m["window_s"], 3),
+        "loadavg": reader.loadavg(), "governor": reader.governor(cpus), "busy_cores": busy_cores(m["other_cpu"], cores),
+        "top": top, "busy": busy,
     }
-    info["auto_threads"] = max(1, cores - info["busy_cores"])
     info["message"] = preflight_line(info)
     return info
 
 
-def _round(x: float | None) -> float | None:
-    return None if x is None else round(x, 3)
+def _busiest(before: dict, after: dict, window_s: float, n: int = 3) -> list[dict[str, Any]]:
+    """The ``n`` other processes that used the most CPU (>= 0.05 cores) between two readings."""
+    top = []
+    for pid, (name, cpu) in after.items():
+        if pid != os.getpid() and pid in before and window_s > 0:
+            share = (cpu - before[pid][1]) / window_s
+            if share >= 0.05:
+                top.append({"pid": pid, "name": name, "cpu": round(share, 2)})
+    return sorted(top, key=lambda p: -p["cpu"])[:n]
 
 
 def preflight_line(info: dict[str, Any]) -> str | None:

@@ -147,6 +147,26 @@ def test_probe_waits_for_a_quiet_window_then_stops_waiting_when_the_load_persist
     assert probe.summary()["quiet_wait_s"] == pytest.approx(sum(waits))
 
 
+def test_probe_is_a_zero_argument_factory_for_the_cell_process():
+    import importlib
+
+    import torch
+
+    module, _, name = "profiler.contention:ContentionProbe".partition(":")  # how the sweep names it
+    probe = getattr(importlib.import_module(module), name)()
+    assert probe.threads == torch.get_num_threads()
+    probe.begin()
+    assert set(probe.end()) >= {"contended", "other_cpu"}
+
+
+def test_current_threads_without_torch(monkeypatch):
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert C.current_threads() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "junk")
+    assert C.current_threads() == C.usable_cores()[0]
+
+
 def test_probe_misuse_is_one_clear_error():
     with pytest.raises(ValueError, match="threads: expected a positive integer, got 0"):
         C.ContentionProbe(0)
@@ -236,6 +256,17 @@ def test_preflight_busy_machine_gives_one_line_with_the_remedy():
         assert part in line
     stream = io.StringIO()
     assert C.warn_if_busy(info, stream) and stream.getvalue() == line + "\n"
+
+
+def test_preflight_with_threads_auto_warns_only_when_auto_cannot_help():
+    r = FakeReader()
+    info = C.preflight("auto", window_s=0.5, reader=r, sleep=lambda dt: r.advance(dt, others=1.0))
+    if info["cores"] < 2:
+        pytest.skip("needs 2 usable cores")
+    assert info["threads"] == info["auto_threads"] == info["cores"] - 1 and info["threads_requested"] == "auto"
+    assert not info["busy"] and info["message"] is None
+    with pytest.raises(ValueError, match="threads: expected a positive integer, 'auto' or None, got 0"):
+        C.preflight(0, reader=r)
 
 
 def test_preflight_quiet_machine_says_nothing():
