@@ -137,7 +137,7 @@ class UsageError(Exception):
     pass
 
 
-def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+def _parse(argv: list[str]) -> argparse.Namespace:
     command: list[str] = []
     if "--" in argv:
         i = argv.index("--")
@@ -155,7 +155,7 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--under-load", default=None, help="run the command after -- under this load (spin or matmul) and exit")
     args = p.parse_args(argv)
     args.command = command
-    return args, command
+    return args
 
 
 def _positive(name: str, text: str, kind=int):
@@ -174,6 +174,8 @@ def _check(args: argparse.Namespace) -> None:
     args.load_procs = _positive("load procs", args.load_procs)
     args.time_budget = _positive("time budget", args.time_budget, float)
     cores = usable_cores()[0]
+    if cores < 2:
+        raise UsageError(f"cores: expected at least 2 usable cores (the load takes one, the sweep another), got {cores}")
     if args.load_procs >= cores:
         raise UsageError(f"load procs: expected 1..{cores - 1} (cores taken of {cores}; one must stay free), "
                          f"got {args.load_procs}")
@@ -315,7 +317,7 @@ def _terminate(signum, frame):  # SIGTERM unwinds like Ctrl-C: the load generato
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        args, _ = _parse(list(sys.argv[1:] if argv is None else argv))
+        args = _parse(list(sys.argv[1:] if argv is None else argv))
         _check(args)
         if args.under_load is not None:
             return under_load(args.under_load, args.load_procs, args.command)

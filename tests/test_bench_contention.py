@@ -165,7 +165,7 @@ def test_quiet_sweep_runs_at_the_loaded_runs_thread_count(monkeypatch, fake_mach
 
     monkeypatch.setattr(bench, "_profile", fake_profile)
     monkeypatch.setattr(bench, "auto_threads", lambda requested: 3)
-    args, _ = bench._parse([])
+    args = bench._parse([])
     bench._check(args)
     out = bench.run_pair(args, "spin", 1)
     assert calls == [("auto", True), ("3", True), ("3", False)]  # loaded under load, quiet without, same threads
@@ -198,6 +198,12 @@ def test_a_failed_sweep_is_one_line_exit_1(monkeypatch, fake_machine, capsys):
     monkeypatch.setattr(bench, "_profile", lambda a, o, t: subprocess.CompletedProcess([], 1, "", "Traceback\nboom\n"))
     assert bench.main(["--settings", "spin", "--threads", "1"]) == 1
     assert capsys.readouterr().err.strip().splitlines() == ["error: the loaded sweep failed (exit 1): boom"]
+
+
+def test_one_core_is_too_few(monkeypatch, capsys):
+    monkeypatch.setattr(bench, "usable_cores", lambda: (1, None))
+    assert bench.main([]) == 2
+    assert capsys.readouterr().err == "error: cores: expected at least 2 usable cores (the load takes one, the sweep another), got 1\n"
 
 
 # --------------------------------------------------------------------------- bad input
