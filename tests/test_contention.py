@@ -196,10 +196,10 @@ def test_real_burner_child_is_seen_as_contended():
     finally:
         burner.kill()
         burner.wait()
-    # the burner is one of the other processes, whatever else runs; when it got little CPU, the
-    # rest of the machine took it, and the sample is contended all the same
-    assert burner_cpu > 0.1, f"the burner did not run ({burner_cpu:.2f} cores)"
-    assert got["other_cpu"] >= burner_cpu - 0.1, (got, burner_cpu)
+    # the burner is one of the other processes, whatever else runs (slack: tick sampling); when it got
+    # little CPU, the rest of the machine took it, and the sample is contended all the same
+    assert burner_cpu > 0, "the burner did not run"
+    assert got["other_cpu"] >= burner_cpu - 0.05 - 0.02 / got["window_s"], (got, burner_cpu)
     assert got["contended"] and got["other_cpu"] > C.OTHER_LIMIT, got
 
 
