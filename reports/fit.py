@@ -12,6 +12,15 @@ Intervals: 95% percentile bootstrap. When raw timing samples are stored, each le
 recomputed from its samples resampled with replacement (what varies between repetitions); when
 they are not (memory is one reading per cell), residuals of the fit are resampled on the log
 scale. OOM, timeout and error cells are censored data: never fitted, only reported.
+
+The rules every exponent and crossover follows, here and in the profiler's fit records:
+
+* no fit below :data:`MIN_FIT_LENGTHS` distinct lengths (two points always give "a slope");
+* :func:`fit_series` fits only clean timings (:func:`reports.cells.is_clean`) when there are
+  enough of them, and says which lengths it used and which it left out;
+* :func:`judge_exponent` flags an exponent against its declared class only when the data behind
+  it is clean, the gap exceeds :data:`FLAG_THRESHOLD` and the interval excludes the declared value;
+* crossovers are searched up to :data:`CROSSOVER_CAP` tokens; beyond it: "none below 1M tokens".
 """
 
 from __future__ import annotations
@@ -22,19 +31,31 @@ from typing import Sequence
 
 import numpy as np
 
+from reports.formats import format_length, format_tokens
+
 __all__ = [
     "Fit",
     "Crossover",
+    "SeriesFit",
+    "Verdict",
     "fit_scaling",
+    "fit_series",
+    "judge_exponent",
     "local_slopes",
     "find_crossover",
     "declared_class",
     "MIN_POINTS_OFFSET",
+    "MIN_FIT_LENGTHS",
+    "FLAG_THRESHOLD",
+    "CROSSOVER_CAP",
 ]
 
 MIN_POINTS_OFFSET = 5  # lengths needed before the a + b*T^k model is used
+MIN_FIT_LENGTHS = 3  # distinct lengths a fit needs: two points are a slope, not an exponent with an interval
+FLAG_THRESHOLD = 0.3  # |fitted - declared exponent| above this may be flagged (PROFILING.md 5.7)
+CROSSOVER_CAP = 2.0**20  # crossovers are searched up to 1M tokens; beyond: "none below 1M tokens"
 _K_GRID = np.linspace(0.0, 4.0, 401)
-_MAX_EXTRAPOLATION = 2.0**40  # crossovers beyond ~1e12 tokens are reported as "none"
+_MAX_EXTRAPOLATION = CROSSOVER_CAP
 
 
 @dataclass
@@ -106,11 +127,13 @@ def fit_scaling(
     samples: Sequence[Sequence[float] | None] | None = None,
     n_boot: int = 200,
     seed: int = 0,
+    min_lengths: int = MIN_FIT_LENGTHS,
 ) -> Fit | None:
     """Fit ``values ~ a + b * lengths**k`` (or the power law below :data:`MIN_POINTS_OFFSET` points).
 
     ``values`` are positive medians; ``samples[i]`` the raw repetitions behind ``values[i]`` (or
-    None). Returns None with fewer than two distinct positive points.
+    None). Returns None with fewer than ``min_lengths`` (:data:`MIN_FIT_LENGTHS`) distinct
+    positive points.
     """
     T = np.asarray(lengths, dtype=float)
     y = np.asarray(values, dtype=float)
@@ -118,7 +141,7 @@ def fit_scaling(
     order = np.argsort(T[keep], kind="stable")
     idx = np.flatnonzero(keep)[order]
     T, y = T[idx], y[idx]
-    if len(np.unique(T)) < 2:
+    if len(np.unique(T)) < max(min_lengths, 2):
         return None
     offset = len(T) >= MIN_POINTS_OFFSET
     k, a, b = _best(T, y, offset)
@@ -197,6 +220,7 @@ class Crossover:
     hi: float | None = None
     note: str = ""
     bracketed: bool = False  # measured between lo and hi, one side failed: nothing to interpolate
+    capped: bool = False  # kind "none" because the fits do not cross below CROSSOVER_CAP
 
     @property
     def text(self) -> str:
@@ -209,11 +233,12 @@ class Crossover:
         if self.kind == "extrapolated":
             ci = ""
             if self.lo is not None and self.hi is not None:
-                hi = "∞" if math.isinf(self.hi) else _fmt_len(self.hi)
+                hi = f"> {format_length(CROSSOVER_CAP)}" if self.hi > CROSSOVER_CAP else _fmt_len(self.hi)
                 ci = f" [{_fmt_len(self.lo)}, {hi}]"
             return f"T ≈ {_fmt_len(self.length)}{ci} (extrapolated from the fits)" + _note(self.note)
         if self.kind == "none":
-            return "no crossover" + _note(self.note)
+            head = f"none below {format_length(CROSSOVER_CAP)} tokens" if self.capped else "no crossover"
+            return head + _note(self.note)
         return "unknown" + _note(self.note)
 
 
@@ -221,18 +246,11 @@ def _note(note: str) -> str:
     return f"; {note}" if note else ""
 
 
-def _fmt_len(T: float | None) -> str:
-    if T is None:
-        return "?"
-    for unit, scale in (("M", 2**20), ("k", 2**10)):
-        if T >= scale:
-            value = T / scale
-            return f"{value:.3g}{unit}" if value < 100 else f"{value:.0f}{unit}"
-    return f"{T:.0f}"
+_fmt_len = format_tokens
 
 
 def _first_cheaper(fit_a: Fit | np.ndarray, fit_b: Fit | np.ndarray, start: float) -> float | None:
-    """Smallest T >= start from which a + bT^k of A stays below B's (None if never up to 2^40)."""
+    """Smallest T >= start from which a + bT^k of A stays below B's (None if not below the cap)."""
     grid = np.exp2(np.linspace(math.log2(start), math.log2(_MAX_EXTRAPOLATION), 1201))  # (G,)
 
     def params(f):
@@ -303,12 +321,13 @@ def find_crossover(
     if math.isinf(diff[-1]):
         return Crossover("none", note=f"fails at T={_fmt_len(T[-1])} where the baseline runs")
     start = float(T[-1])
-    length = _first_cheaper(fit_mixer, fit_baseline, start)
+    length = _first_cheaper(fit_mixer, fit_baseline, start) if start < CROSSOVER_CAP else None
     if length is None:
         return Crossover(
             "none",
-            note=f"not within [{_fmt_len(T[0])}, {_fmt_len(T[-1])}], and the fits do not cross "
-            f"(k = {fit_mixer.k:.2f} vs {fit_baseline.k:.2f})",
+            note=f"not within [{_fmt_len(T[0])}, {_fmt_len(T[-1])}] and the fits do not cross below "
+            f"{format_length(CROSSOVER_CAP)} (k = {fit_mixer.k:.2f} vs {fit_baseline.k:.2f})",
+            capped=True,
         )
     n = min(len(fit_mixer.boot), len(fit_baseline.boot))
     boots = [_first_cheaper(fit_mixer.boot[i], fit_baseline.boot[i], start) for i in range(n)]
@@ -318,3 +337,90 @@ def find_crossover(
     ranked = np.sort([x if x is not None else math.inf for x in boots])
     lo, hi = ranked[int(0.025 * (n - 1))], ranked[int(math.ceil(0.975 * (n - 1)))]
     return Crossover("extrapolated", length=length, lo=float(lo), hi=float(hi))
+
+
+# --- the series rules: which points are fitted, and what an exponent may claim -------------------
+@dataclass
+class SeriesFit:
+    """The fit of one series and what it rests on.
+
+    ``fit`` is None with fewer than :data:`MIN_FIT_LENGTHS` usable lengths (``reason`` says so);
+    ``clean`` is True when every point fitted was a clean timing; ``excluded`` lists the lengths
+    left out because their timing was noisy or contended.
+    """
+
+    fit: Fit | None
+    clean: bool
+    used: list[int]
+    excluded: list[int]
+    reason: str = ""
+
+
+def fit_series(
+    lengths: Sequence[float],
+    values: Sequence[float],
+    clean: Sequence[bool] | None = None,
+    samples: Sequence[Sequence[float] | None] | None = None,
+    n_boot: int = 200,
+) -> SeriesFit:
+    """Fit a series on its clean points when there are :data:`MIN_FIT_LENGTHS` of them, else on
+    every point (then ``clean=False``: no verdict may rest on it), else not at all.
+
+    ``values[i]`` is the positive cost at ``lengths[i]`` (NaN / None for cells without a number);
+    ``clean[i]`` whether that point is a clean timing (None: all clean, e.g. memory).
+    """
+    n = len(lengths)
+    clean = [True] * n if clean is None else [bool(c) for c in clean]
+    usable = [i for i in range(n) if values[i] is not None and math.isfinite(values[i]) and values[i] > 0]
+    good = [i for i in usable if clean[i]]
+    excluded = sorted({int(lengths[i]) for i in usable if not clean[i]})
+
+    def run(idx: list[int]) -> Fit | None:
+        pts = samples and [samples[i] for i in idx]
+        return fit_scaling([lengths[i] for i in idx], [values[i] for i in idx], pts or None, n_boot=n_boot)
+
+    if len({lengths[i] for i in good}) >= MIN_FIT_LENGTHS:
+        fit = run(good)
+        return SeriesFit(fit, True, fit.lengths if fit else [], excluded)
+    n_all = len({lengths[i] for i in usable})
+    if n_all >= MIN_FIT_LENGTHS:
+        fit = run(usable)
+        return SeriesFit(fit, False, fit.lengths if fit else [], [])
+    return SeriesFit(None, not excluded, sorted({int(lengths[i]) for i in usable}), excluded,
+                     reason=f"too few lengths ({n_all} of {MIN_FIT_LENGTHS} needed)")
+
+
+@dataclass
+class Verdict:
+    """What an exponent may say against its declared class.
+
+    ``status``: ``agrees``, ``flagged`` (clean data, |k - declared| > :data:`FLAG_THRESHOLD` and
+    the interval excludes the declared exponent), ``inconclusive`` (as large a gap, but the
+    interval holds the declared exponent), ``noisy`` (the gap rests on noisy or contended
+    timings), ``unfitted`` (too few lengths) or ``undeclared``.
+    """
+
+    status: str
+    text: str
+
+    @property
+    def flagged(self) -> bool:
+        return self.status == "flagged"
+
+
+def judge_exponent(series: SeriesFit, declared: float | None) -> Verdict:
+    """The verdict on one fitted exponent (the only place a ⚠ against a class is decided)."""
+    fit = series.fit
+    if fit is None:
+        return Verdict("unfitted", series.reason or "too few lengths")
+    mark = "" if series.clean else "~"
+    if declared is None or (isinstance(declared, float) and math.isnan(declared)):
+        return Verdict("undeclared", mark + fit.interval)
+    gap = fit.k - declared
+    if abs(gap) <= FLAG_THRESHOLD:
+        return Verdict("agrees", mark + fit.interval + ("" if series.clean else " (noisy data)"))
+    if not series.clean:
+        return Verdict("noisy", f"~{fit.interval} inconclusive (noisy data)")
+    if fit.k_lo <= declared <= fit.k_hi:
+        return Verdict("inconclusive", f"{fit.interval} (inconclusive)")
+    return Verdict("flagged", f"{fit.interval}: {gap:+.2f} vs {declared_class(declared)}")
