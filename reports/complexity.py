@@ -87,9 +87,12 @@ def _exponent_cell(series: SeriesFit, declared: float | None) -> Any:
 
 
 def _lengths_cell(fits: list[SeriesFit]) -> str:
-    used = sorted({T for f in fits if f.fit is not None for T in f.used})
+    """The lengths behind the row's fits (time first, memory second when they differ)."""
+    used = [sorted(f.used) if f.fit is not None else [] for f in fits]
     excluded = sorted({T for f in fits for T in f.excluded})
-    text = lengths_text(used)
+    text = lengths_text(used[0] or used[1])
+    if used[0] and used[1] and used[0] != used[1]:
+        text = f"time {lengths_text(used[0])}; memory {lengths_text(used[1])}"
     if any(f.fit is not None and not f.clean for f in fits):
         text += "; noisy or contended timings included (too few clean lengths)"
     if excluded:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
+from reports.cells import is_contended, is_noisy
 from reports.complexity import complexity_section
 from reports.doc import Doc, Figure, Flag, Frame, group_heading, lengths_text, make_figure
 from reports.errors import ReportError
@@ -31,6 +32,7 @@ from reports.metrics import (
     MEMORY,
     SHAPE_COLUMNS,
     TIME,
+    clean_mask,
     format_bytes,
     format_number,
     group_cells,
@@ -229,16 +231,7 @@ def _environment_section(doc: Doc, profiles: list[Profile], cells: pd.DataFrame)
     if quality:
         doc.h3("Data quality")
         doc.items(quality)
-    doc.h3("Noisy cells")
-    noisy = cells[cells["noisy"].map(_is_true)] if not cells.empty else cells
-    if noisy.empty:
-        doc.p("None: every timed cell met the spread threshold (IQR / median).")
-    else:
-        rows = []
-        for _, c in noisy.sort_values(["run", "label", "mode", "T"]).iterrows():
-            spread = c["time_iqr_s"] / c["time_median_s"] if c["time_median_s"] else float("nan")
-            rows.append([c["run"], c["label"], c["mode"], str(int(c["T"])), f"{spread:.0%}", str(_int_or(c["time_n"]))])
-        doc.frame(Frame(["run", "mixer", "mode", "T", "IQR / median", "repetitions"], rows))
+    _unclean_cells(doc, cells)
     disagree = cells[cells["mem_disagree"].map(_is_true)] if not cells.empty else cells
     if not disagree.empty:
         doc.h3("Memory readings that disagree")
@@ -247,6 +240,30 @@ def _environment_section(doc: Doc, profiles: list[Profile], cells: pd.DataFrame)
         rows = [[c["run"], c["label"], c["mode"], str(int(c["T"])), format_bytes(c["mem_tensor_peak_bytes"]),
                  format_bytes(c["mem_peak_bytes"])] for _, c in disagree.iterrows()]
         doc.frame(Frame(["run", "mixer", "mode", "T", "tensor peak", "resident peak"], rows))
+
+
+def _unclean_cells(doc: Doc, cells: pd.DataFrame) -> None:
+    """The timings that are not clean (noisy or contended), so the reader can judge the marks."""
+    doc.h3("Noisy or contended timings")
+    if cells.empty:
+        doc.p("None.")
+        return
+    ok = cells[cells["status"] == "ok"]
+    unclean = ok[~clean_mask(ok)]
+    if unclean.empty:
+        doc.p("None: every timed cell met the spread threshold (IQR / median) on a quiet machine.")
+        return
+    doc.p("Left out of exponent verdicts and crossovers, drawn hollow in the scaling plots. Other CPU: "
+          "cores other processes used while the cell was timed; contended samples: samples taken then.")
+    rows = []
+    for _, c in unclean.sort_values(["run", "label", "mode", "T"]).iterrows():
+        spread = c["time_iqr_s"] / c["time_median_s"] if c["time_median_s"] else float("nan")
+        why = ", ".join(w for w, flag in (("contended", is_contended(c)), ("noisy", is_noisy(c))) if flag)
+        other = f"{c['other_cpu']:.2f}" if "other_cpu" in c and pd.notna(c["other_cpu"]) else "–"
+        rows.append([c["run"], c["label"], c["mode"], str(int(c["T"])), why, f"{spread:.0%}",
+                     str(_int_or(c["time_n"])), str(_int_or(c.get("contended_samples"))), other])
+    doc.frame(Frame(["run", "mixer", "mode", "T", "why", "IQR / median", "repetitions", "contended samples",
+                     "other CPU (cores)"], rows))
 
 
 def _int_or(v: Any) -> Any:
@@ -307,6 +324,25 @@ def _summary_csv(runs: list[tuple[str, pd.DataFrame]], baseline: str) -> pd.Data
     return table[columns]
 
 
+def _threads_text(cells: pd.DataFrame) -> str:
+    counts = sorted({int(t) for t in pd.to_numeric(cells["threads"], errors="coerce").dropna()})
+    if not counts:
+        return "threads not recorded"
+    return ", ".join(map(str, counts)) + (" thread" if counts == [1] else " threads")
+
+
+def thread_mismatch(runs: list[tuple[str, pd.DataFrame]]) -> str:
+    """A sentence when the runs were timed at different thread counts ('' when they were not):
+    the thread count changes the comparison itself, so such cells are never put side by side."""
+    texts = {name: _threads_text(cells) for name, cells in runs}
+    if len(set(texts.values())) < 2:
+        return ""
+    listed = "; ".join(f"{name}: {text}" for name, text in texts.items())
+    return (f"The runs were timed at different thread counts ({listed}). The thread count changes the "
+            "comparison itself: cells at different thread counts are never compared side by side, "
+            "fitted together or drawn as one series.")
+
+
 def _consumption_section(doc: Doc, runs: list[tuple[str, pd.DataFrame]], baseline: str, latex: list[str]) -> None:
     """Per run, the paper's table per group of comparable cells; with several runs, each other
     run against the first on the cells they share."""
@@ -323,6 +359,9 @@ def _consumption_section(doc: Doc, runs: list[tuple[str, pd.DataFrame]], baselin
         return
     ref_name, ref_cells = runs[0]
     doc.h3(f"Side by side: each run against {ref_name}")
+    mixed = thread_mismatch(runs)
+    if mixed:
+        doc.p(mixed)
     ref_groups = {tuple(str(g[c]) for c in SHAPE_COLUMNS): part for g, part in group_cells(ref_cells, SHAPE_COLUMNS)}
     for name, other in runs[1:]:
         for group, part in group_cells(other, SHAPE_COLUMNS):
@@ -336,9 +375,9 @@ def _consumption_section(doc: Doc, runs: list[tuple[str, pd.DataFrame]], baselin
 
 
 def _scaling_section(doc: Doc, runs: list[tuple[str, pd.DataFrame]], cells: pd.DataFrame,
-                     figures: list[Figure], warnings: list[str]) -> None:
+                     figures: list[Figure], warnings: list[str], baseline: str) -> None:
     """Time and memory against T per group; several runs share a figure (line style per run)."""
-    from reports.plots import plot_scaling
+    from reports.plots import plot_scaling, plot_scaling_panels
 
     doc.h2("Scaling", "scaling")
     if not runs:
@@ -346,7 +385,10 @@ def _scaling_section(doc: Doc, runs: list[tuple[str, pd.DataFrame]], cells: pd.D
     doc.p("Cost against sequence length on log-log axes (log₂ T), one colour per mixer in every figure; "
           "× marks the first length that ran out of memory, placed by extending the last measured slope. "
           "Dashed grey lines are O(T), O(T log T) and O(T²) for reference. Lower panels: local slopes "
-          "between consecutive lengths (1 = linear, 2 = quadratic).")
+          "between consecutive lengths (1 = linear, 2 = quadratic). Hollow markers: timings that are "
+          "noisy or were taken while other processes used the cores; they are drawn but never fitted. "
+          "Each overview is followed by small multiples: one panel per mixer on shared axes, with the "
+          "baseline in grey in every panel.")
     for group, part in group_cells(cells, SHAPE_COLUMNS if len(runs) > 1 else None):
         title = group_title(group)
         for metric in (TIME, MEMORY):
@@ -359,6 +401,12 @@ def _scaling_section(doc: Doc, runs: list[tuple[str, pd.DataFrame]], cells: pd.D
             what = "Time" if metric is TIME else "Peak memory"
             figures.append(make_figure(plot_scaling(part, metric.name, title=title), name, f"{what} against T: {title}."))
             doc.figure(figures[-1])
+            reference = resolve_baseline(sorted(part["label"].unique(), key=str), baseline)
+            if part["label"].nunique() - (reference is not None) > 1:
+                fig = plot_scaling_panels(part, metric.name, title=title, reference=reference)
+                figures.append(make_figure(fig, f"{name}-panels", f"{what} against T, one panel per mixer "
+                                           f"({reference or 'no'} reference in grey): {title}."))
+                doc.figure(figures[-1])
 
 
 # --- renderers ----------------------------------------------------------------------------------
@@ -546,15 +594,16 @@ def build_report(
     runs = [(p.name, p.cells.assign(run=p.name)) for p in runs_p]
     if len(runs) > 1:
         _check_common(runs)
+        mixed = thread_mismatch(runs)
     fidelity = pd.concat(fidelity_frames, ignore_index=True) if fidelity_frames else pd.DataFrame()
     cells = pd.concat([c for _, c in runs], ignore_index=True) if runs else pd.DataFrame(columns=["run", "noisy", "mem_disagree"])
 
-    warnings: list[str] = []
+    warnings: list[str] = [mixed] if len(runs) > 1 and mixed else []
     figures: list[Figure] = []
     doc = Doc()
     latex: list[str] = []
     _consumption_section(doc, runs, baseline, latex)
-    _scaling_section(doc, runs, cells, figures, warnings)
+    _scaling_section(doc, runs, cells, figures, warnings, baseline)
     if runs:
         complexity_section(doc, runs, profiles, declared() if callable(declared) else declared, baseline)
     _fidelity_section(doc, fidelity, figures)
