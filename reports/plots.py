@@ -250,6 +250,7 @@ def plot_scaling_panels(cells: pd.DataFrame, metric: str = "time", title: str = 
                                 color=mixer_color(label), ms=8, mew=2, ls="none", clip_on=False)
             ax.set_title(mixer, loc="left", fontsize=10, color=mixer_color(mixer))
             ax.set_yscale("log")
+            ax.yaxis.set_minor_locator(NullLocator())  # minor log ticks cost a draw each, say little here
             _length_axis(ax, lengths)
             ax.tick_params(labelsize=8)
         for ax in list(axes.flat)[len(mixers):]:
@@ -268,7 +269,10 @@ def plot_scaling_panels(cells: pd.DataFrame, metric: str = "time", title: str = 
             fig.suptitle(title, x=0.01, ha="left", fontsize=11)
         if handles:
             fig.legend(handles=handles, loc="upper right", ncols=len(handles), fontsize=8, bbox_to_anchor=(0.99, 1.0))
-        fig.tight_layout(rect=(0, 0, 1, 0.95 if (title or handles) else 1))
+        # fixed margins in inches (tight_layout would draw the whole figure once more)
+        width, height = fig.get_size_inches()
+        fig.subplots_adjust(left=0.75 / width, right=1 - 0.15 / width, bottom=0.75 / height,
+                            top=1 - (0.75 if (title or handles) else 0.3) / height, wspace=0.12, hspace=0.35)
     return fig
 
 
