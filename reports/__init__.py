@@ -10,6 +10,7 @@ report can be built anywhere the records can be copied to.
 """
 
 from reports.cells import SERIES_FIELDS, is_clean, is_contended, is_noisy, series_identity
+from reports.endtable import end_table_rows
 from reports.errors import ReportError
 from reports.fit import (
     CROSSOVER_CAP,
@@ -67,6 +68,7 @@ __all__ = [
     "to_html",
     "to_latex",
     "to_markdown",
+    "end_table_rows",
     "TABLE_FORMATS",
     "parse_table_format",
     "render_table",

@@ -66,3 +66,20 @@ def test_data_formats_keep_every_column_and_character():
     data = json.loads(render_table(ROWS, "json"))
     assert data[1]["ms"] is None and data[0]["year"] == 2022 and math.isclose(data[0]["ms"], 12.5)
     assert render_table([{"a": "x|y"}], "md").splitlines()[2] == "| x\\|y |"
+
+
+def test_end_table_rows_mark_unclean_timings_and_failures():
+    from reports.endtable import end_table_rows
+
+    def cell(label, T, status="ok", t=1e-3, **kw):
+        return {"kind": "cell", "label": label, "mixer": label, "mode": "forward", "T": T, "threads": 2,
+                "status": status, "time_median_s": t if status == "ok" else None, "mem_peak_bytes": 2.0**20, **kw}
+
+    records = [cell("softmax", 512), cell("softmax", 1024, "oom", inferred=True),
+               cell("ponet", 512, t=5e-4, contended=True), cell("ponet", 1024, t=9e-4, noisy=True)]
+    rows, notes = end_table_rows(records, "softmax")
+    assert rows[0] == {"mixer": "softmax", "mode": "forward", "T=512": "1 ms · 1 MiB", "T=1024": "OOM†"}
+    assert rows[1]["T=512"] == "≈500 µs · 1 MiB (0.50×)" and rows[1]["T=1024"] == "~900 µs · 1 MiB"
+    assert "≈ contended" in notes[0] and "~ noisy" in notes[0] and "OOM† inferred" in notes[0]
+    text = render_table(rows, "table", width=80, notes=notes)
+    assert text.splitlines()[0].split() == ["mixer", "mode", "T=512", "T=1024"]
