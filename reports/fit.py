@@ -251,6 +251,8 @@ _fmt_len = format_tokens
 
 def _first_cheaper(fit_a: Fit | np.ndarray, fit_b: Fit | np.ndarray, start: float) -> float | None:
     """Smallest T >= start from which a + bT^k of A stays below B's (None if not below the cap)."""
+    if start >= _MAX_EXTRAPOLATION:
+        return None
     grid = np.exp2(np.linspace(math.log2(start), math.log2(_MAX_EXTRAPOLATION), 1201))  # (G,)
 
     def params(f):

@@ -163,3 +163,31 @@ def test_plots_draw_unclean_timings_hollow_and_small_multiples_per_mixer(tmp_pat
         assert any(np.allclose(line.get_xdata(), LENGTHS) for line in ax.get_lines()
                    if line.get_color() == "#9a9a9a")
     assert not math.isnan(float(cells["time_median_s"].max()))
+
+
+def test_fit_series_and_verdict_rules():
+    from reports.fit import fit_series, judge_exponent
+
+    T = [512, 1024, 2048, 4096, 8192]
+    y = [1e-6 * t for t in T]
+    busy = [v * (8 if t >= 4096 else 1) for v, t in zip(y, T)]
+    clean = [t < 4096 for t in T]
+    series = fit_series(T, busy, clean)
+    assert series.clean and series.used == [512, 1024, 2048] and series.excluded == [4096, 8192]
+    assert judge_exponent(series, 1.0).status == "agrees"
+    series = fit_series(T, busy, [t < 2048 for t in T])  # two clean lengths: fitted on all, not judged
+    assert not series.clean and judge_exponent(series, 1.0).status == "noisy"
+    assert judge_exponent(series, 1.0).text.endswith("inconclusive (noisy data)")
+    series = fit_series(T[:2], y[:2])
+    assert series.fit is None and judge_exponent(series, 1.0).status == "unfitted"
+    assert judge_exponent(fit_series(T, [1e-9 * t**2 for t in T]), 1.0).flagged
+
+
+def test_series_identity_includes_the_thread_count():
+    from reports.cells import is_clean, series_identity
+
+    a = {"label": "ponet", "scope": "mixer", "mode": "forward", "T": 512, "threads": 1, "status": "ok"}
+    assert series_identity(a) != series_identity({**a, "threads": 2})
+    assert series_identity(a) == series_identity({**a, "T": 1024, "threads": 1.0})
+    assert is_clean(a) and not is_clean({**a, "contended": True}) and not is_clean({**a, "noisy": "true"})
+    assert not is_clean({**a, "status": "oom"})
