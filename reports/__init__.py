@@ -10,17 +10,16 @@ report can be built anywhere the records can be copied to.
 """
 
 from reports.cells import SERIES_FIELDS, is_clean, is_contended, is_noisy, series_identity
+from reports.crossover import Crossover, find_crossover
 from reports.endtable import end_table_rows
 from reports.errors import ReportError
 from reports.fit import (
     CROSSOVER_CAP,
     FLAG_THRESHOLD,
     MIN_FIT_LENGTHS,
-    Crossover,
     Fit,
     SeriesFit,
     Verdict,
-    find_crossover,
     fit_scaling,
     fit_series,
     judge_exponent,

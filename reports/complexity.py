@@ -14,16 +14,15 @@ from typing import Any
 
 import pandas as pd
 
+from reports.crossover import Crossover, find_crossover
 from reports.doc import Doc, Flag, Frame, group_heading, lengths_text
 from reports.fit import (
     CROSSOVER_CAP,
     FLAG_THRESHOLD,
     MIN_FIT_LENGTHS,
     MIN_POINTS_OFFSET,
-    Crossover,
     SeriesFit,
     declared_class,
-    find_crossover,
     fit_series,
     judge_exponent,
 )
