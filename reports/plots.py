@@ -241,13 +241,14 @@ def plot_scaling_panels(cells: pd.DataFrame, metric: str = "time", title: str = 
         for ax, mixer in zip(axes.flat, mixers):
             for (run, label), s in series.items():
                 ls = RUN_STYLES[runs.index(run) % len(RUN_STYLES)]
-                if label == ref:
-                    _draw_series(ax, s["T"], s["y"] / scale, s["clean"], GUIDE_COLOR, "o", ls, ms=3, lw=1.2)
-                elif mixer_of(label) == mixer:
-                    _draw_series(ax, s["T"], s["y"] / scale, s["clean"], mixer_color(label), label_marker(label), ls, ms=4)
-                    if s["oom_T"] is not None:
-                        ax.plot([s["oom_T"]], [0.95], transform=ax.get_xaxis_transform(), marker="x",
-                                color=mixer_color(label), ms=8, mew=2, ls="none", clip_on=False)
+                if label != ref and mixer_of(label) != mixer:
+                    continue
+                color = GUIDE_COLOR if label == ref else mixer_color(label)
+                marker, ms = ("o", 3) if label == ref else (label_marker(label), 4)
+                _draw_series(ax, s["T"], s["y"] / scale, s["clean"], color, marker, ls, ms=ms, lw=1.2 if label == ref else 1.8)
+                if s["oom_T"] is not None:  # the first OOM length, on the panel's top edge
+                    ax.plot([s["oom_T"]], [0.95], transform=ax.get_xaxis_transform(), marker="x",
+                            color=color, ms=8, mew=2, ls="none", clip_on=False)
             ax.set_title(mixer, loc="left", fontsize=10, color=mixer_color(mixer))
             ax.set_yscale("log")
             ax.yaxis.set_minor_locator(NullLocator())  # minor log ticks cost a draw each, say little here
@@ -260,6 +261,8 @@ def plot_scaling_panels(cells: pd.DataFrame, metric: str = "time", title: str = 
         handles = []
         if ref:
             handles.append(Line2D([], [], color=GUIDE_COLOR, marker="o", ms=3, lw=1.2, label=f"{ref} (reference)"))
+        if any(s["oom_T"] is not None for s in series.values()):
+            handles.append(Line2D([], [], color="#444444", marker="x", ms=7, mew=2, ls="none", label="first OOM"))
         if any(not s["clean"].all() for s in series.values()):
             handles.append(_hollow_handle())
         if len(runs) > 1:
