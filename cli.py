@@ -38,20 +38,37 @@ def _user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+_TABLE_FORMAT_HELP = "table (terminal, fitted to its width) | plain (aligned text) | md | csv | json [default: table on a terminal, plain in a pipe]"
+
+
+def _table_format(fmt: str) -> str:
+    from reports.text import resolve_table_format
+
+    return resolve_table_format(fmt, sys.stdout.isatty())
+
+
 @app.command("list")
 @_user_errors
 def list_cmd(
     pattern: str = typer.Argument("*", help="wildcard over mixer names, e.g. '*former'"),
-    markdown: bool = typer.Option(False, "--markdown", help="print a Markdown table (used for the README)"),
+    fmt: str = typer.Option("auto", "--format", help=_TABLE_FORMAT_HELP),
+    markdown: bool = typer.Option(False, "--markdown", hidden=True, help="same as --format md"),
 ) -> None:
     """Table of every registered mixer: paper, year, complexity, capabilities."""
-    from zoo.catalog import mixer_table, render_markdown_table, render_rich_table
+    from reports.errors import ReportError
+    from reports.text import render_table, terminal_width
+    from zoo.catalog import mixer_table, unknown_pattern_message
 
+    fmt = "md" if markdown else _table_format(fmt)
     rows = mixer_table(pattern)
-    if markdown:
-        typer.echo(render_markdown_table(rows))
-    else:
-        render_rich_table(rows)
+    if not rows:
+        raise ReportError(unknown_pattern_message(pattern))
+    title = f"zoo: {len(rows)} mixer{'s' if len(rows) != 1 else ''}" + (f" matching {pattern!r}" if pattern != "*" else "")
+    typer.echo(render_table(
+        rows, fmt, title=title, width=terminal_width(fmt), cut=("paper",),
+        drop=("arxiv", "reduces length", "paper", "stochastic", "year"),
+        hint="see `zoo info NAME` or --format csv",
+    ))
 
 
 @app.command("info")
@@ -60,11 +77,14 @@ def info_cmd(
     name: str = typer.Argument(..., help="mixer name (see `zoo list`)"),
     dim: Optional[int] = typer.Option(None, help="model width for the parameter count (default: config default)"),
     heads: Optional[int] = typer.Option(None, help="heads for the parameter count (default: config default)"),
+    fmt: str = typer.Option("auto", "--format", help=_TABLE_FORMAT_HELP + "; csv: the config fields"),
 ) -> None:
     """A mixer's spec, config fields (defaults and meaning) and parameter count."""
-    from zoo.catalog import render_info
+    from reports.text import render_info, terminal_width
+    from zoo.catalog import mixer_info
 
-    render_info(name, dim=dim, heads=heads)
+    fmt = _table_format(fmt)
+    typer.echo(render_info(mixer_info(name, dim=dim, heads=heads), fmt, width=terminal_width(fmt)))
 
 
 def _declared_exponents() -> dict[str, dict[str, float]]:

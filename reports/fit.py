@@ -12,6 +12,15 @@ Intervals: 95% percentile bootstrap. When raw timing samples are stored, each le
 recomputed from its samples resampled with replacement (what varies between repetitions); when
 they are not (memory is one reading per cell), residuals of the fit are resampled on the log
 scale. OOM, timeout and error cells are censored data: never fitted, only reported.
+
+The rules every exponent and crossover follows, here and in the profiler's fit records:
+
+* no fit below :data:`MIN_FIT_LENGTHS` distinct lengths (two points always give "a slope");
+* :func:`fit_series` fits only clean timings (:func:`reports.cells.is_clean`) when there are
+  enough of them, and says which lengths it used and which it left out;
+* :func:`judge_exponent` flags an exponent against its declared class only when the data behind
+  it is clean, the gap exceeds :data:`FLAG_THRESHOLD` and the interval excludes the declared value;
+* crossovers are searched up to :data:`CROSSOVER_CAP` tokens; beyond it: "none below 1M tokens".
 """
 
 from __future__ import annotations
@@ -22,19 +31,30 @@ from typing import Sequence
 
 import numpy as np
 
+from reports.formats import format_length
+
 __all__ = [
     "Fit",
     "Crossover",
+    "SeriesFit",
+    "Verdict",
     "fit_scaling",
+    "fit_series",
+    "judge_exponent",
     "local_slopes",
     "find_crossover",
     "declared_class",
     "MIN_POINTS_OFFSET",
+    "MIN_FIT_LENGTHS",
+    "FLAG_THRESHOLD",
+    "CROSSOVER_CAP",
 ]
 
 MIN_POINTS_OFFSET = 5  # lengths needed before the a + b*T^k model is used
+MIN_FIT_LENGTHS = 3  # distinct lengths a fit needs: two points are a slope, not an exponent with an interval
+FLAG_THRESHOLD = 0.3  # |fitted - declared exponent| above this may be flagged (PROFILING.md 5.7)
+CROSSOVER_CAP = 2.0**20  # crossovers are searched up to 1M tokens; beyond: "none below 1M tokens"
 _K_GRID = np.linspace(0.0, 4.0, 401)
-_MAX_EXTRAPOLATION = 2.0**40  # crossovers beyond ~1e12 tokens are reported as "none"
 
 
 @dataclass
@@ -106,11 +126,13 @@ def fit_scaling(
     samples: Sequence[Sequence[float] | None] | None = None,
     n_boot: int = 200,
     seed: int = 0,
+    min_lengths: int = MIN_FIT_LENGTHS,
 ) -> Fit | None:
     """Fit ``values ~ a + b * lengths**k`` (or the power law below :data:`MIN_POINTS_OFFSET` points).
 
     ``values`` are positive medians; ``samples[i]`` the raw repetitions behind ``values[i]`` (or
-    None). Returns None with fewer than two distinct positive points.
+    None). Returns None with fewer than ``min_lengths`` (:data:`MIN_FIT_LENGTHS`) distinct
+    positive points.
     """
     T = np.asarray(lengths, dtype=float)
     y = np.asarray(values, dtype=float)
@@ -118,7 +140,7 @@ def fit_scaling(
     order = np.argsort(T[keep], kind="stable")
     idx = np.flatnonzero(keep)[order]
     T, y = T[idx], y[idx]
-    if len(np.unique(T)) < 2:
+    if len(np.unique(T)) < max(min_lengths, 2):
         return None
     offset = len(T) >= MIN_POINTS_OFFSET
     k, a, b = _best(T, y, offset)
@@ -181,140 +203,98 @@ def declared_class(exponent: float | None) -> str:
     return f"O(T^{exponent:g})"
 
 
+# --- the series rules: which points are fitted, and what an exponent may claim -------------------
 @dataclass
-class Crossover:
-    """Where a mixer becomes cheaper than the baseline (and stays cheaper).
+class SeriesFit:
+    """The fit of one series and what it rests on.
 
-    kind: ``measured`` (sign change inside the measured lengths, interpolated on log T),
-    ``always`` (cheaper at every common length), ``extrapolated`` (from the two fits, with a
-    bootstrap interval), ``none`` (not within the measured range and not predicted below 2^40),
-    ``unknown`` (too few points to say).
+    ``fit`` is None with fewer than :data:`MIN_FIT_LENGTHS` usable lengths (``reason`` says so);
+    ``clean`` is True when every point fitted was a clean timing; ``excluded`` lists the lengths
+    left out because their timing was noisy or contended.
     """
 
-    kind: str
-    length: float | None = None
-    lo: float | None = None
-    hi: float | None = None
-    note: str = ""
-    bracketed: bool = False  # measured between lo and hi, one side failed: nothing to interpolate
+    fit: Fit | None
+    clean: bool
+    used: list[int]
+    excluded: list[int]
+    reason: str = ""
+
+
+def fit_series(
+    lengths: Sequence[float],
+    values: Sequence[float],
+    clean: Sequence[bool] | None = None,
+    samples: Sequence[Sequence[float] | None] | None = None,
+    n_boot: int = 200,
+) -> SeriesFit:
+    """Fit a series on its clean points when there are :data:`MIN_FIT_LENGTHS` of them, else on
+    every point (then ``clean=False``: no verdict may rest on it), else not at all.
+
+    ``values[i]`` is the positive cost at ``lengths[i]`` (NaN / None for cells without a number);
+    ``clean[i]`` whether that point is a clean timing (None: all clean, e.g. memory).
+    """
+    n = len(lengths)
+    clean = [True] * n if clean is None else [bool(c) for c in clean]
+    usable = [i for i in range(n) if values[i] is not None and math.isfinite(values[i]) and values[i] > 0]
+    good = [i for i in usable if clean[i]]
+    excluded = sorted({int(lengths[i]) for i in usable if not clean[i]})
+
+    def run(idx: list[int]) -> Fit | None:
+        pts = samples and [samples[i] for i in idx]
+        return fit_scaling([lengths[i] for i in idx], [values[i] for i in idx], pts or None, n_boot=n_boot)
+
+    if len({lengths[i] for i in good}) >= MIN_FIT_LENGTHS:
+        fit = run(good)
+        return SeriesFit(fit, True, fit.lengths if fit else [], excluded)
+    n_all = len({lengths[i] for i in usable})
+    if n_all >= MIN_FIT_LENGTHS:
+        fit = run(usable)
+        return SeriesFit(fit, False, fit.lengths if fit else [], [])
+    return SeriesFit(None, not excluded, sorted({int(lengths[i]) for i in usable}), excluded,
+                     reason=f"too few lengths ({n_all} of {MIN_FIT_LENGTHS} needed)")
+
+
+@dataclass
+class Verdict:
+    """What an exponent may say against its declared class.
+
+    ``status``: ``agrees``, ``flagged`` (clean data, |k - declared| > :data:`FLAG_THRESHOLD` and
+    the interval excludes the declared exponent), ``inconclusive`` (as large a gap, but the
+    interval holds the declared exponent), ``noisy`` (the gap rests on noisy or contended
+    timings), ``unfitted`` (too few lengths) or ``undeclared``.
+    """
+
+    status: str
+    text: str
 
     @property
-    def text(self) -> str:
-        if self.kind == "always":
-            return f"cheaper at every measured length (from T={_fmt_len(self.length)})" + _note(self.note)
-        if self.kind == "measured":
-            if self.bracketed:
-                return f"between {_fmt_len(self.lo)} and {_fmt_len(self.hi)} (measured; {self.note})"
-            return f"T ≈ {_fmt_len(self.length)} (measured)" + _note(self.note)
-        if self.kind == "extrapolated":
-            ci = ""
-            if self.lo is not None and self.hi is not None:
-                hi = "∞" if math.isinf(self.hi) else _fmt_len(self.hi)
-                ci = f" [{_fmt_len(self.lo)}, {hi}]"
-            return f"T ≈ {_fmt_len(self.length)}{ci} (extrapolated from the fits)" + _note(self.note)
-        if self.kind == "none":
-            return "no crossover" + _note(self.note)
-        return "unknown" + _note(self.note)
+    def flagged(self) -> bool:
+        return self.status == "flagged"
 
 
-def _note(note: str) -> str:
-    return f"; {note}" if note else ""
+def judge_exponent(series: SeriesFit, declared: float | None) -> Verdict:
+    """The verdict on one fitted exponent (the only place a ⚠ against a class is decided)."""
+    fit = series.fit
+    if fit is None:
+        return Verdict("unfitted", series.reason or "too few lengths")
+    mark = "" if series.clean else "~"
+    if declared is None or (isinstance(declared, float) and math.isnan(declared)):
+        return Verdict("undeclared", mark + fit.interval)
+    gap = fit.k - declared
+    if abs(gap) <= FLAG_THRESHOLD:
+        return Verdict("agrees", mark + fit.interval + ("" if series.clean else " (noisy data)"))
+    if not series.clean:
+        return Verdict("noisy", f"~{fit.interval} inconclusive (noisy data)")
+    if fit.k_lo <= declared <= fit.k_hi:
+        return Verdict("inconclusive", f"{fit.interval} (inconclusive)")
+    return Verdict("flagged", f"{fit.interval}: {gap:+.2f} vs {declared_class(declared)}")
 
 
-def _fmt_len(T: float | None) -> str:
-    if T is None:
-        return "?"
-    for unit, scale in (("M", 2**20), ("k", 2**10)):
-        if T >= scale:
-            value = T / scale
-            return f"{value:.3g}{unit}" if value < 100 else f"{value:.0f}{unit}"
-    return f"{T:.0f}"
 
+def __getattr__(name: str):
+    """``reports.fit.Crossover`` / ``find_crossover``: moved to :mod:`reports.crossover`, kept as aliases."""
+    if name in ("Crossover", "find_crossover"):
+        from reports import crossover
 
-def _first_cheaper(fit_a: Fit | np.ndarray, fit_b: Fit | np.ndarray, start: float) -> float | None:
-    """Smallest T >= start from which a + bT^k of A stays below B's (None if never up to 2^40)."""
-    grid = np.exp2(np.linspace(math.log2(start), math.log2(_MAX_EXTRAPOLATION), 1201))  # (G,)
-
-    def params(f):
-        return (f.k, f.a, f.b) if isinstance(f, Fit) else tuple(f)
-
-    ka, aa, ba = params(fit_a)
-    kb, ab, bb = params(fit_b)
-    diff = np.log(aa + ba * grid**ka) - np.log(ab + bb * grid**kb)  # < 0: A cheaper
-    worse = np.flatnonzero(diff >= 0)
-    if len(worse) == 0:
-        return float(grid[0])
-    last = worse[-1]
-    if last == len(grid) - 1:
-        return None
-    # interpolate the zero between grid[last] and grid[last + 1] on log T
-    d0, d1 = diff[last], diff[last + 1]
-    x0, x1 = math.log2(grid[last]), math.log2(grid[last + 1])
-    return float(2.0 ** (x0 + (x1 - x0) * d0 / (d0 - d1)))
-
-
-def find_crossover(
-    lengths: Sequence[int],
-    mixer: Sequence[float | None],
-    baseline: Sequence[float | None],
-    fit_mixer: Fit | None = None,
-    fit_baseline: Fit | None = None,
-) -> Crossover:
-    """Crossover of a lower-is-better cost (time or memory) against the baseline.
-
-    ``mixer[i]`` / ``baseline[i]`` is the cost at ``lengths[i]``: a positive number, ``math.inf``
-    for a failed cell (OOM, timeout: the mixer that survives is the cheaper one there) or None
-    where the cell is missing.
-    """
-    rows = sorted(
-        (T, a, b) for T, a, b in zip(lengths, mixer, baseline) if a is not None and b is not None
-    )
-    rows = [(T, a, b) for T, a, b in rows if not (math.isinf(a) and math.isinf(b))]
-    if not rows:
-        return Crossover("unknown", note="no length where both were measured")
-    T = np.array([r[0] for r in rows], dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        diff = np.array([math.log(a) - math.log(b) if not (math.isinf(a) or math.isinf(b))
-                         else (math.inf if math.isinf(a) else -math.inf) for _, a, b in rows])
-    worse = np.flatnonzero(diff >= 0)
-    last = worse[-1] if len(worse) else -1
-    if last < len(T) - 1:
-        # cheaper from inside the measured range on: do the fits say it lasts?
-        later = ""
-        if fit_mixer is not None and fit_baseline is not None:
-            back = _first_cheaper(fit_baseline, fit_mixer, float(T[-1]))
-            if back is not None:
-                later = f"the fits predict the baseline cheaper again from T ≈ {_fmt_len(back)}"
-        if last < 0:
-            return Crossover("always", length=float(T[0]), note=later)
-        d0, d1 = diff[last], diff[last + 1]
-        x0, x1 = math.log2(T[last]), math.log2(T[last + 1])
-        if math.isinf(d0) or math.isinf(d1):
-            note = (f"the baseline fails from {_fmt_len(T[last + 1])}" if math.isinf(d1)
-                    else f"the mixer fails at {_fmt_len(T[last])}")
-            note = "; ".join(n for n in (note, later) if n)
-            return Crossover("measured", length=float(T[last + 1]), lo=float(T[last]), hi=float(T[last + 1]),
-                             note=note, bracketed=True)
-        length = 2.0 ** (x0 + (x1 - x0) * d0 / (d0 - d1))
-        return Crossover("measured", length=float(length), lo=float(T[last]), hi=float(T[last + 1]), note=later)
-    # not cheaper at the longest common length: extrapolate from the fits
-    if fit_mixer is None or fit_baseline is None:
-        return Crossover("unknown", note=f"not cheaper up to T={_fmt_len(T[-1])}; too few points to extrapolate")
-    if math.isinf(diff[-1]):
-        return Crossover("none", note=f"fails at T={_fmt_len(T[-1])} where the baseline runs")
-    start = float(T[-1])
-    length = _first_cheaper(fit_mixer, fit_baseline, start)
-    if length is None:
-        return Crossover(
-            "none",
-            note=f"not within [{_fmt_len(T[0])}, {_fmt_len(T[-1])}], and the fits do not cross "
-            f"(k = {fit_mixer.k:.2f} vs {fit_baseline.k:.2f})",
-        )
-    n = min(len(fit_mixer.boot), len(fit_baseline.boot))
-    boots = [_first_cheaper(fit_mixer.boot[i], fit_baseline.boot[i], start) for i in range(n)]
-    if not n:
-        return Crossover("extrapolated", length=length)
-    # replicates whose fits never cross count as infinitely far (order statistics, no interpolation)
-    ranked = np.sort([x if x is not None else math.inf for x in boots])
-    lo, hi = ranked[int(0.025 * (n - 1))], ranked[int(math.ceil(0.975 * (n - 1)))]
-    return Crossover("extrapolated", length=length, lo=float(lo), hi=float(hi))
+        return getattr(crossover, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,6 +11,8 @@ from typing import Any
 
 import pandas as pd
 
+from reports.cells import SERIES_FIELDS, is_clean, is_contended, is_noisy
+from reports.formats import format_bytes, format_length, format_number, format_ratio, format_time, format_tokens
 from reports.load import join_columns
 
 __all__ = [
@@ -32,12 +34,38 @@ __all__ = [
     "format_length",
     "format_number",
     "format_bytes",
+    "format_time",
+    "format_tokens",
+    "SERIES_COLUMNS",
+    "clean_mask",
+    "noisy_mask",
+    "contended_mask",
 ]
 
-# Cells are comparable (one table, one figure, ratios) only within one of these groups.
-GROUP_COLUMNS = ["env_id", "scope", "mode", "batch", "dim", "heads", "depth", "dtype", "device", "causal"]
+# Cells are comparable (one table, one figure, ratios) only within one of these groups. The thread
+# count is part of every grouping: it changes the comparison itself (SERIES_FIELDS).
+GROUP_COLUMNS = ["env_id", "scope", "mode", "batch", "dim", "heads", "depth", "dtype", "device", "causal", "threads"]
 # Across runs (other machines), the same measurement: the group without its environment.
-SHAPE_COLUMNS = ["scope", "mode", "batch", "dim", "heads", "depth", "dtype", "causal"]
+SHAPE_COLUMNS = ["scope", "mode", "batch", "dim", "heads", "depth", "dtype", "causal", "threads"]
+# One curve T -> cost (reports.cells.SERIES_FIELDS) and the run it came from.
+SERIES_COLUMNS = ["run", *SERIES_FIELDS]
+
+
+def _rows(cells: pd.DataFrame):
+    return (dict(zip(cells.columns, values)) for values in cells.itertuples(index=False, name=None))
+
+
+def clean_mask(cells: pd.DataFrame) -> pd.Series:
+    """ok cells whose timing is neither noisy nor contended (:func:`reports.cells.is_clean`)."""
+    return pd.Series([is_clean(r) for r in _rows(cells)], index=cells.index, dtype=bool)
+
+
+def noisy_mask(cells: pd.DataFrame) -> pd.Series:
+    return pd.Series([is_noisy(r) for r in _rows(cells)], index=cells.index, dtype=bool)
+
+
+def contended_mask(cells: pd.DataFrame) -> pd.Series:
+    return pd.Series([is_contended(r) for r in _rows(cells)], index=cells.index, dtype=bool)
 
 
 @dataclass(frozen=True)
@@ -135,6 +163,8 @@ def group_title(group: dict[str, Any], with_env: bool = False) -> str:
         parts.append(str(group["device"]))
     if str(group.get("causal")).lower() == "true":
         parts.append("causal")
+    if group.get("threads") is not None:
+        parts.append(f"{_int(group['threads'])} thread{'' if _int(group['threads']) == '1' else 's'}")
     if with_env and group.get("env_id"):
         parts.append(str(group["env_id"]))
     return " · ".join(parts)
@@ -155,6 +185,8 @@ def group_slug(group: dict[str, Any]) -> str:
         parts.append(group["device"])
     if str(group.get("causal")).lower() == "true":
         parts.append("causal")
+    if group.get("threads") is not None:
+        parts.append(f"t{_int(group['threads'])}")
     slug = "-".join(str(p) for p in parts)
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in slug)
 
@@ -188,52 +220,3 @@ def mixer_color(label: str) -> str:
 
 def label_marker(label: str) -> str:
     return MARKERS[_hash(f"marker:{label}") % len(MARKERS)]
-
-
-# --- formatting ----------------------------------------------------------------------------------
-def format_length(T: float) -> str:
-    """512, 1k, 1.5k, 16k, 1M (binary k/M only when exact to three figures)."""
-    T = float(T)
-    for unit, scale in (("M", 2**20), ("k", 2**10)):
-        if T >= scale and (T / scale) == round(T / scale, 1):
-            v = T / scale
-            return f"{v:g}{unit}"
-    return f"{T:.0f}"
-
-
-def format_number(v: float) -> str:
-    """Three significant figures without scientific notation for the usual range."""
-    if v is None or not math.isfinite(v):
-        return "–"
-    a = abs(v)
-    if a >= 1000:
-        return f"{v:,.0f}"
-    if a >= 100:
-        return f"{v:.0f}"
-    if a >= 10:
-        return f"{v:.1f}"
-    if a >= 1:
-        return f"{v:.2f}"
-    if a >= 0.001:
-        return f"{v:.3g}"
-    return f"{v:.2e}"
-
-
-def format_ratio(r: float) -> str:
-    """'(0.25×)', '(1.3×)', '(12×)'."""
-    if r >= 100:
-        return f"({r:,.0f}×)"
-    if r >= 10:
-        return f"({r:.0f}×)"
-    if r >= 0.1:
-        return f"({r:.2g}×)" if r < 1 else f"({r:.1f}×)"
-    return f"({r:.2g}×)"
-
-
-def format_bytes(n: float | None) -> str:
-    if n is None or not math.isfinite(n):
-        return "–"
-    for unit, scale in (("GiB", 2.0**30), ("MiB", 2.0**20), ("KiB", 2.0**10)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g} {unit}"
-    return f"{n:.0f} B"

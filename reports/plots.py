@@ -30,13 +30,15 @@ from reports.metrics import (  # noqa: E402
     MEMORY,
     TIME,
     Metric,
+    clean_mask,
     format_length,
     is_oom,
     label_marker,
     mixer_color,
+    mixer_of,
 )
 
-__all__ = ["plot_scaling", "plot_fidelity", "RUN_STYLES"]
+__all__ = ["plot_scaling", "plot_scaling_panels", "plot_fidelity", "RUN_STYLES"]
 
 RUN_STYLES = ("-", "--", ":", "-.")
 GUIDE_COLOR = "#9a9a9a"
@@ -87,8 +89,10 @@ def _guides(ax, x0: float, x1: float, y0: float) -> list[Line2D]:
 
 
 def _series(cells: pd.DataFrame, metric: Metric) -> dict[tuple[str, str], dict[str, Any]]:
-    """(run, label) -> {T, y, oom_T}: ok points sorted by T and the first OOM length."""
+    """(run, label) -> {T, y, clean, oom_T}: ok points sorted by T, whether each is a clean
+    reading (timings: neither noisy nor contended) and the first OOM length."""
     values = metric.values(cells)
+    clean = clean_mask(cells) if metric is TIME else pd.Series(True, index=cells.index)
     oom = is_oom(cells)
     runs = cells["run"] if "run" in cells.columns else pd.Series("", index=cells.index)
     out: dict[tuple[str, str], dict[str, Any]] = {}
@@ -97,10 +101,25 @@ def _series(cells: pd.DataFrame, metric: Metric) -> dict[tuple[str, str], dict[s
         ok = part[v.notna()]
         T = ok["T"].to_numpy(dtype=float)
         y = v[v.notna()].to_numpy(dtype=float)
+        good = clean.loc[ok.index].to_numpy(dtype=bool)
         order = np.argsort(T)
         oom_T = part.loc[oom.loc[part.index], "T"]
-        out[(run, label)] = {"T": T[order], "y": y[order], "oom_T": float(oom_T.min()) if len(oom_T) else None}
+        out[(run, label)] = {"T": T[order], "y": y[order], "clean": good[order],
+                             "oom_T": float(oom_T.min()) if len(oom_T) else None}
     return out
+
+
+def _draw_series(ax, T: np.ndarray, y: np.ndarray, clean: np.ndarray, color: str, marker: str, ls: Any,
+                 ms: float = 5, lw: float = 1.8) -> None:
+    """A line through every point; clean points filled, noisy or contended ones hollow."""
+    ax.plot(T, y, color=color, lw=lw, ls=ls, zorder=3)
+    ax.plot(T[clean], y[clean], color=color, marker=marker, ms=ms, ls="none", zorder=4)
+    ax.plot(T[~clean], y[~clean], color=color, marker=marker, ms=ms + 1, ls="none", mfc="white", mew=1.4, zorder=4)
+
+
+def _hollow_handle() -> Line2D:
+    return Line2D([], [], color="#444444", marker="o", mfc="white", mew=1.4, ls="none",
+                  label="hollow: noisy or\ncontended timing\n(not fitted)")
 
 
 def plot_scaling(cells: pd.DataFrame, metric: str = "time", title: str = "") -> Figure:
@@ -128,11 +147,11 @@ def plot_scaling(cells: pd.DataFrame, metric: str = "time", title: str = "") -> 
             ls = RUN_STYLES[runs.index(run) % len(RUN_STYLES)]
             T, y = s["T"], s["y"] / scale
             if len(T):
-                ax.plot(T, y, color=color, marker=marker, ms=5, lw=1.8, ls=ls, zorder=3)
+                _draw_series(ax, T, y, s["clean"], color, marker, ls)
                 extents.extend(y)
                 mid, slope = local_slopes(T, y)
-                if len(mid):
-                    ax_slope.plot(mid, slope, color=color, marker=marker, ms=3.5, lw=1.2, ls=ls, zorder=3)
+                if len(mid):  # a slope is clean when both of its ends are
+                    _draw_series(ax_slope, mid, slope, s["clean"][1:] & s["clean"][:-1], color, marker, ls, ms=3.5, lw=1.2)
             if s["oom_T"] is not None:
                 if len(T) >= 2:
                     k = math.log(y[-1] / y[-2]) / math.log(T[-1] / T[-2])
@@ -190,10 +209,73 @@ def plot_scaling(cells: pd.DataFrame, metric: str = "time", title: str = "") -> 
         if oom_points:
             handles.append(Line2D([], [], color="#444444", marker="x", ms=8, mew=2, ls="none",
                                   label="first OOM\n(height extrapolated)"))
+        if any(not s["clean"].all() for s in series.values()):
+            handles.append(_hollow_handle())
         handles.append(Line2D([], [], color=GUIDE_COLOR, ls=(0, (4, 3)), lw=0.9, label="guide slopes"))
         fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.86, 0.89), fontsize=9,
                    handlelength=2.4, borderaxespad=0.0)
         fig.subplots_adjust(left=0.1, right=0.78, top=0.92, bottom=0.1)
+    return fig
+
+
+def plot_scaling_panels(cells: pd.DataFrame, metric: str = "time", title: str = "",
+                        reference: str | None = "softmax", ncols: int = 4) -> Figure:
+    """Small multiples: one panel per mixer (its variants together), the ``reference`` label drawn
+    in grey in every panel, shared log axes so panels compare at a glance. Hollow markers are
+    noisy or contended timings; × the first OOM length (at the panel's top edge)."""
+    m = {"time": TIME, "memory": MEMORY}[metric]
+    series = _series(cells, m)
+    all_y = np.concatenate([s["y"] for s in series.values()]) if series else np.empty(0)
+    unit, scale = m.unit(list(all_y))
+    runs = list(dict.fromkeys(run for run, _ in series))
+    ref = reference if reference in {label for _, label in series} else None
+    mixers = sorted({mixer_of(label) for _, label in series if label != ref})
+    ncols = max(1, min(ncols, len(mixers)))
+    nrows = max(1, math.ceil(len(mixers) / ncols))
+    lengths = [float(t) for t in cells["T"].unique()] or [1.0]
+    scope = str(cells["scope"].iloc[0]) if len(cells) else "mixer"
+    mode = str(cells["mode"].iloc[0]) if len(cells) else "forward"
+    with plt.rc_context(_RC):
+        fig, axes = plt.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False,
+                                 figsize=(2.6 * ncols + 0.6, 2.2 * nrows + 0.9))
+        for ax, mixer in zip(axes.flat, mixers):
+            for (run, label), s in series.items():
+                ls = RUN_STYLES[runs.index(run) % len(RUN_STYLES)]
+                if label != ref and mixer_of(label) != mixer:
+                    continue
+                color = GUIDE_COLOR if label == ref else mixer_color(label)
+                marker, ms = ("o", 3) if label == ref else (label_marker(label), 4)
+                _draw_series(ax, s["T"], s["y"] / scale, s["clean"], color, marker, ls, ms=ms, lw=1.2 if label == ref else 1.8)
+                if s["oom_T"] is not None:  # the first OOM length, on the panel's top edge
+                    ax.plot([s["oom_T"]], [0.95], transform=ax.get_xaxis_transform(), marker="x",
+                            color=color, ms=8, mew=2, ls="none", clip_on=False)
+            ax.set_title(mixer, loc="left", fontsize=10, color=mixer_color(mixer))
+            ax.set_yscale("log")
+            ax.yaxis.set_minor_locator(NullLocator())  # minor log ticks cost a draw each, say little here
+            _length_axis(ax, lengths)
+            ax.tick_params(labelsize=8)
+        for ax in list(axes.flat)[len(mixers):]:
+            ax.set_visible(False)
+        fig.supxlabel("sequence length T (log₂ scale)", fontsize=10)
+        fig.supylabel(m.axis_label(scope, mode, unit) + ", log scale", fontsize=10)
+        handles = []
+        if ref:
+            handles.append(Line2D([], [], color=GUIDE_COLOR, marker="o", ms=3, lw=1.2, label=f"{ref} (reference)"))
+        if any(s["oom_T"] is not None for s in series.values()):
+            handles.append(Line2D([], [], color="#444444", marker="x", ms=7, mew=2, ls="none", label="first OOM"))
+        if any(not s["clean"].all() for s in series.values()):
+            handles.append(_hollow_handle())
+        if len(runs) > 1:
+            handles += [Line2D([], [], color="#444444", ls=RUN_STYLES[i % len(RUN_STYLES)], lw=1.5, label=f"run: {run}")
+                        for i, run in enumerate(runs)]
+        if title:
+            fig.suptitle(title, x=0.01, ha="left", fontsize=11)
+        if handles:
+            fig.legend(handles=handles, loc="upper right", ncols=len(handles), fontsize=8, bbox_to_anchor=(0.99, 1.0))
+        # fixed margins in inches (tight_layout would draw the whole figure once more)
+        width, height = fig.get_size_inches()
+        fig.subplots_adjust(left=0.75 / width, right=1 - 0.15 / width, bottom=0.75 / height,
+                            top=1 - (0.75 if (title or handles) else 0.3) / height, wspace=0.12, hspace=0.35)
     return fig
 
 

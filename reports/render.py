@@ -16,33 +16,31 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
-import io
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 
+from reports.cells import is_contended, is_noisy
+from reports.complexity import complexity_section
+from reports.doc import Doc, Figure, Flag, Frame, group_heading, lengths_text, make_figure
 from reports.errors import ReportError
-from reports.fit import MIN_POINTS_OFFSET, Crossover, Fit, declared_class, find_crossover, fit_scaling
+from reports.fit import FLAG_THRESHOLD
 from reports.load import Profile, cell_identity, read_profiles
 from reports.metrics import (
     MEMORY,
     SHAPE_COLUMNS,
     TIME,
+    clean_mask,
     format_bytes,
-    format_length,
     format_number,
     group_cells,
     group_slug,
     group_title,
-    is_oom,
     mixer_color,
-    mixer_of,
 )
 from reports.tables import (
-    ConsumptionTable,
     consumption_tables,
     resolve_baseline,
     run_comparison_table,
@@ -51,63 +49,9 @@ from reports.tables import (
     to_markdown,
 )
 
-__all__ = ["Report", "build_report", "FORMATS", "FLAG_THRESHOLD"]
+__all__ = ["Report", "build_report", "FORMATS", "FLAG_THRESHOLD", "Doc", "Flag", "Frame", "Figure"]
 
 FORMATS = ("html", "md", "tex")
-FLAG_THRESHOLD = 0.3  # |fitted - declared exponent| above this is flagged (PROFILING.md 5.7)
-
-
-# --- the document model -------------------------------------------------------------------------
-@dataclass
-class Flag:
-    """A table value to draw the reader's eye to (a disagreement, an unfair setting)."""
-
-    text: str
-
-
-@dataclass
-class Frame:
-    """A plain table: columns and rows of str / Flag; a 'mixer' column gets colour swatches."""
-
-    columns: list[str]
-    rows: list[list[Any]]
-    caption: str = ""
-
-
-@dataclass
-class Figure:
-    name: str  # file stem under figures/
-    caption: str
-    png: bytes
-    svg: bytes
-
-
-@dataclass
-class Doc:
-    blocks: list[tuple[str, Any]] = field(default_factory=list)
-
-    def h2(self, text: str, anchor: str) -> None:
-        self.blocks.append(("h2", (text, anchor)))
-
-    def h3(self, text: str) -> None:
-        self.blocks.append(("h3", text))
-
-    def p(self, text: str) -> None:
-        self.blocks.append(("p", text))
-
-    def items(self, items: Iterable[str]) -> None:
-        items = list(items)
-        if items:
-            self.blocks.append(("ul", items))
-
-    def table(self, table: ConsumptionTable) -> None:
-        self.blocks.append(("consumption", table))
-
-    def frame(self, frame: Frame) -> None:
-        self.blocks.append(("frame", frame))
-
-    def figure(self, figure: Figure) -> None:
-        self.blocks.append(("figure", figure))
 
 
 @dataclass
@@ -121,36 +65,8 @@ class Report:
 
 
 # --- helpers ------------------------------------------------------------------------------------
-def _figure(fig, name: str, caption: str) -> Figure:
-    import matplotlib.pyplot as plt
-
-    png, svg = io.BytesIO(), io.BytesIO()
-    fig.canvas.draw()  # one layout pass, reused by both files (a tight bbox per savefig draws twice)
-    bbox = fig.get_tightbbox(fig.canvas.get_renderer()).padded(0.08)
-    fig.savefig(png, format="png", dpi=130, bbox_inches=bbox, facecolor="white")
-    fig.savefig(svg, format="svg", bbox_inches=bbox, facecolor="white")
-    plt.close(fig)
-    return Figure(name=name, caption=caption, png=png.getvalue(), svg=svg.getvalue())
-
-
-def _lengths_text(lengths: Sequence[int]) -> str:
-    if not lengths:
-        return "–"
-    return f"{format_length(min(lengths))}–{format_length(max(lengths))} ({len(lengths)} lengths)"
-
-
 def _is_true(v: Any) -> bool:
     return v is True or str(v).lower() == "true"
-
-
-def _declared_exponents(profiles: list[Profile], declared: dict[str, dict[str, float]] | None):
-    """(label, scope, mode, metric) -> exponent from fit records; mixer -> {metric: exponent}."""
-    from_fits: dict[tuple, float] = {}
-    for profile in profiles:
-        for _, row in profile.fits.iterrows():
-            if pd.notna(row["declared"]):
-                from_fits[(row["label"], row["scope"], row["mode"], row["metric"])] = float(row["declared"])
-    return from_fits, declared or {}
 
 
 def _default_baseline(profiles: list[Profile]) -> str:
@@ -162,123 +78,6 @@ def _default_baseline(profiles: list[Profile]) -> str:
 
 
 # --- sections -----------------------------------------------------------------------------------
-def _fits_for(cells: pd.DataFrame) -> dict[tuple[str, str], Fit | None]:
-    """(label, metric) -> fit of time (with raw samples) and memory over the ok cells."""
-    out: dict[tuple[str, str], Fit | None] = {}
-    for label, part in cells.groupby("label", sort=True):
-        for metric in (TIME, MEMORY):
-            values = metric.values(part)
-            ok = part[values.notna()]
-            samples = list(ok["time_samples"]) if metric is TIME else None
-            if samples is not None:
-                samples = [s if isinstance(s, list) else None for s in samples]
-            out[(label, metric.name)] = fit_scaling(ok["T"].tolist(), values[values.notna()].tolist(), samples)
-    return out
-
-
-def _metric_costs(cells: pd.DataFrame, label: str, metric) -> dict[int, float]:
-    """T -> cost for the crossover: the metric where ok, inf where the cell failed for lack of
-    memory or time (the survivor is the cheaper one there)."""
-    part = cells[cells["label"] == label]
-    values = metric.values(part)
-    failed = is_oom(part) | (part["status"] == "timeout")
-    out = {}
-    for idx, row in part.iterrows():
-        if pd.notna(values.loc[idx]):
-            out[int(row["T"])] = float(values.loc[idx])
-        elif failed.loc[idx]:
-            out[int(row["T"])] = math.inf
-    return out
-
-
-def _group_heading(doc: Doc, run: str, group: dict, multi_run: bool, n_groups: int) -> None:
-    if multi_run or n_groups > 1:
-        doc.h3((f"{run} · " if multi_run else "") + group_title(group))
-
-
-def _complexity_section(doc: Doc, runs: list[tuple[str, pd.DataFrame]], profiles, declared, baseline: str) -> None:
-    from_fits, by_mixer = _declared_exponents(profiles, declared)
-    doc.h2("Complexity: fitted exponents", "complexity")
-    doc.p(
-        "Exponent k of cost ≈ a + b·T^k over the lengths that produced a number (a absorbs fixed overhead; "
-        "with fewer than 5 lengths a plain log-log slope), with a 95% bootstrap interval: timing "
-        "repetitions resampled within each length, or fit residuals for memory. Failed cells (OOM, "
-        f"timeout) are left out. ⚠ where |k − declared| > {FLAG_THRESHOLD} and the interval excludes the "
-        "declared exponent: either the measured range is not yet asymptotic (overheads, caches) or the "
-        "implementation does not scale as its class says; \"inconclusive\" where the gap is as large "
-        "but the interval still holds the declared exponent."
-    )
-    multi = len(runs) > 1
-    crossings: list[tuple[str, dict, int, list[list[Any]]]] = []
-    for run, cells in runs:
-        groups = group_cells(cells)
-        for group, part in groups:
-            _group_heading(doc, run, group, multi, len(groups))
-            fits = _fits_for(part)
-            labels = sorted(part["label"].unique(), key=str)
-            base = resolve_baseline(labels, baseline)
-            rows, cross_rows = [], []
-            for label in labels:
-                row: list[Any] = [label]
-                used: list[int] = []
-                models = set()
-                cross_row: list[Any] = [label]
-                for metric in (TIME, MEMORY):
-                    fit = fits[(label, metric.name)]
-                    exp = from_fits.get((label, group["scope"], group["mode"], metric.name))
-                    if exp is None:
-                        exp = by_mixer.get(mixer_of(label), {}).get(metric.name)
-                    cell: Any = "too few points"
-                    if fit is not None:
-                        cell = fit.interval
-                        used = sorted(set(used) | set(fit.lengths))
-                        models.add(fit.model)
-                        if exp is not None and abs(fit.k - exp) > FLAG_THRESHOLD:
-                            if fit.k_lo <= exp <= fit.k_hi:  # too uncertain to contradict the class
-                                cell = f"{fit.interval} (inconclusive)"
-                            else:
-                                cell = Flag(f"{fit.interval}: {fit.k - exp:+.2f} vs {declared_class(exp)}")
-                    row += [cell, declared_class(exp)]
-                    if base is not None and label != base:
-                        costs_a = _metric_costs(part, label, metric)
-                        costs_b = _metric_costs(part, base, metric)
-                        lengths = sorted(set(costs_a) | set(costs_b))
-                        cross = find_crossover(lengths, [costs_a.get(T) for T in lengths],
-                                               [costs_b.get(T) for T in lengths], fit, fits[(base, metric.name)])
-                        cross_row.append(_cross_cell(cross))
-                row += [", ".join(sorted(models)) or "–", _lengths_text(used)]
-                rows.append(row)
-                if len(cross_row) > 1:
-                    cross_rows.append(cross_row)
-            doc.frame(Frame(["mixer", "time k [95% CI]", "declared", "memory k [95% CI]", "declared", "model",
-                             "lengths fitted"], rows))
-            n_lengths = part["T"].nunique()
-            if n_lengths < MIN_POINTS_OFFSET:
-                doc.p(f"Only {n_lengths} lengths: these exponents include fixed overheads (launches, "
-                      "projections) and cache effects; sweep at least 6 geometrically spaced lengths for "
-                      "asymptotic ones.")
-            crossings.append((run, group, len(groups), cross_rows))
-
-    doc.h2("Crossovers against the baseline", "crossovers")
-    doc.p(
-        f"The length from which each mixer is cheaper than the baseline ({baseline}) and stays cheaper: "
-        "measured (interpolated on log T between the two lengths that bracket the sign change; a "
-        "baseline that fails where the mixer runs counts as the mixer being cheaper), or ⚠ "
-        "extrapolated from both fits when the measured range ends before it, with a bootstrap interval."
-    )
-    if not any(rows for *_, rows in crossings):
-        doc.p(f"No crossover to compute: baseline {baseline!r} is not among the measured mixers.")
-        return
-    for run, group, n_groups, rows in crossings:
-        if rows:
-            _group_heading(doc, run, group, multi, n_groups)
-            doc.frame(Frame(["mixer", "faster than the baseline from", "lighter than the baseline from"], rows))
-
-
-def _cross_cell(cross: Crossover) -> Any:
-    return Flag(cross.text) if cross.kind == "extrapolated" else cross.text
-
-
 def _fidelity_section(doc: Doc, fidelity: pd.DataFrame, figures: list[Figure]) -> None:
     from reports.plots import plot_fidelity
 
@@ -301,7 +100,7 @@ def _fidelity_section(doc: Doc, fidelity: pd.DataFrame, figures: list[Figure]) -
         desc = f"B={int(shape['batch'])}, D={int(shape['dim'])}, {int(shape['heads'])} heads, {shape['dtype']}"
         name = "fidelity" + (f"-{_slug(run)}" if run else "")
         fig = plot_fidelity(part, title=f"fidelity vs exact softmax · {desc}" + (f" · {run}" if run else ""))
-        figures.append(_figure(fig, name, f"Relative error against exact softmax attention as T grows ({desc})."))
+        figures.append(make_figure(fig, name, f"Relative error against exact softmax attention as T grows ({desc})."))
         doc.figure(figures[-1])
         lengths = sorted(int(t) for t in part["T"].unique())
         rows = []
@@ -345,7 +144,7 @@ def _fairness_section(doc: Doc, runs: list[tuple[str, pd.DataFrame]]) -> None:
         groups = group_cells(cells)
         for group, part in groups:
             title = group_title(group)
-            _group_heading(doc, run, group, multi, len(groups))
+            group_heading(doc, run, group, multi, len(groups))
             rows = []
             dtypes = set()
             for label, rows_l in part.groupby("label", sort=True):
@@ -432,16 +231,7 @@ def _environment_section(doc: Doc, profiles: list[Profile], cells: pd.DataFrame)
     if quality:
         doc.h3("Data quality")
         doc.items(quality)
-    doc.h3("Noisy cells")
-    noisy = cells[cells["noisy"].map(_is_true)] if not cells.empty else cells
-    if noisy.empty:
-        doc.p("None: every timed cell met the spread threshold (IQR / median).")
-    else:
-        rows = []
-        for _, c in noisy.sort_values(["run", "label", "mode", "T"]).iterrows():
-            spread = c["time_iqr_s"] / c["time_median_s"] if c["time_median_s"] else float("nan")
-            rows.append([c["run"], c["label"], c["mode"], str(int(c["T"])), f"{spread:.0%}", str(_int_or(c["time_n"]))])
-        doc.frame(Frame(["run", "mixer", "mode", "T", "IQR / median", "repetitions"], rows))
+    _unclean_cells(doc, cells)
     disagree = cells[cells["mem_disagree"].map(_is_true)] if not cells.empty else cells
     if not disagree.empty:
         doc.h3("Memory readings that disagree")
@@ -450,6 +240,30 @@ def _environment_section(doc: Doc, profiles: list[Profile], cells: pd.DataFrame)
         rows = [[c["run"], c["label"], c["mode"], str(int(c["T"])), format_bytes(c["mem_tensor_peak_bytes"]),
                  format_bytes(c["mem_peak_bytes"])] for _, c in disagree.iterrows()]
         doc.frame(Frame(["run", "mixer", "mode", "T", "tensor peak", "resident peak"], rows))
+
+
+def _unclean_cells(doc: Doc, cells: pd.DataFrame) -> None:
+    """The timings that are not clean (noisy or contended), so the reader can judge the marks."""
+    doc.h3("Noisy or contended timings")
+    if cells.empty:
+        doc.p("None.")
+        return
+    ok = cells[cells["status"] == "ok"]
+    unclean = ok[~clean_mask(ok)]
+    if unclean.empty:
+        doc.p("None: every timed cell met the spread threshold (IQR / median) on a quiet machine.")
+        return
+    doc.p("Left out of exponent verdicts and crossovers, drawn hollow in the scaling plots. Other CPU: "
+          "cores other processes used while the cell was timed; contended samples: samples taken then.")
+    rows = []
+    for _, c in unclean.sort_values(["run", "label", "mode", "T"]).iterrows():
+        spread = c["time_iqr_s"] / c["time_median_s"] if c["time_median_s"] else float("nan")
+        why = ", ".join(w for w, flag in (("contended", is_contended(c)), ("noisy", is_noisy(c))) if flag)
+        other = f"{c['other_cpu']:.2f}" if "other_cpu" in c and pd.notna(c["other_cpu"]) else "–"
+        rows.append([c["run"], c["label"], c["mode"], str(int(c["T"])), why, f"{spread:.0%}",
+                     str(_int_or(c["time_n"])), str(_int_or(c.get("contended_samples"))), other])
+    doc.frame(Frame(["run", "mixer", "mode", "T", "why", "IQR / median", "repetitions", "contended samples",
+                     "other CPU (cores)"], rows))
 
 
 def _int_or(v: Any) -> Any:
@@ -480,7 +294,7 @@ def _describe(cells: pd.DataFrame) -> str:
 
     lengths = sorted(int(t) for t in cells["T"].unique())
     return (f"mixers {values('label')}, scope {values('scope')}, mode {values('mode')}, "
-            f"T {_lengths_text(lengths)}, batch {values('batch')}, dim {values('dim')}, "
+            f"T {lengths_text(lengths)}, batch {values('batch')}, dim {values('dim')}, "
             f"heads {values('heads')}, dtype {values('dtype')}")
 
 
@@ -510,6 +324,25 @@ def _summary_csv(runs: list[tuple[str, pd.DataFrame]], baseline: str) -> pd.Data
     return table[columns]
 
 
+def _threads_text(cells: pd.DataFrame) -> str:
+    counts = sorted({int(t) for t in pd.to_numeric(cells["threads"], errors="coerce").dropna()})
+    if not counts:
+        return "threads not recorded"
+    return ", ".join(map(str, counts)) + (" thread" if counts == [1] else " threads")
+
+
+def thread_mismatch(runs: list[tuple[str, pd.DataFrame]]) -> str:
+    """A sentence when the runs were timed at different thread counts ('' when they were not):
+    the thread count changes the comparison itself, so such cells are never put side by side."""
+    texts = {name: _threads_text(cells) for name, cells in runs}
+    if len(set(texts.values())) < 2:
+        return ""
+    listed = "; ".join(f"{name}: {text}" for name, text in texts.items())
+    return (f"The runs were timed at different thread counts ({listed}). The thread count changes the "
+            "comparison itself: cells at different thread counts are never compared side by side, "
+            "fitted together or drawn as one series.")
+
+
 def _consumption_section(doc: Doc, runs: list[tuple[str, pd.DataFrame]], baseline: str, latex: list[str]) -> None:
     """Per run, the paper's table per group of comparable cells; with several runs, each other
     run against the first on the cells they share."""
@@ -526,6 +359,9 @@ def _consumption_section(doc: Doc, runs: list[tuple[str, pd.DataFrame]], baselin
         return
     ref_name, ref_cells = runs[0]
     doc.h3(f"Side by side: each run against {ref_name}")
+    mixed = thread_mismatch(runs)
+    if mixed:
+        doc.p(mixed)
     ref_groups = {tuple(str(g[c]) for c in SHAPE_COLUMNS): part for g, part in group_cells(ref_cells, SHAPE_COLUMNS)}
     for name, other in runs[1:]:
         for group, part in group_cells(other, SHAPE_COLUMNS):
@@ -539,9 +375,9 @@ def _consumption_section(doc: Doc, runs: list[tuple[str, pd.DataFrame]], baselin
 
 
 def _scaling_section(doc: Doc, runs: list[tuple[str, pd.DataFrame]], cells: pd.DataFrame,
-                     figures: list[Figure], warnings: list[str]) -> None:
+                     figures: list[Figure], warnings: list[str], baseline: str) -> None:
     """Time and memory against T per group; several runs share a figure (line style per run)."""
-    from reports.plots import plot_scaling
+    from reports.plots import plot_scaling, plot_scaling_panels
 
     doc.h2("Scaling", "scaling")
     if not runs:
@@ -549,7 +385,10 @@ def _scaling_section(doc: Doc, runs: list[tuple[str, pd.DataFrame]], cells: pd.D
     doc.p("Cost against sequence length on log-log axes (log₂ T), one colour per mixer in every figure; "
           "× marks the first length that ran out of memory, placed by extending the last measured slope. "
           "Dashed grey lines are O(T), O(T log T) and O(T²) for reference. Lower panels: local slopes "
-          "between consecutive lengths (1 = linear, 2 = quadratic).")
+          "between consecutive lengths (1 = linear, 2 = quadratic). Hollow markers: timings that are "
+          "noisy or were taken while other processes used the cores; they are drawn but never fitted. "
+          "Each overview is followed by small multiples: one panel per mixer on shared axes, with the "
+          "baseline in grey in every panel.")
     for group, part in group_cells(cells, SHAPE_COLUMNS if len(runs) > 1 else None):
         title = group_title(group)
         for metric in (TIME, MEMORY):
@@ -560,8 +399,14 @@ def _scaling_section(doc: Doc, runs: list[tuple[str, pd.DataFrame]], cells: pd.D
             if any(f.name == name for f in figures):  # same shape in two environments of one file
                 name += f"-{len(figures)}"
             what = "Time" if metric is TIME else "Peak memory"
-            figures.append(_figure(plot_scaling(part, metric.name, title=title), name, f"{what} against T: {title}."))
+            figures.append(make_figure(plot_scaling(part, metric.name, title=title), name, f"{what} against T: {title}."))
             doc.figure(figures[-1])
+            reference = resolve_baseline(sorted(part["label"].unique(), key=str), baseline)
+            if part["label"].nunique() - (reference is not None) > 1:
+                fig = plot_scaling_panels(part, metric.name, title=title, reference=reference)
+                figures.append(make_figure(fig, f"{name}-panels", f"{what} against T, one panel per mixer "
+                                           f"({reference or 'no'} reference in grey): {title}."))
+                doc.figure(figures[-1])
 
 
 # --- renderers ----------------------------------------------------------------------------------
@@ -749,17 +594,18 @@ def build_report(
     runs = [(p.name, p.cells.assign(run=p.name)) for p in runs_p]
     if len(runs) > 1:
         _check_common(runs)
+        mixed = thread_mismatch(runs)
     fidelity = pd.concat(fidelity_frames, ignore_index=True) if fidelity_frames else pd.DataFrame()
     cells = pd.concat([c for _, c in runs], ignore_index=True) if runs else pd.DataFrame(columns=["run", "noisy", "mem_disagree"])
 
-    warnings: list[str] = []
+    warnings: list[str] = [mixed] if len(runs) > 1 and mixed else []
     figures: list[Figure] = []
     doc = Doc()
     latex: list[str] = []
     _consumption_section(doc, runs, baseline, latex)
-    _scaling_section(doc, runs, cells, figures, warnings)
+    _scaling_section(doc, runs, cells, figures, warnings, baseline)
     if runs:
-        _complexity_section(doc, runs, profiles, declared() if callable(declared) else declared, baseline)
+        complexity_section(doc, runs, profiles, declared() if callable(declared) else declared, baseline)
     _fidelity_section(doc, fidelity, figures)
     if runs:
         _fairness_section(doc, runs)

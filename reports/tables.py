@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from reports.cells import is_contended, is_noisy
 from reports.metrics import (
     MEMORY,
     SPEED,
@@ -55,6 +56,12 @@ class Entry:
     mark: str = ""  # "best", "second" or ""
     reason: str = ""
     noisy: bool = False  # IQR / median above the profiler's threshold: printed with a leading ~
+    contended: bool = False  # timed while other processes used the cores: printed with a leading ≈
+
+    @property
+    def prefix(self) -> str:
+        """'≈' for a contended timing, '~' for a noisy one: not clean, never fitted or ranked on."""
+        return "≈" if self.contended else ("~" if self.noisy else "")
 
     @property
     def ratio_text(self) -> str:
@@ -125,8 +132,9 @@ def _block(cells: pd.DataFrame, metric: Metric, labels, lengths, baseline) -> Bl
         v = row["_v"]
         if pd.notna(v):
             text = format_number(v / scale)
-            noisy = metric.name != "memory" and (row["noisy"] is True or str(row["noisy"]).lower() == "true")
-            block.entries[(label, T)] = Entry(text, "ok", value=float(text.replace(",", "")), noisy=noisy)
+            timed = metric.name != "memory"  # memory readings do not suffer from a busy machine
+            block.entries[(label, T)] = Entry(text, "ok", value=float(text.replace(",", "")),
+                                              noisy=timed and is_noisy(row), contended=timed and is_contended(row))
             raw[(label, T)] = float(v)
         else:
             reason = "" if pd.isna(row["reason"]) else str(row["reason"])
@@ -163,8 +171,12 @@ def consumption_table(cells: pd.DataFrame, baseline: str | None = "softmax", tit
         notes.append(f"In parentheses: {direction} and memory as a multiple of {base}'s at the same length "
                      "(none where the baseline has no number).")
     notes.append("Bold: best per column; underlined: second best.")
-    if any(e.noisy for b in blocks for e in b.entries.values()):
+    if any(e.noisy and not e.contended for b in blocks for e in b.entries.values()):
         notes.append("~: a noisy timing (IQR / median above 10% after the repetition budget); see Environment.")
+    if any(e.contended for b in blocks for e in b.entries.values()):
+        notes.append("≈: timed while other processes used the cores (contended); see Environment.")
+    if any(e.prefix for b in blocks for e in b.entries.values()):
+        notes.append("Timings marked ~ or ≈ are not clean: left out of exponent verdicts and crossovers.")
     mem_methods = sorted(str(m) for m in cells["mem_method"].dropna().unique())
     if mem_methods:
         how = {"cuda": "CUDA max_memory_allocated above the pre-step baseline",
@@ -225,7 +237,7 @@ def run_comparison_table(reference: pd.DataFrame, other: pd.DataFrame, reference
 
 # --- Markdown -----------------------------------------------------------------------------------
 def _md_entry(e: Entry) -> str:
-    text = ("~" if e.noisy else "") + e.text
+    text = e.prefix + e.text
     if e.mark == "best":
         text = f"**{text}**"
     elif e.mark == "second":
@@ -265,7 +277,7 @@ def _tex(text: str) -> str:
 
 
 def _tex_entry(e: Entry) -> str:
-    text = ("$\\sim$" if e.noisy else "") + _tex(e.text)
+    text = {"≈": "$\\approx$", "~": "$\\sim$", "": ""}[e.prefix] + _tex(e.text)
     if e.mark == "best":
         text = rf"\textbf{{{text}}}"
     elif e.mark == "second":
@@ -295,14 +307,15 @@ def to_latex(table: ConsumptionTable) -> str:
 
 # --- HTML ---------------------------------------------------------------------------------------
 def _html_entry(e: Entry) -> str:
-    text = ("~" if e.noisy else "") + html.escape(e.text)
+    text = e.prefix + html.escape(e.text)
     if e.mark == "best":
         text = f"<b>{text}</b>"
     elif e.mark == "second":
         text = f"<u>{text}</u>"
     ratio = f' <span class="ratio">{html.escape(e.ratio_text)}</span>' if e.ratio is not None else ""
     kind = "oom" if e.text.startswith("OOM") else ("" if e.status == "ok" else e.status)
-    reason = e.reason or ("noisy: IQR / median above 10%" if e.noisy else "")
+    reason = e.reason or ("contended: timed while other processes used the cores" if e.contended
+                          else "noisy: IQR / median above 10%" if e.noisy else "")
     title = f' title="{html.escape(reason)}"' if reason else ""
     return f'<td class="{("num " + kind).strip()}"{title}>{text}{ratio}</td>'
 

@@ -126,3 +126,18 @@ def test_end_to_end_on_a_tiny_sweep(tmp_path):
     assert "Fidelity against exact softmax" in md and "(cos " in md
     summary = (out / "summary.csv").read_text().splitlines()
     assert len(summary) == 1 + 2 * 2  # header + (2 mixers x 2 lengths)
+
+
+def test_compare_runs_at_different_thread_counts_says_so(tmp_path):
+    files = []
+    for threads in (1, 2):
+        records = synthetic_records(MIXERS, LENGTHS, run_id=f"t{threads}", fidelity=False)
+        for rec in records:
+            if rec["kind"] == "cell":
+                rec["threads"] = threads
+        files.append(str(write_jsonl(tmp_path / f"threads{threads}.jsonl", records)))
+    result = runner.invoke(app, ["compare", *files, "--out", str(tmp_path / "r"), "--format", "md"])
+    assert result.exit_code == 0, result.output
+    assert "warning: The runs were timed at different thread counts (threads1: 1 thread; threads2: 2 threads)" in result.output
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "threads2 vs threads1" not in md

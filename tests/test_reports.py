@@ -312,7 +312,8 @@ def test_report_folder_has_every_output(report):
     for name in ("report.html", "report.md", "summary.csv", "tables.tex"):
         assert (out / name).stat().st_size > 0, name
     pngs, svgs = sorted(out.glob("figures/*.png")), sorted(out.glob("figures/*.svg"))
-    assert len(pngs) == len(svgs) == 3  # time, memory, fidelity
+    assert len(pngs) == len(svgs) == 5  # time, memory (each an overview and small multiples), fidelity
+    assert sum(p.stem.endswith("-panels") for p in pngs) == 2
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     summary = pd.read_csv(out / "summary.csv")
     assert len(summary) == len(MIXERS) * len(LENGTHS)
@@ -324,9 +325,9 @@ def test_report_folder_has_every_output(report):
 def test_report_html_is_self_contained_with_every_section(report):
     html = (report.out_dir / "report.html").read_text()
     for section in ("Consumption", "Scaling", "Complexity: fitted exponents", "Crossovers against the baseline",
-                    "Fidelity against exact softmax", "Fairness notes", "Environment", "Noisy cells"):
+                    "Fidelity against exact softmax", "Fairness notes", "Environment", "Noisy or contended timings"):
         assert section in html, section
-    assert html.count('src="data:image/png;base64,') == 3
+    assert html.count('src="data:image/png;base64,') == 5
     assert 'src="http' not in html and "<link" not in html
     assert 'class="num oom"' in html  # softmax's OOM cells
 

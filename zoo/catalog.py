@@ -35,26 +35,20 @@ def mixer_table(pattern: str = "*") -> list[dict[str, Any]]:
 
 
 def render_markdown_table(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return "(no mixer matches)"
-    cols = list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        lines.append("| " + " | ".join(str(r[c]) for c in cols) + " |")
-    return "\n".join(lines)
+    """The README's table: ``reports.text.render_table`` in Markdown (one formatter for both)."""
+    from reports.text import render_table
+
+    return render_table(rows, "md")
 
 
-def render_rich_table(rows: list[dict[str, Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def unknown_pattern_message(pattern: str) -> str:
+    """'no mixer matches 'sofmax' (did you mean 'softmax'?)' for a pattern that matched nothing."""
+    import difflib
 
-    table = Table(title=f"zoo: {len(rows)} mixers", header_style="bold")
-    cols = [c for c in (rows[0] if rows else {"name": 0})]
-    for c in cols:
-        table.add_column(c, overflow="fold", max_width=48 if c == "paper" else None)
-    for r in rows:
-        table.add_row(*(str(r[c]) for c in cols))
-    Console().print(table)
+    names = list_mixers()
+    close = difflib.get_close_matches(pattern.replace("*", "").replace("?", ""), names, n=3, cutoff=0.5)
+    hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else f"; known mixers: {', '.join(names)}"
+    return f"no mixer matches {pattern!r}{hint}"
 
 
 def parameter_count(name: str, **overrides: Any) -> int:
@@ -63,26 +57,19 @@ def parameter_count(name: str, **overrides: Any) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def render_info(name: str, dim: int | None = None, heads: int | None = None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
+def mixer_info(name: str, dim: int | None = None, heads: int | None = None) -> dict[str, Any]:
+    """A mixer's spec, config fields (default and meaning) and counts, as plain data for
+    ``reports.text.render_info`` (and ``zoo info --format json``)."""
     cls = get_mixer_class(name)
     spec = cls.spec
     config = get_config(name, dim=dim, heads=heads)
-    console = Console()
-    console.print(f"[bold]{spec.name}[/bold]: {spec.title} ({spec.year}, arXiv {spec.arxiv or '-'})")
-    for key, value in spec.summary().items():
-        if key in ("name", "title", "year", "arxiv"):
-            continue
-        console.print(f"  {key:20s} {value}")
-    fields = Table(title=f"{cls.Config.__name__} fields", header_style="bold")
-    for c in ("field", "default", "meaning"):
-        fields.add_column(c)
-    for f in config_fields(cls.Config):
-        fields.add_row(f["name"], repr(getattr(config, f["name"])), f["help"])
-    console.print(fields)
-    n = parameter_count(name, dim=config.dim, heads=config.heads)
-    flops = spec.flops(config, 1, 4096)
-    console.print(f"  parameters at dim={config.dim}, heads={config.heads}: {n:,}")
-    console.print(f"  forward FLOPs (analytic) at B=1, T=4096: {flops / 1e9:.2f} GFLOP")
+    summary = {k: v for k, v in spec.summary().items() if k not in ("name", "title", "year", "arxiv")}
+    summary = {k: (", ".join(map(str, v)) or "-") if isinstance(v, (tuple, list)) else v for k, v in summary.items()}
+    fields = [{"field": f["name"], "default": repr(getattr(config, f["name"])), "meaning": f["help"]}
+              for f in config_fields(cls.Config)]
+    counts = {
+        f"parameters (dim={config.dim}, heads={config.heads})": f"{parameter_count(name, dim=config.dim, heads=config.heads):,}",
+        "forward GFLOP (analytic, B=1, T=4096)": f"{spec.flops(config, 1, 4096) / 1e9:.2f}",
+    }
+    return {"name": spec.name, "title": spec.title, "year": spec.year, "arxiv": spec.arxiv,
+            "spec": summary, "config_class": cls.Config.__name__, "config": fields, "counts": counts}

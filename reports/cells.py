@@ -1,0 +1,59 @@
+"""Rules about one cell record (a dict as in ``docs/RECORDS.md``), shared by the report and the
+profiler (standard library only):
+
+* **clean**: an ``ok`` timing taken on a quiet machine: neither ``noisy`` (IQR / median above the
+  profiler's threshold after its repetition budget) nor ``contended`` (other processes used the
+  cores while it was timed). Only clean timings feed exponent verdicts and crossovers. Records
+  written before ``contended`` existed read as not contended.
+* **series**: the cells of one curve T -> cost. Everything that changes the comparison but T
+  is part of it, the thread count included: cells timed with different thread counts are never
+  one series, one fit or one line.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+__all__ = ["SERIES_FIELDS", "series_identity", "is_noisy", "is_contended", "is_clean", "record_flag"]
+
+SERIES_FIELDS = ("label", "scope", "mode", "batch", "dim", "heads", "depth", "dtype", "device", "causal", "threads")
+
+
+def record_flag(value: Any) -> bool:
+    """A boolean field as written by any version (true, "true", 1); missing or null is False."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return bool(value)
+
+
+def is_noisy(record: Mapping[str, Any]) -> bool:
+    return record_flag(record.get("noisy"))
+
+
+def is_contended(record: Mapping[str, Any]) -> bool:
+    return record_flag(record.get("contended"))
+
+
+def is_clean(record: Mapping[str, Any]) -> bool:
+    """An ok cell whose timing is neither noisy nor contended."""
+    return record.get("status") == "ok" and not is_noisy(record) and not is_contended(record)
+
+
+def _freeze(v: Any) -> Any:
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, dict):
+        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
+    if isinstance(v, list):
+        return tuple(_freeze(x) for x in v)
+    return v
+
+
+def series_identity(record: Mapping[str, Any]) -> tuple:
+    """The series a cell belongs to: its :data:`SERIES_FIELDS` (missing read as None)."""
+    return tuple(_freeze(record.get(k)) for k in SERIES_FIELDS)
