@@ -163,18 +163,19 @@ class HyenaMixer(TokenMixer):
         angle = 2 * math.pi * t[:, None] * bands[None, :]  # (T, F)
         return torch.cat([t[:, None], angle.cos(), angle.sin()], dim=-1).to(dtype)  # (T, 1 + 2F)
 
-    def filters(self, T: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """(forward, backward) implicit filters, each (N, D, T) in ``dtype``: taps at lags 0 .. T-1."""
+    def filters(self, T: int, dtype: torch.dtype, two_sided: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(forward, backward) implicit filters, each (N, D, T) in ``dtype``: taps at lags 0 .. T-1
+        and 0 .. -(T-1); backward is None unless ``two_sided``."""
         c = self.config
         weight = self.filter_forward.weight
         hidden = self.filter_ffn(self.positional_features(T, weight.dtype, weight.device))  # (T, W)
         t = torch.arange(T, device=weight.device, dtype=dtype) / c.filter_len_scale  # (T,)
         window = torch.exp(-self.window_rates.to(dtype)[:, None] * t[None, :])  # (N·D, T)
         out = []
-        for head in (self.filter_forward, self.filter_backward):
+        for head in (self.filter_forward, self.filter_backward) if two_sided else (self.filter_forward,):
             taps = head(hidden).to(dtype).transpose(0, 1) * window  # (N·D, T)
             out.append(taps.reshape(c.order, c.dim, T))  # (N, D, T)
-        return out[0], out[1]
+        return out[0], (out[1] if two_sided else None)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False) -> torch.Tensor:
         check_inputs(self, x, mask, causal)
@@ -187,12 +188,12 @@ class HyenaMixer(TokenMixer):
             u = u * keep.to(u.dtype)
         u = self.short_conv(F.pad(u, (c.short_conv_size - 1, 0))).to(dt)  # (B, (N+1)·D, T), causal
         v, *gates = u.split(D, dim=1)  # (B, D, T) each
-        forward, backward = self.filters(T, dt)  # (N, D, T) each
+        forward, backward = self.filters(T, dt, two_sided=not causal)  # (N, D, T) each, or None
         z = v
         for n in range(c.order):
             if keep is not None:
                 z = z * keep  # padded positions contribute nothing to the convolution
-            conv = fft_long_conv(z, forward[n], None if causal else backward[n])  # (B, D, T)
+            conv = fft_long_conv(z, forward[n], None if backward is None else backward[n])  # (B, D, T)
             z = gates[n] * (conv + self.skip[n].to(dt)[:, None] * z)  # (B, D, T)
         y = self.out_proj(z.transpose(1, 2).to(x.dtype))  # (B, T, D)
         return zero_padded(y, mask)
