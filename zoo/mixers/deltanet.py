@@ -167,22 +167,42 @@ def init_short_conv(channels: int, taps: int, device=None, dtype=None) -> nn.Par
     return conv.weight
 
 
-def delta_qkv(mixer, x: torch.Tensor, mask: torch.Tensor | None, reverse: bool) -> tuple[torch.Tensor, ...]:
-    """q, k (L2-normalised), v (B, H, T, P) in the compute dtype, from projections + short convs.
-
-    Padded rows of the projections are zeroed before the convolutions (they feed no neighbour).
-    With ``reverse`` the results are in reversed token order (the backward scan).
-    """
-    c = mixer.config
+def delta_projections(mixer, x: torch.Tensor, mask: torch.Tensor | None) -> list[torch.Tensor]:
+    """The q, k, v projections (B, T, D) in the compute dtype, padded rows zeroed (they must feed
+    no neighbour through the short convolutions)."""
     dt = compute_dtype(x.dtype)
     out = []
-    for proj, weight in ((mixer.q_proj, mixer.q_conv), (mixer.k_proj, mixer.k_conv), (mixer.v_proj, mixer.v_conv)):
+    for proj in (mixer.q_proj, mixer.k_proj, mixer.v_proj):
         z = proj(x).to(dt)  # (B, T, D)
-        if mask is not None:
-            z = z.masked_fill(~mask.unsqueeze(-1), 0.0)
-        out.append(split_heads(short_conv(z, weight.to(dt), reverse), c.heads))  # (B, H, T, P)
-    q, k, v = out
+        out.append(z if mask is None else z.masked_fill(~mask.unsqueeze(-1), 0.0))
+    return out
+
+
+def delta_qkv(mixer, projections: list[torch.Tensor], reverse: bool) -> tuple[torch.Tensor, ...]:
+    """q, k (L2-normalised), v (B, H, T, P) after the short convolutions + SiLU, in reversed token
+    order when ``reverse`` (the backward scan)."""
+    H = mixer.config.heads
+    q, k, v = (
+        split_heads(short_conv(z, weight.to(z.dtype), reverse), H)  # (B, H, T, P)
+        for z, weight in zip(projections, (mixer.q_conv, mixer.k_conv, mixer.v_conv))
+    )
     return l2_normalize(q), l2_normalize(k), v
+
+
+def delta_scans(
+    mixer, x: torch.Tensor, mask: torch.Tensor | None, beta: torch.Tensor, g: torch.Tensor | None, causal: bool
+) -> torch.Tensor:
+    """The forward scan, plus the backward scan over the reversed sequence unless ``causal``
+    (same parameters, outputs summed). beta, g: (B, H, T). Returns (B, H, T, P)."""
+    chunk = mixer.config.chunk_size
+    projections = delta_projections(mixer, x, mask)  # 3 x (B, T, D), shared by both scans
+    q, k, v = delta_qkv(mixer, projections, reverse=False)  # (B, H, T, P)
+    o = delta_rule_chunked(q, k, v, beta, g, chunk)  # (B, H, T, P)
+    if causal:
+        return o
+    q, k, v = delta_qkv(mixer, projections, reverse=True)  # (B, H, T, P), reversed token order
+    g = None if g is None else g.flip(2)
+    return o + delta_rule_chunked(q, k, v, beta.flip(2), g, chunk).flip(2)
 
 
 def per_head_gate(t: torch.Tensor, mask: torch.Tensor | None, fill: float) -> torch.Tensor:
@@ -266,11 +286,7 @@ class DeltaNetMixer(TokenMixer):
         c = self.config
         dt = compute_dtype(x.dtype)
         beta = per_head_gate(torch.sigmoid(self.b_proj(x).to(dt)), mask, 0.0)  # (B, H, T)
-        q, k, v = delta_qkv(self, x, mask, reverse=False)  # (B, H, T, P)
-        o = delta_rule_chunked(q, k, v, beta, None, c.chunk_size)  # (B, H, T, P)
-        if not causal:
-            qb, kb, vb = delta_qkv(self, x, mask, reverse=True)  # (B, H, T, P), reversed order
-            o = o + delta_rule_chunked(qb, kb, vb, beta.flip(2), None, c.chunk_size).flip(2)
+        o = delta_scans(self, x, mask, beta, None, causal)  # (B, H, T, P)
         o = rms_norm(o, self.o_norm.to(dt), c.norm_eps)  # (B, H, T, P)
         y = self.out_proj(merge_heads(o).to(x.dtype))  # (B, T, D)
         return zero_padded(y, mask)

@@ -39,8 +39,8 @@ from zoo.functional import compute_dtype, merge_heads, split_heads
 from zoo.mixers.deltanet import (
     DeltaNetConfig,
     delta_flops,
-    delta_qkv,
     delta_rule_chunked,
+    delta_scans,
     init_short_conv,
     per_head_gate,
     rms_norm,
@@ -133,11 +133,7 @@ class GatedDeltaNetMixer(TokenMixer):
         beta = per_head_gate(torch.sigmoid(self.b_proj(x).to(dt)), mask, 0.0)  # (B, H, T)
         rate = F.softplus(self.a_proj(x).to(dt) + self.dt_bias.to(dt))  # (B, T, H)
         g = per_head_gate(-self.A_log.to(dt).exp() * rate, mask, 0.0)  # (B, H, T) log decay
-        q, k, v = delta_qkv(self, x, mask, reverse=False)  # (B, H, T, P)
-        o = gated_delta_rule_chunked(q, k, v, g, beta, c.chunk_size)  # (B, H, T, P)
-        if not causal:
-            qb, kb, vb = delta_qkv(self, x, mask, reverse=True)  # (B, H, T, P), reversed order
-            o = o + gated_delta_rule_chunked(qb, kb, vb, g.flip(2), beta.flip(2), c.chunk_size).flip(2)
+        o = delta_scans(self, x, mask, beta, g, causal)  # (B, H, T, P)
         gate = F.silu(split_heads(self.g_proj(x).to(dt), c.heads))  # (B, H, T, P)
         o = rms_norm(o, self.o_norm.to(dt), c.norm_eps) * gate  # (B, H, T, P)
         y = self.out_proj(merge_heads(o).to(x.dtype))  # (B, T, D)
