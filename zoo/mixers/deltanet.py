@@ -123,15 +123,18 @@ def _pass_states(
     Two small matmuls per chunk; everything else is batched over chunks by the caller.
     """
     B, H, N, C, V = u.shape
-    K = w.shape[-1]
-    S = u.new_zeros(B, H, K, V)
+    S = u.new_zeros(B, H, w.shape[-1], V)
+    # unbind once: indexing chunk n inside the loop would make autograd build a full-size
+    # zero gradient per chunk (quadratic in T)
+    us, ws, ks = u.unbind(2), w.unbind(2), k_end.unbind(2)
+    lasts = [None] * N if last is None else last.unbind(2)
     states, news = [], []
     for n in range(N):
         states.append(S)
-        new = u[:, :, n] - w[:, :, n] @ S  # (B, H, C, V)
+        new = us[n] - ws[n] @ S  # (B, H, C, V)
         news.append(new)
-        carried = S if last is None else S * last[:, :, n]
-        S = carried + k_end[:, :, n].transpose(-1, -2) @ new  # (B, H, K, V)
+        carried = S if lasts[n] is None else S * lasts[n]
+        S = carried + ks[n].transpose(-1, -2) @ new  # (B, H, K, V)
     return torch.stack(states, dim=2), torch.stack(news, dim=2)  # (B, H, N, K, V), (B, H, N, C, V)
 
 
@@ -141,14 +144,18 @@ def _pass_states(
 def short_conv(z: torch.Tensor, weight: torch.Tensor, reverse: bool = False) -> torch.Tensor:
     """Depthwise causal convolution + SiLU over a (B, T, C) sequence; weight (C, 1, taps).
 
-    ``reverse=True`` convolves the reversed sequence (the backward scan's view) and returns it
-    reversed, i.e. in the backward scan's token order.
+    A sum of shifted, channel-scaled copies in the (B, T, C) layout: a few elementwise passes, no
+    transposes to conv1d's (B, C, T). ``reverse=True`` convolves the reversed sequence (the
+    backward scan's view) and returns it in that reversed order.
     """
     if reverse:
         z = z.flip(1)
-    taps = weight.shape[-1]
-    y = F.conv1d(F.pad(z.transpose(1, 2), (taps - 1, 0)), weight, groups=z.shape[-1])  # (B, C, T)
-    return F.silu(y).transpose(1, 2)  # (B, T, C)
+    T, taps = z.shape[1], weight.shape[-1]
+    zp = F.pad(z, (0, 0, taps - 1, 0))  # (B, T + taps - 1, C): zeros before the first token
+    y = zp[:, taps - 1 :] * weight[:, 0, taps - 1]  # (B, T, C): tap on the token itself
+    for j in range(taps - 1):
+        y = y + zp[:, j : j + T] * weight[:, 0, j]  # tap on token t - (taps - 1) + j
+    return F.silu(y)
 
 
 def l2_normalize(z: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
