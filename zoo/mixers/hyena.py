@@ -84,6 +84,18 @@ def hyena_flops(c: HyenaConfig, B: int, T: int, causal: bool = False) -> float:
     return proj + conv + B * N * D * fft
 
 
+def causal_depthwise_conv(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """y[:, t] = bias + sum_j weight[:, j] u[:, t - taps + 1 + j] over a (B, T, C) sequence (zeros
+    before the first token); weight (C, taps). Shifted sums in the (B, T, C) layout: no transposes,
+    and torch's FLOP counter sees elementwise work (it counts a grouped conv1d's backward as dense)."""
+    T, taps = u.shape[1], weight.shape[-1]
+    up = F.pad(u, (0, 0, taps - 1, 0))  # (B, T + taps - 1, C)
+    y = up[:, taps - 1 :] * weight[:, taps - 1] + bias  # (B, T, C)
+    for j in range(taps - 1):
+        y = y + up[:, j : j + T] * weight[:, j]
+    return y
+
+
 def fft_long_conv(z: torch.Tensor, forward: torch.Tensor, backward: torch.Tensor | None) -> torch.Tensor:
     """y_t = sum_s h_{t-s} z_s by one FFT product of size 2T (zero-padded: linear, not circular).
 
@@ -142,7 +154,9 @@ class HyenaMixer(TokenMixer):
         kw = {"device": device, "dtype": dtype}
         D, N, W = config.dim, config.order, config.filter_width
         self.in_proj = nn.Linear(D, (N + 1) * D, **kw)
-        self.short_conv = nn.Conv1d((N + 1) * D, (N + 1) * D, config.short_conv_size, groups=(N + 1) * D, **kw)
+        conv = nn.Conv1d((N + 1) * D, (N + 1) * D, config.short_conv_size, groups=(N + 1) * D, **kw)  # for its init
+        self.short_conv_weight = nn.Parameter(conv.weight.detach()[:, 0])  # ((N+1)·D, taps)
+        self.short_conv_bias = nn.Parameter(conv.bias.detach())  # ((N+1)·D,)
         features = 1 + 2 * config.pos_bands
         self.filter_ffn = nn.Sequential(
             nn.Linear(features, W, **kw), Sin(W, **kw), nn.Linear(W, W, **kw), Sin(W, **kw)
@@ -183,10 +197,11 @@ class HyenaMixer(TokenMixer):
         B, T, D = x.shape
         dt = compute_dtype(x.dtype)  # FFTs and sums in >= fp32
         keep = None if mask is None else mask[:, None, :].to(dt)  # (B, 1, T)
-        u = self.in_proj(x).transpose(1, 2)  # (B, (N+1)·D, T)
+        u = self.in_proj(x)  # (B, T, (N+1)·D)
         if mask is not None:
-            u = u * keep.to(u.dtype)
-        u = self.short_conv(F.pad(u, (c.short_conv_size - 1, 0))).to(dt)  # (B, (N+1)·D, T), causal
+            u = u.masked_fill(~mask.unsqueeze(-1), 0.0)  # padded rows feed no neighbour
+        u = causal_depthwise_conv(u, self.short_conv_weight, self.short_conv_bias)  # (B, T, (N+1)·D)
+        u = u.to(dt).transpose(1, 2)  # (B, (N+1)·D, T): FFTs run along the last axis
         v, *gates = u.split(D, dim=1)  # (B, D, T) each
         forward, backward = self.filters(T, dt, two_sided=not causal)  # (N, D, T) each, or None
         z = v

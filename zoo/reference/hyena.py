@@ -6,14 +6,14 @@ import torch
 
 
 def causal_conv_reference(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Depthwise causal convolution by taps: y[b, t, c] = bias[c] + sum_j weight[c, 0, j] u[b, t - taps + 1 + j, c]."""
+    """Depthwise causal convolution by taps: y[b, t, c] = bias[c] + sum_j weight[c, j] u[b, t - taps + 1 + j, c]."""
     taps = weight.shape[-1]
     y = torch.zeros_like(u) + bias
     for t in range(u.shape[1]):
         for j in range(taps):
             s = t - (taps - 1) + j
             if s >= 0:
-                y[:, t] = y[:, t] + weight[:, 0, j] * u[:, s]
+                y[:, t] = y[:, t] + weight[:, j] * u[:, s]
     return y
 
 
@@ -37,7 +37,7 @@ def hyena_reference(mixer, x: torch.Tensor, mask: torch.Tensor | None = None, ca
     c = mixer.config
     B, T, D = x.shape
     keep = torch.ones(B, T, 1, dtype=x.dtype) if mask is None else mask[..., None].to(x.dtype)
-    u = causal_conv_reference(mixer.in_proj(x) * keep, mixer.short_conv.weight, mixer.short_conv.bias)
+    u = causal_conv_reference(mixer.in_proj(x) * keep, mixer.short_conv_weight, mixer.short_conv_bias)
     v, *gates = u.split(D, dim=-1)  # (B, T, D) each
     forward, backward = mixer.filters(T, x.dtype)  # (N, D, T) each, both sides
     z = v
