@@ -14,3 +14,6 @@ from zoo.mixers import nystrom  # noqa: F401
 from zoo.mixers import linformer  # noqa: F401
 from zoo.mixers import longformer  # noqa: F401
 from zoo.mixers import bigbird  # noqa: F401
+from zoo.mixers import deltanet  # noqa: F401
+from zoo.mixers import gated_deltanet  # noqa: F401
+from zoo.mixers import hyena  # noqa: F401
