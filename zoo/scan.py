@@ -64,21 +64,23 @@ def chunked_decay_attention(
 ) -> torch.Tensor:
     """Causal ``o_t = sum_{s<=t} exp(G_t - G_s) (q_t . k_s) v_s`` with a scalar decay per head.
 
-    q, k (B, H, T, K), v (B, H, T, V), log_g (B, H, T) (<= 0). Returns (B, H, T, V).
+    q, k (B, H, T, K) or (B, 1, T, K) (shared by the heads, as Mamba-2's C and B: their scores
+    are then computed once), v (B, H, T, V), log_g (B, H, T) (<= 0). Returns (B, H, T, V).
     Time O(T·C·(K + V) + T·K·V), memory O(T·C + (T/C)·K·V) per head.
     """
-    B, H, T, K = q.shape
+    B, H, T, V = v.shape
+    K = q.shape[-1]
     pad = (-T) % chunk
-    q, k, v = (_pad_time(t, pad, 2) for t in (q, k, v))  # (B, H, Tp, .)
+    q, k, v = (_pad_time(t, pad, 2) for t in (q, k, v))  # (B, H or 1, Tp, .)
     log_g = _pad_time(log_g, pad, 2)  # (B, H, Tp)
     N = (T + pad) // chunk
-    qc = q.reshape(B, H, N, chunk, K)  # (B, H, N, C, K)
-    kc = k.reshape(B, H, N, chunk, K)  # (B, H, N, C, K)
-    vc = v.reshape(B, H, N, chunk, v.shape[-1])  # (B, H, N, C, V)
+    qc = q.reshape(B, q.shape[1], N, chunk, K)  # (B, H or 1, N, C, K)
+    kc = k.reshape(B, k.shape[1], N, chunk, K)  # (B, H or 1, N, C, K)
+    vc = v.reshape(B, H, N, chunk, V)  # (B, H, N, C, V)
     G = log_g.reshape(B, H, N, chunk).cumsum(-1)  # (B, H, N, C): decay from chunk start to i
     future = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).triu(1)
     decay = (G[..., :, None] - G[..., None, :]).masked_fill(future, float("-inf")).exp()  # (B, H, N, C, C)
-    scores = torch.matmul(qc, kc.transpose(-1, -2)) * decay  # (B, H, N, C, C)
+    scores = torch.matmul(qc, kc.transpose(-1, -2)) * decay  # (B, H or 1, N, C, C) * (B, H, N, C, C)
     G_last = G[..., -1:]  # (B, H, N, 1)
     k_to_end = kc * (G_last - G).exp()[..., None]  # (B, H, N, C, K): decayed to the chunk end
     states = torch.matmul(k_to_end.transpose(-1, -2), vc)  # (B, H, N, K, V)

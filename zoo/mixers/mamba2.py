@@ -136,7 +136,7 @@ class Mamba2Mixer(TokenMixer):
 
     def ssd_inputs(self, x: torch.Tensor, mask: torch.Tensor | None):
         """(z, xs, q, k, v, log_g) in the compute dtype: z, xs (B, T, di); q = C, k = B
-        (B, H, T, N); v = dt x (B, H, T, P); log_g = dt A (B, H, T). Padding not yet applied to the scan."""
+        (B, 1, T, N), shared by the heads; v = dt x (B, H, T, P); log_g = dt A (B, H, T). Padding not yet applied to the scan."""
         c = self.config
         di, N, H = c.d_inner, c.d_state, c.heads
         z, xbc, dt_raw = self.in_proj(x).split([di, di + 2 * N, H], dim=-1)
@@ -149,8 +149,8 @@ class Mamba2Mixer(TokenMixer):
         dt = F.softplus(dt_raw.to(cd) + self.dt_bias.to(cd)).transpose(1, 2)  # (B, H, T)
         log_g = dt * -torch.exp(self.A_log.to(cd))[None, :, None]  # (B, H, T)
         v = xs.reshape(Bsz, T, H, di // H).transpose(1, 2) * dt[..., None]  # (B, H, T, P)
-        k = Bm[:, None].expand(Bsz, H, T, N)  # (B, H, T, N): one group shared by the heads
-        q = Cm[:, None].expand(Bsz, H, T, N)  # (B, H, T, N)
+        k = Bm[:, None]  # (B, 1, T, N): one group shared by the heads
+        q = Cm[:, None]  # (B, 1, T, N)
         return z, xs, q, k, v, log_g
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False) -> torch.Tensor:
