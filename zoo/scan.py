@@ -184,10 +184,13 @@ def bidirectional_scan(
     return forward + backward - self_term
 
 
-def decay_scan_flops(B: int, T: int, heads: int, k: int, v: int, chunk: int, causal: bool) -> float:
+def decay_scan_flops(
+    B: int, T: int, heads: int, k: int, v: int, chunk: int, causal: bool, qk_heads: int | None = None
+) -> float:
     """Analytic FLOPs of :func:`chunked_decay_attention` (key width k, value width v per head):
-    intra-chunk scores and their product with v, chunk states, queries against the passed state;
-    twice when bidirectional (forward + backward scan)."""
+    intra-chunk scores (once per q/k head: ``qk_heads``, default ``heads``) and their product
+    with v, chunk states, queries against the passed state; twice when bidirectional."""
     Tp = -(-T // chunk) * chunk
-    one = 2.0 * B * heads * Tp * (chunk * (k + v) + 2 * k * v)
+    qk_heads = heads if qk_heads is None else qk_heads
+    one = 2.0 * B * Tp * (qk_heads * chunk * k + heads * (chunk * v + 2 * k * v))
     return one if causal else 2.0 * one

@@ -83,7 +83,7 @@ def mamba2_flops(c: Mamba2Config, B: int, T: int, causal: bool = False) -> float
     di, N, H = c.d_inner, c.d_state, c.heads
     proj = linear_flops(B, T, c.dim, 2 * di + 2 * N + H) + linear_flops(B, T, di, c.dim)
     conv = 2.0 * B * T * (di + 2 * N) * c.d_conv
-    return proj + conv + decay_scan_flops(B, T, H, N, di // H, c.chunk_size, causal)
+    return proj + conv + decay_scan_flops(B, T, H, N, di // H, c.chunk_size, causal, qk_heads=1)
 
 
 def causal_depthwise_conv(u: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
