@@ -105,3 +105,31 @@ def test_bad_config_errors():
         create_mixer("gla", dim=16, heads=4, expand_k=0.1)
     with pytest.raises(ZooError, match="gate_low_rank"):
         create_mixer("gla", gate_low_rank=0)
+
+
+@pytest.mark.parametrize("name", ["gla", "retnet", "mamba2"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_no_t_by_t_tensor_outside_a_chunk(name, causal):
+    """Every tensor of a forward + backward has at most one axis as long as T (the chunked scans
+    of ``gla``, ``retnet``, ``mamba2`` never form a T x T matrix)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    T = 300
+    shapes = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor):
+                    shapes.append(tuple(t.shape))
+            return out
+
+    torch.manual_seed(0)
+    m = create_mixer(name, dim=16, heads=2, chunk_size=8, **({"sub_chunk": 4} if name == "gla" else {}))
+    x = torch.randn(1, T, 16, requires_grad=True)
+    with Record():
+        m(x, causal=causal).sum().backward()
+    assert len(shapes) > 20
+    long_axes = [s for s in shapes if sum(d >= T for d in s) > 1]
+    assert not long_axes, long_axes[:3]
