@@ -105,14 +105,16 @@ def _sub_chunk_scores(qc: torch.Tensor, kc: torch.Tensor, G: torch.Tensor, sub: 
     q_hat = qs * (Gs - ref[..., None, :]).exp()  # (B, H, N, S, s, K): G_i <= ref_a
     earlier = torch.ones(S, S, dtype=torch.bool, device=qc.device).tril(-1)  # [a, b]: b < a
     # key j in sub-chunk b decayed to the start of sub-chunk a: exp(ref_a - G_j) <= 1 for b < a
-    gap = (ref[:, :, :, :, None, None, :] - Gs[:, :, :, None, :, :, :])  # (B, H, N, S_a, S_b, s, K)
-    gap = gap.masked_fill(~earlier[:, :, None, None], float("-inf"))
-    k_hat = ks[:, :, :, None] * gap.exp()  # (B, H, N, S_a, S_b, s, K), zero for b >= a
+    # (in-place masking and exp on fresh differences: their backward needs only the exp's output)
+    gap = ref[:, :, :, :, None, None, :] - Gs[:, :, :, None, :, :, :]  # (B, H, N, S_a, S_b, s, K)
+    gap = gap.masked_fill_(~earlier[:, :, None, None], float("-inf")).exp_()
+    k_hat = ks[:, :, :, None] * gap  # (B, H, N, S_a, S_b, s, K), zero for b >= a
     cross = torch.einsum("bhnaik,bhnacjk->bhnaicj", q_hat, k_hat)  # (B, H, N, S, s, S, s)
     # inside a sub-chunk: the exact s x s x K decays, in log space
     causal = torch.ones(sub, sub, dtype=torch.bool, device=qc.device).tril()
-    diff = (Gs[..., :, None, :] - Gs[..., None, :, :]).masked_fill(~causal[:, :, None], float("-inf"))
-    diag = torch.einsum("bhnaik,bhnajk,bhnaijk->bhnaij", qs, ks, diff.exp())  # (B, H, N, S, s, s)
+    within = Gs[..., :, None, :] - Gs[..., None, :, :]  # (B, H, N, S, s_i, s_j, K)
+    within = within.masked_fill_(~causal[:, :, None], float("-inf")).exp_()
+    diag = torch.matmul(within * ks[..., None, :, :], qs[..., None]).squeeze(-1)  # (B, H, N, S, s_i, s_j)
     eye = torch.eye(S, dtype=qc.dtype, device=qc.device)  # [a, b]
     full = cross + diag[..., :, :, None, :] * eye[:, None, :, None]  # (B, H, N, S, s, S, s)
     return full.reshape(B, H, N, C, C)
@@ -129,8 +131,8 @@ def chunked_channel_decay_attention(
     """Causal ``o_t = sum_{s<=t} (q_t * exp(G_t - G_s)) . k_s v_s`` with a decay per key channel.
 
     q, k, log_g (B, H, T, K) (log_g <= 0), v (B, H, T, V); ``sub_chunk`` divides ``chunk``.
-    Returns (B, H, T, V). Time O(T·C·(K + V) + T·s·K + T·K·V), memory O(T·(C + s)·K / C·...)
-    per head: the largest intermediates are (T/s)·s·s·K and (T/C)·(C/s)^2·s·K elements.
+    Returns (B, H, T, V). Time O(T·C·(K + V) + T·s·K + T·K·V) per head; the largest
+    intermediates hold T·s·K (inside sub-chunks) and T·(C/s)·K (between them) elements per head.
     """
     B, H, T, K = q.shape
     pad = (-T) % chunk
