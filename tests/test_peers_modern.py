@@ -58,6 +58,26 @@ def test_swapped_core_is_really_the_peer():
         assert (m(x, causal=True) - y).abs().max() > 1e-3
 
 
+def test_delta_rule_adapters_match_the_peers_recurrences():
+    """The adapters bench_modern uses for part B's deltanet / gated_deltanet (chunked fla ops,
+    zoo layout, pre-scaled q) equal fla's token-by-token recurrences."""
+    import torch
+
+    torch.manual_seed(0)
+    B, H, T, K, V = 1, 2, 45, 8, 4  # 45: not a multiple of the chunk
+    q, v = torch.randn(B, H, T, K), torch.randn(B, H, T, V)
+    k = torch.nn.functional.normalize(torch.randn(B, H, T, K), dim=-1)
+    beta, log_g = torch.rand(B, H, T), -0.1 * torch.rand(B, H, T)
+    delta = peers.load_peer("delta_rule", _root_or_skip("delta_rule"))
+    expected, _ = delta.delta_rule_recurrence(q, k, v, beta)
+    got = peers.peer_scan("delta_rule")(q * K**-0.5, k, v, beta, chunk=16)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    gated = peers.load_peer("gated_delta_rule", _root_or_skip("gated_delta_rule"))
+    expected, _ = gated.naive_recurrent_gated_delta_rule(*(t.transpose(1, 2) for t in (q, k, v, beta, log_g)))
+    got = peers.peer_scan("gated_delta_rule")(q * K**-0.5, k, v, beta, log_g, chunk=16)
+    torch.testing.assert_close(got, expected.transpose(1, 2), atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [
