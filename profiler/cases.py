@@ -303,6 +303,7 @@ def parse_mixers(text: str | Iterable[str] | None, *, allow_unregistered: bool =
             out.append(MixerChoice(name, registered=False))
             continue
         defaults = {f.name: f.default for f in dataclasses.fields(cls.Config)}
+        nullable = {f.name for f in dataclasses.fields(cls.Config) if "None" in str(f.type)}
         overrides: dict[str, Any] = {}
         for pair in _split_top(inner) if inner else []:
             key, eq, value = pair.partition("=")
@@ -316,6 +317,9 @@ def parse_mixers(text: str | Iterable[str] | None, *, allow_unregistered: bool =
                 from zoo.registry import get_config
 
                 get_config(name, **{key: value})
+            if key in nullable and value.strip().lower() in ("none", "null"):
+                overrides[key] = None  # a chosen value (e.g. sketch_size=none), not "not given"
+                continue
             overrides[key] = _coerce(name, key, value, defaults[key])
         out.append(MixerChoice(name, tuple(sorted(overrides.items()))))
     # the same label twice would be measured twice: keep the first

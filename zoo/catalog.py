@@ -69,7 +69,7 @@ def render_info(name: str, dim: int | None = None, heads: int | None = None) -> 
 
     cls = get_mixer_class(name)
     spec = cls.spec
-    config = get_config(name, dim=dim, heads=heads)
+    config = get_config(name, **{k: v for k, v in (("dim", dim), ("heads", heads)) if v is not None})
     console = Console()
     console.print(f"[bold]{spec.name}[/bold]: {spec.title} ({spec.year}, arXiv {spec.arxiv or '-'})")
     for key, value in spec.summary().items():
