@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
@@ -76,6 +77,9 @@ class MixerSpec:
     key_padding_mask: bool = True  # padded tokens are excluded from mixing (C3 padding invariance)
     reduces_length: bool = False  # output has out_len(T) tokens (forward_with_mask gives its mask)
     stochastic: bool = False  # draws randomness (own seeded generator)
+    # a hard choice (top-k ranking) on computed scores: bf16/fp16 can flip it, so its low-precision
+    # output is not round-off of the fp32 one (the docstring quantifies the difference)
+    precision_sensitive: bool = False
     approximates_softmax: bool = False  # fidelity vs exact softmax with the same q/k/v/out_proj
     deviations: str = ""  # where the zoo differs from the paper / official code
     extra_inputs: tuple[str, ...] = ()  # optional forward kwargs, e.g. ("segment_ids",)
@@ -194,6 +198,22 @@ class TokenMixer(nn.Module):
         return fields
 
 
+def module_dtype(module: nn.Module) -> torch.dtype | None:
+    """The floating dtype of a module's first floating parameter or buffer (None: it has none)."""
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return None
+
+
+def output_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a mixer returns: x's, or autocast's lower precision when autocast is on for x's device
+    (what a mixer whose last op is a Linear returns under autocast)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
 def check_inputs(mixer: TokenMixer, x: Any, mask: Any = None, causal: bool = False) -> None:
     """Loud, specific errors at the mixer boundary (the first line of every ``forward``)."""
     name = mixer.spec.name
@@ -205,6 +225,12 @@ def check_inputs(mixer: TokenMixer, x: Any, mask: Any = None, causal: bool = Fal
         )
     if not x.is_floating_point():
         raise ZooTypeError(f"{name}: x: expected a floating-point tensor, got dtype {x.dtype}")
+    expected = module_dtype(mixer)
+    if expected is not None and x.dtype != expected and not torch.is_autocast_enabled(x.device.type):
+        raise ZooTypeError(
+            f"{name}: x: expected dtype {expected} (the module's; cast x or the module, or run under "
+            f"torch.autocast), got {x.dtype}"
+        )
     B, T, D = x.shape
     if D != mixer.dim:
         raise ZooValueError(f"{name}: x: expected last dimension D={mixer.dim}, got shape {tuple(x.shape)}")
