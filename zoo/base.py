@@ -193,6 +193,24 @@ class TokenMixer(nn.Module):
         """Output length for input length T (T unless ``spec.reduces_length``)."""
         return T
 
+    def reset_parameters(self) -> None:
+        """Initialise every parameter and buffer as construction does.
+
+        FSDP-style meta init: ``create_mixer(..., device="meta").to_empty(device=d)`` leaves
+        uninitialised memory; ``reset_parameters()`` then fills it. Submodules (Linear, ...) reset
+        themselves, then the mixer's own :meth:`_init_weights` runs (custom inits, buffers, the
+        seeded generators): under the same global seed the result equals a fresh construction's
+        ``reset_parameters()``, and it has the statistics of a normal construction.
+        """
+        for module in self.modules():
+            if module is not self and callable(getattr(module, "reset_parameters", None)):
+                module.reset_parameters()
+        with torch.no_grad():
+            self._init_weights()
+
+    def _init_weights(self) -> None:
+        """The mixer's own initialisation after its submodules' defaults (``__init__`` calls it too)."""
+
     def extra_repr(self) -> str:
         fields = ", ".join(f"{f.name}={getattr(self.config, f.name)!r}" for f in dataclasses.fields(self.config))
         return fields

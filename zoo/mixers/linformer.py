@@ -98,11 +98,16 @@ class LinformerMixer(TokenMixer):
         self.out_proj = nn.Linear(D, D, **kw)
         shape = (config.heads, config.proj_len, config.max_len)  # (H, k, max_len)
         self.proj_k = nn.Parameter(torch.empty(shape, **kw))
-        nn.init.normal_(self.proj_k, std=0.02)
         if config.share_kv:
             self.register_parameter("proj_v", None)
         else:
             self.proj_v = nn.Parameter(torch.empty(shape, **kw))
+        self._init_weights()
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        nn.init.normal_(self.proj_k, std=0.02)
+        if self.proj_v is not None:
             nn.init.normal_(self.proj_v, std=0.02)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False) -> torch.Tensor:

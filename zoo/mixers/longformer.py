@@ -146,15 +146,14 @@ class LongformerMixer(TokenMixer):
         self.k_global = nn.Linear(D, D, **kw)
         self.v_global = nn.Linear(D, D, **kw)
         self.out_proj = nn.Linear(D, D, **kw)
-        if config.init_global_from_local:
-            with torch.no_grad():
-                for local, glob in (
-                    (self.q_proj, self.q_global),
-                    (self.k_proj, self.k_global),
-                    (self.v_proj, self.v_global),
-                ):
-                    glob.weight.copy_(local.weight)
-                    glob.bias.copy_(local.bias)
+        self._init_weights()
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        if self.config.init_global_from_local:
+            for local, glob in ((self.q_proj, self.q_global), (self.k_proj, self.k_global), (self.v_proj, self.v_global)):
+                glob.weight.copy_(local.weight)
+                glob.bias.copy_(local.bias)
 
     def global_tokens(
         self, mask: torch.Tensor, global_mask: torch.Tensor | None = None

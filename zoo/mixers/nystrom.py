@@ -233,10 +233,15 @@ class NystromMixer(TokenMixer):
         self.out_proj = nn.Linear(D, D, **kw)
         if config.conv_kernel:
             self.conv_weight = nn.Parameter(torch.empty(config.heads, config.conv_kernel, **kw))  # (H, W)
-            bound = 1.0 / math.sqrt(config.conv_kernel)  # nn.Conv2d's default init for this shape
-            nn.init.uniform_(self.conv_weight, -bound, bound)
         else:
             self.register_parameter("conv_weight", None)
+        self._init_weights()
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        if self.conv_weight is not None:
+            bound = 1.0 / math.sqrt(self.config.conv_kernel)  # nn.Conv2d's default init for this shape
+            nn.init.uniform_(self.conv_weight, -bound, bound)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False) -> torch.Tensor:
         check_inputs(self, x, mask, causal)

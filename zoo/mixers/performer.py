@@ -256,10 +256,13 @@ class PerformerMixer(TokenMixer):
         self.v_proj = nn.Linear(D, D, **kw)
         self.out_proj = nn.Linear(D, D, **kw)
         self.generator = torch.Generator(device="cpu")
-        self.generator.manual_seed(config.seed)
         self.register_buffer(
             "omega", torch.empty(config.nb_features, config.head_dim, **kw), persistent=True
         )  # (R, P)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        self.generator.manual_seed(self.config.seed)
         self.calls = 0  # training calls seen, for redraw_interval
         if self.omega.device.type != "meta":
             self.redraw_features()

@@ -159,11 +159,18 @@ class PoolingformerMixer(TokenMixer):
         self.out_proj = nn.Linear(D, D, **kw)
         if config.pool == "conv":
             # depthwise filters along the sequence, one per channel, starting as an average
-            self.k_pool_weight = nn.Parameter(torch.full((D, kernel), 1.0 / kernel, **kw))
-            self.v_pool_weight = nn.Parameter(torch.full((D, kernel), 1.0 / kernel, **kw))
+            self.k_pool_weight = nn.Parameter(torch.empty((D, kernel), **kw))
+            self.v_pool_weight = nn.Parameter(torch.empty((D, kernel), **kw))
         elif config.pool == "ldconv":
             self.k_pool_proj = nn.Linear(D, H * kernel, **kw)
             self.v_pool_proj = nn.Linear(D, H * kernel, **kw)
+        self._init_weights()
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        if self.config.pool == "conv":
+            self.k_pool_weight.fill_(1.0 / self.config.pool_kernel)
+            self.v_pool_weight.fill_(1.0 / self.config.pool_kernel)
 
     def _pool(self, which: str, t: torch.Tensor, mask: torch.Tensor | None, taps: dict) -> tuple:
         """Pooled (B, K, D) keys or values and the slot mask (B, K)."""

@@ -152,6 +152,9 @@ class SkeinformerMixer(TokenMixer):
         self.out_proj = nn.Linear(D, D, **kw)
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
 
+    def _init_weights(self) -> None:
+        self.generator.manual_seed(self.config.seed)  # training draws restart as after construction
+
     def reseed(self, seed: int) -> None:
         """Restart the training-time draws from ``seed`` (eval draws follow ``config.seed``)."""
         self.generator.manual_seed(seed)

@@ -137,15 +137,23 @@ class TransNormerMixer(TokenMixer):
         self.k_proj = nn.Linear(D, D, **kw)
         self.v_proj = nn.Linear(D, D, **kw)
         self.out_proj = nn.Linear(D, D, **kw)
+        if config.urpe:
+            # frozen random orthogonal map (not trained), learned rotary frequencies shared by heads
+            self.register_buffer("householder_u", torch.empty(P, **kw))  # (P,)
+            self.theta = nn.Parameter(torch.empty(P // 2, **kw))  # (P/2,)
+        self._init_weights()
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
         # fairseq MultiheadAttention init used by NormAttention
         for proj in (self.q_proj, self.k_proj, self.v_proj):
             nn.init.xavier_uniform_(proj.weight, gain=2**-0.5)
         nn.init.xavier_uniform_(self.out_proj.weight)
         nn.init.zeros_(self.out_proj.bias)
-        if config.urpe:
-            # frozen random orthogonal map (not trained), learned rotary frequencies shared by heads
-            self.register_buffer("householder_u", householder_vector(P, config.seed, device, dtype))
-            self.theta = nn.Parameter(rotary_frequencies(P).to(device=device, dtype=dtype or torch.get_default_dtype()))
+        if self.config.urpe:
+            P = self.config.head_dim
+            self.householder_u.copy_(householder_vector(P, self.config.seed))  # fp64 draw, cast
+            self.theta.copy_(rotary_frequencies(P))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False) -> torch.Tensor:
         check_inputs(self, x, mask, causal)
