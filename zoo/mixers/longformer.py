@@ -28,6 +28,8 @@ Deviations
       output stays causal (leading global tokens then act as always-visible "sink" tokens).
     * With padding, ``num_global`` marks the first real tokens (not the first positions). An explicit
       ``global_mask`` replaces ``num_global``; padded tokens are never global.
+    * A call without global tokens adds an exact zero computed from q/k/v_global, so those
+      projections get zero gradients instead of none (plain DDP needs every parameter used).
     * No attention dropout; padded output rows are zeroed (C2). Finding the global tokens costs one
       host sync per call (as in HF).
 """
@@ -202,10 +204,23 @@ class LongformerMixer(TokenMixer):
         kw = dict(window=c.window, mask=band_keys, causal=causal, dilation=c.dilation, block=c.query_block)
         if g_max == 0:
             o = sliding_window_attention(q, k, v, **kw)  # (B, H, T, P)
+            if torch.is_grad_enabled():
+                o = o + self._globals_take_part()  # exact zero; q/k/v_global get zero gradients
         else:
             o = self._with_globals(x, q, k, v, m, gm, counts, g_max, causal, kw)
         y = self.out_proj(merge_heads(o))  # (B, T, D)
         return zero_padded(y, mask)
+
+    def _globals_take_part(self) -> torch.Tensor:
+        """A 0-d exact zero that depends on q/k/v_global.
+
+        A call without global tokens (the default ``num_global=0``) does not use the global
+        projections; they exist because ``global_mask`` may name global tokens at any call. Adding
+        this zero keeps them in the autograd graph with zero gradients, so plain
+        ``DistributedDataParallel`` (no ``find_unused_parameters``) works whatever the batch holds.
+        """
+        params = [p for proj in (self.q_global, self.k_global, self.v_global) for p in (proj.weight, proj.bias)]
+        return torch.stack([p.reshape(-1)[0] for p in params]).sum() * 0.0
 
     def _with_globals(self, x, q, k, v, m, gm, counts, g_max, causal, band_kw) -> torch.Tensor:
         B, H, T, P = q.shape
