@@ -116,6 +116,9 @@ class MixerConfig:
             raise ZooValueError(
                 f"heads: expected a divisor of dim={self.dim}, got heads={self.heads}"
             )
+        p = getattr(self, "attention_dropout", 0.0)
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+            raise ZooValueError(f"attention_dropout: expected a probability in [0, 1), got {p!r}")
         self.validate()
 
     def validate(self) -> None:
@@ -129,6 +132,16 @@ class MixerConfig:
     def tiny(cls) -> "MixerConfig":
         """Smallest config that keeps the mechanism non-trivial (tests, smoke runs)."""
         return cls(dim=16, heads=2)
+
+
+def attention_dropout_field() -> Any:
+    """The ``attention_dropout`` config field of mixers with attention weights (one definition)."""
+    return cfg(0.0, "dropout probability on the attention weights, in training only (0 = none)")
+
+
+def attention_dropout_p(mixer: "TokenMixer") -> float:
+    """The dropout probability a mixer applies now: its config's in training, 0 in eval."""
+    return float(mixer.config.attention_dropout) if mixer.training else 0.0
 
 
 def config_fields(config_cls: type) -> list[dict[str, Any]]:

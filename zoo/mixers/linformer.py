@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from zoo.base import (
@@ -32,6 +33,8 @@ from zoo.base import (
     MixerConfig,
     MixerSpec,
     TokenMixer,
+    attention_dropout_field,
+    attention_dropout_p,
     cfg,
     check_inputs,
     check_positive_int,
@@ -47,6 +50,7 @@ class LinformerConfig(MixerConfig):
     proj_len: int = cfg(256, "k, the compressed sequence length of keys and values")
     max_len: int = cfg(16384, "longest accepted T (columns of the projection E)")
     share_kv: bool = cfg(True, "one projection E for keys and values (LRA code); False adds proj_v")
+    attention_dropout: float = attention_dropout_field()
 
     def validate(self) -> None:
         check_positive_int("proj_len", self.proj_len)
@@ -133,6 +137,9 @@ class LinformerMixer(TokenMixer):
         scores = torch.matmul(q, kc.transpose(-1, -2)) / math.sqrt(c.head_dim)  # (B, H, T, k)
         ct = torch.float32 if scores.dtype in (torch.float16, torch.bfloat16) else scores.dtype
         probs = torch.softmax(scores, dim=-1, dtype=ct).to(v.dtype)  # (B, H, T, k), fp32 for half inputs
+        p = attention_dropout_p(self)
+        if p:
+            probs = F.dropout(probs, p)  # (B, H, T, k): training only
         o = torch.matmul(probs, vc)  # (B, H, T, P)
         y = self.out_proj(merge_heads(o))  # (B, T, D)
         return zero_padded(y, mask)

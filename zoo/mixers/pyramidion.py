@@ -54,6 +54,8 @@ from zoo.base import (
     MixerConfig,
     MixerSpec,
     TokenMixer,
+    attention_dropout_field,
+    attention_dropout_p,
     cfg,
     check_inputs,
     check_positive_int,
@@ -87,6 +89,7 @@ class PyramidionConfig(MixerConfig):
     flip: bool = cfg(True, "pair the best half with the worst half reversed (best meets worst)")
     sort_back: bool = cfg(False, "after each round order the winners by position, not by score rank")
     hard: bool = cfg(False, "exact top-k selection (inference; no gradient reaches the scorer)")
+    attention_dropout: float = attention_dropout_field()
 
     def validate(self) -> None:
         check_positive_int("block_size", self.block_size)
@@ -164,7 +167,7 @@ class PyramidionMixer(TokenMixer):
         q = split_heads(self.q_proj(xp), c.heads)  # (B, H, T', P)
         k = split_heads(self.k_proj(xp), c.heads)  # (B, H, T', P)
         v = split_heads(self.v_proj(xp), c.heads)  # (B, H, T', P)
-        o = block_attention(q, k, v, blk, mp)  # (B, H, T', P)
+        o = block_attention(q, k, v, blk, mp, dropout_p=attention_dropout_p(self))  # (B, H, T', P)
         y = zero_padded(self.out_proj(merge_heads(o)[:, :T]), mask)  # (B, T, D)
         # scores in fp32 at least (fp64 stays fp64): the ranking must not hinge on bf16 rounding
         ct = torch.promote_types(y.dtype, torch.float32)

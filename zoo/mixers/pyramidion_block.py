@@ -28,7 +28,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from zoo.base import Complexity, MixerConfig, MixerSpec, TokenMixer, cfg, check_inputs, check_positive_int, zero_padded
+from zoo.base import (
+    Complexity,
+    MixerConfig,
+    MixerSpec,
+    TokenMixer,
+    attention_dropout_field,
+    attention_dropout_p,
+    cfg,
+    check_inputs,
+    check_positive_int,
+    zero_padded,
+)
 from zoo.functional import block_attention, linear_flops, merge_heads, pad_to_multiple, split_heads
 from zoo.registry import register
 
@@ -36,6 +47,7 @@ from zoo.registry import register
 @dataclass(frozen=True)
 class PyramidionBlockConfig(MixerConfig):
     block_size: int = cfg(512, "tokens per attention block c (the reference's chunk_size)")
+    attention_dropout: float = attention_dropout_field()
 
     def validate(self) -> None:
         check_positive_int("block_size", self.block_size)
@@ -98,6 +110,6 @@ class PyramidionBlockMixer(TokenMixer):
         q = split_heads(self.q_proj(xp), H)  # (B, H, T', P)
         k = split_heads(self.k_proj(xp), H)  # (B, H, T', P)
         v = split_heads(self.v_proj(xp), H)  # (B, H, T', P)
-        o = block_attention(q, k, v, blk, mp, causal)  # (B, H, T', P)
+        o = block_attention(q, k, v, blk, mp, causal, dropout_p=attention_dropout_p(self))  # (B, H, T', P)
         y = self.out_proj(merge_heads(o)[:, :T])  # (B, T, D)
         return zero_padded(y, mask)
