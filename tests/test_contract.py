@@ -209,3 +209,19 @@ def test_spec_is_complete(name):
     module = __import__(doc, fromlist=["_"])
     for heading in ("Paper", "Mechanism", "Deviations"):
         assert heading in (module.__doc__ or ""), f"{name}: module docstring lacks '{heading}'"
+
+
+@pytest.mark.parametrize("name", MIXERS)
+def test_forward_documents_its_inputs(name):
+    """``help(mixer.forward)`` names mask, causal and every extra input the spec declares."""
+    import inspect
+
+    cls = get_mixer_class(name)
+    doc = inspect.getdoc(cls.forward) or ""
+    params = inspect.signature(cls.forward).parameters
+    for arg in ("mask", "causal", *get_spec(name).extra_inputs):
+        assert arg in doc, f"{name}: forward's docstring does not mention {arg!r}"
+    for arg in get_spec(name).extra_inputs:
+        assert arg in params and params[arg].kind is inspect.Parameter.KEYWORD_ONLY, f"{name}: {arg} not a keyword"
+    if get_spec(name).reduces_length:
+        assert "out_len" in doc and "forward_with_mask" in doc

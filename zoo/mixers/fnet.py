@@ -125,6 +125,12 @@ class FNetMixer(TokenMixer):
         self.register_buffer("dtype_anchor", torch.empty(0, device=device, dtype=dtype), persistent=False)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False) -> torch.Tensor:
+        """Mix tokens: x (B, T, D) in the module's dtype -> (B, T, D).
+
+        mask: optional bool (B, T), True = real token (None: all real); padded output rows are zero.
+        causal: must be False (no causal variant: True raises ValueError).
+        Extra inputs: none.
+        """
         check_inputs(self, x, mask, causal)
         z = x.to(torch.promote_types(x.dtype, torch.float32))  # (B, T, D), fp32 or fp64
         if mask is not None:

@@ -187,6 +187,14 @@ class LongformerMixer(TokenMixer):
         causal: bool = False,
         global_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Mix tokens: x (B, T, D) in the module's dtype -> (B, T, D).
+
+        mask: optional bool (B, T), True = real token (None: all real); padded output rows are zero.
+        causal: True runs the causal variant (position i sees j <= i).
+        Extra inputs (``spec.extra_inputs``):
+            global_mask: optional bool (B, T), True = global token (attends to and is seen by every real
+            token); replaces ``num_global`` for this call; padded tokens are never global.
+        """
         check_inputs(self, x, mask, causal)
         B, T, D = x.shape
         self._check_global_mask(global_mask, B, T, x.device)

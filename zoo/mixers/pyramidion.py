@@ -180,6 +180,12 @@ class PyramidionMixer(TokenMixer):
         return zero_padded(pooled, out_mask), out_mask
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False) -> torch.Tensor:
+        """Mix tokens: x (B, T, D) in the module's dtype -> (B, out_len(T), D) pooled tokens (``forward_with_mask`` also returns their keep-mask).
+
+        mask: optional bool (B, T), True = real token (None: all real); padded output rows are zero.
+        causal: must be False (no causal variant: True raises ValueError).
+        Extra inputs: none.
+        """
         check_inputs(self, x, mask, causal)
         y, _ = self.forward_with_mask(x, mask, causal=causal)
         return y

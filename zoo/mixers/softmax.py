@@ -119,6 +119,12 @@ class SoftmaxMixer(TokenMixer):
         self.out_proj = nn.Linear(D, D, **kw)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False) -> torch.Tensor:
+        """Mix tokens: x (B, T, D) in the module's dtype -> (B, T, D).
+
+        mask: optional bool (B, T), True = real token (None: all real); padded output rows are zero.
+        causal: True runs the causal variant (position i sees j <= i).
+        Extra inputs: none.
+        """
         check_inputs(self, x, mask, causal)
         H = self.config.heads
         q = split_heads(self.q_proj(x), H)  # (B, H, T, P)
