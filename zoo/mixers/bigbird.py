@@ -15,6 +15,9 @@ Mechanism
     When n <= 5 + 2r (T <= (5 + 2r)·b, the threshold of the transformers port) the sequence uses
     full softmax attention instead.
 
+    Precision: attention runs in fused SDPA calls in the input (or autocast's) dtype; the fused
+    kernels accumulate the softmax in fp32.
+
 Deviations
     * Randomness: a module-owned ``torch.Generator`` (seeded by ``seed``) draws a fresh pattern per
       call and per head in training (``resample_in_train=True``); in eval the pattern is a fixed

@@ -10,6 +10,9 @@ Mechanism
     values (``share_kv=True``, as in the LRA code); otherwise values get their own matrix
     ``proj_v``. Inputs longer than ``max_len`` are rejected.
 
+    Precision: the softmax over the k compressed keys runs in fp32 for bf16/fp16 scores
+    (autocast included).
+
 Deviations
     none in the math (the PoNet LRA copy also shares E across layers; here each layer owns its E).
     Padded K/V rows are zeroed before the projection, so appended padding contributes nothing to

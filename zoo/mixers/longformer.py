@@ -17,6 +17,9 @@ Mechanism
     band and the global-key columns are merged by their log-sum-exp into the joint softmax.
     W_O follows; 7 D^2 + 7 D parameters.
 
+    Precision: band and global-key scores, their softmax and the log-sum-exp merge run in at
+    least fp32.
+
 Deviations
     * ``window`` is the one-sided width of the paper / allenai config (HF's attention_window is 2x).
     * The zoo pads internally only to the query block (not to a multiple of 2*window as HF does);

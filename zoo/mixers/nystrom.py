@@ -14,6 +14,9 @@ Mechanism
     width ``conv_kernel`` along the sequence (one kernel per head, shared by its p channels, no
     bias) of the masked V is added (``conv_kernel=0`` disables it). Cost O(T·M·p + M^3) per head.
 
+    Precision: for bf16/fp16 inputs the core (three softmaxes, the iterative pseudo-inverse)
+    runs in fp32; under autocast its matmuls follow autocast's dtype.
+
 Deviations
     Landmarks are means over real tokens only, in runs of floor/ceil(N/M) real tokens (N = real
     tokens of that sequence), instead of means over fixed position blocks of n/M that include

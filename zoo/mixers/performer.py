@@ -15,6 +15,9 @@ Mechanism
     j <= i chunk by chunk (quadratic inside a chunk of ``chunk_size``, a carried r x p state
     between chunks): O(T) memory, no T x r x p tensor.
 
+    Precision: for bf16/fp16 inputs the feature maps, exponentials and normalisers run in fp32;
+    under autocast its matmuls follow autocast's dtype.
+
 Deviations
     Padded keys are removed by zeroing phi(k) (the LRA wrapper zeroes K and V, but phi(0) != 0, so
     its padded keys still enter the denominator). Stabilisers subtract the max of the whole

@@ -15,6 +15,8 @@ Mechanism
     satisfies |c_s - i| <= pool_window / 2. The output is (y + merge(z)) W_O. Both levels are
     blocked: scores are O(T·(local_window + pool_window/stride)), never T x T.
 
+    Precision: the window and pooled-window softmaxes and the tap weights run in at least fp32.
+
 Deviations
     No reference code exists; every choice below is a zoo decision from MIXERS.md 4 [unverified]:
     * ``local_window`` (w1) is the full width: one-sided w1/2; ``pool_window`` (w2) likewise.

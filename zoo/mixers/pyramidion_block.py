@@ -13,6 +13,9 @@ Mechanism
     j > i inside each block. This is the attention of a Pyramidion encoder layer without the
     pooling (registry entry ``pyramidion`` adds the top-k pooling).
 
+    Precision: block attention runs in fused SDPA in the input (or autocast's) dtype, softmax
+    accumulated in fp32 inside the kernel.
+
 Deviations
     The reference applies no padding mask in its pooling mode and drops the last T mod c tokens
     (``unfold``); the zoo masks padded keys inside every block and pads T to a multiple of the

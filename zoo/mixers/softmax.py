@@ -12,6 +12,9 @@ Mechanism
     (``memory_efficient_attention``; CUDA with xformers installed). ``attention_dropout`` drops
     attention weights in training (SDPA's ``dropout_p``; 0 by default, never in eval).
 
+    Precision: ``sdpa``/``xformers`` accumulate the softmax in fp32 inside the kernel; ``eager``
+    computes it in fp32.
+
 Deviations
     None in the math. Zoo conventions: padded output rows are zeroed (C2); a fully padded
     sequence attends uniformly (then zeroed) instead of producing NaN; with causal + padding,

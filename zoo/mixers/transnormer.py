@@ -16,6 +16,9 @@ Mechanism
     ``transnormer_stack(depth, ...)`` builds the paper's language-model arrangement: DiagAttention
     (``transnormer_diag``) in the first half of the layers, NormAttention in the second.
 
+    Precision: the sums over T (linear-attention state and normalisers) and the rotation run in
+    at least fp32.
+
 Deviations
     Padding: Kf and V are zeroed at padded positions before the sum, so real outputs do not depend
     on padding (the reference accepts the mask and ignores it; ``faithful_mask=True`` reproduces

@@ -13,6 +13,8 @@ Mechanism
     ``ReLU(scores)`` as weights (no normalisation) followed by SimpleRMSNorm of the merged
     output; t2 uses ``softmax(scores)`` and no norm. Causal mode drops keys j > i inside the block.
 
+    Precision: the block scores, softmax/norm and the rotation run in at least fp32.
+
 Deviations
     Padding: padded keys get weight 0 (t1) or a large negative logit (t2), so real outputs do not
     depend on padding (the reference accepts the mask and ignores it; ``faithful_mask=True``
