@@ -33,6 +33,7 @@ def test_cli_override_parser_keeps_none():
 
     (choice,) = parse_mixers("skeinformer[sketch_size=none]")
     assert dict(choice.overrides) == {"sketch_size": None}
+    assert parse_mixers(choice.label)[0] == choice  # the record's label parses back to the same choice
     (choice,) = parse_mixers("skeinformer[sketch_size=64]")
     assert dict(choice.overrides) == {"sketch_size": 64}
     with pytest.raises(ValueError, match="expected an integer"):
