@@ -159,7 +159,7 @@ def fidelity_cmd(
     names = [m.strip() for m in mixers.split(",") if m.strip()] if mixers else None
     records = run_fidelity(
         mixers=names, lengths=lengths, seeds=seeds, batch=batch, dtype=dtype, device=device, causal=causal,
-        overrides={"dim": dim, "heads": heads}, out=out, progress=lambda cell: typer.echo(f"  {cell}", err=True),
+        overrides={k: v for k, v in (("dim", dim), ("heads", heads)) if v is not None}, out=out, progress=lambda cell: typer.echo(f"  {cell}", err=True),
     )
     for r in records:
         result = f"rel. error {r['rel_error']:.3g} ± {r['rel_error_std']:.1g}, cosine {r['cosine']:.4f}" \

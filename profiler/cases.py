@@ -303,6 +303,7 @@ def parse_mixers(text: str | Iterable[str] | None, *, allow_unregistered: bool =
             out.append(MixerChoice(name, registered=False))
             continue
         defaults = {f.name: f.default for f in dataclasses.fields(cls.Config)}
+        nullable = {f.name for f in dataclasses.fields(cls.Config) if "None" in str(f.type)}
         overrides: dict[str, Any] = {}
         for pair in _split_top(inner) if inner else []:
             key, eq, value = pair.partition("=")
@@ -316,6 +317,9 @@ def parse_mixers(text: str | Iterable[str] | None, *, allow_unregistered: bool =
                 from zoo.registry import get_config
 
                 get_config(name, **{key: value})
+            if key in nullable and value.strip().lower() in ("none", "null"):
+                overrides[key] = None  # a chosen value (e.g. sketch_size=none), not "not given"
+                continue
             overrides[key] = _coerce(name, key, value, defaults[key])
         out.append(MixerChoice(name, tuple(sorted(overrides.items()))))
     # the same label twice would be measured twice: keep the first
@@ -486,8 +490,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "threads": 1,
     },
     "ponet-table2": {
-        "description": "PoNet Table 2: LRA-text model (2 layers, d=64, 2x32 heads, FFN 128, B=32), train steps, 512..16k",
-        "mixers": "softmax[impl=eager],performer,nystrom,fnet,ponet",
+        "description": (
+            "PoNet Table 2: the LRA text config of lxchtan/PoNet (2 layers, d=64, 2x32 heads, FFN 128, vocab 512, "
+            "learned positions, mean pooling, dropout 0.1, attention dropout 0.1, B=32), train steps, 512..16k"
+        ),
+        # the LRA code drops attention weights only in its softmax attention
+        "mixers": "softmax[impl=eager,attention_dropout=0.1],performer,nystrom,fnet,ponet",
         "lengths": "512..16k",
         "modes": ("train",),
         "scope": "model",
@@ -498,6 +506,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "ffn": 128,
         "vocab": 512,
         "classes": 2,
+        "dropout": 0.1,  # lra_config.py "dropout_prob"; its "attention_dropout" 0.1 is softmax's field above
         "time_budget": 2.0,
     },
 }

@@ -180,6 +180,7 @@ def _build_model_step(cell: Cell, device: torch.device, dtype: torch.dtype) -> S
     model = Encoder(
         mixer=cell.mixer, depth=cell.depth or 2, dim=cell.dim, heads=cell.heads, vocab=vocab, classes=classes,
         ffn=ffn, max_len=cell.T, mixer_overrides=overrides, device=device, dtype=dtype,
+        dropout=float(m.get("dropout", 0.0)),
     )
     B, T, D = cell.batch, cell.T, cell.dim
     gen = torch.Generator(device=device).manual_seed(0)

@@ -865,7 +865,9 @@ def run_profile(
     if scope == "model":
         depth_v = pick(depth, "depth", 2)
         model = {"vocab": pick(vocab, "vocab", 512), "classes": pick(classes, "classes", 2), "ffn": pick(ffn, "ffn", 128)}
-        for nm, v in (("depth", depth_v), *model.items()):
+        if p.get("dropout"):  # only a preset sets it (absent: 0, as before)
+            model["dropout"] = p["dropout"]
+        for nm, v in (("depth", depth_v), *((k, model[k]) for k in ("vocab", "classes", "ffn"))):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ZooValueError(f"{nm}: expected a positive integer, got {v!r}")
     dtype_name = canonical_dtype(dtype)

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from tests.tolerances import tol
+from tests.tolerances import BF16_REL, FLIP_REL, rel_error, tol
 from zoo import ZooError, create_mixer, get_mixer_class, get_spec, list_mixers
 
 MIXERS = list_mixers()
@@ -59,13 +59,12 @@ def test_dtypes(name, dtype):
         ref.load_state_dict({k: v.double() if v.is_floating_point() else v for k, v in m.state_dict().items()})
         y64, _ = run(ref, x.double(), mask)
         torch.testing.assert_close(y.double(), y64, **tol(dtype))
-
-
-@pytest.mark.parametrize("name", MIXERS)
-def test_meta_device(name):
-    cfg = get_mixer_class(name).Config.tiny()
-    m = create_mixer(name, device="meta", dim=cfg.dim, heads=cfg.heads)
-    assert all(p.device.type == "meta" for p in m.parameters())
+    else:  # against the fp32 build of the same (bf16-rounded) weights, at the bf16 tolerance
+        ref = build(name, dtype=torch.float32)
+        ref.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in m.state_dict().items()})
+        y32, _ = run(ref, x.float(), mask)
+        bound = FLIP_REL if get_spec(name).precision_sensitive else BF16_REL
+        assert rel_error(y, y32) <= bound, f"{name}: bf16 relative error {rel_error(y, y32):.3g} > {bound}"
 
 
 @pytest.mark.parametrize("name", MIXERS)
@@ -135,10 +134,17 @@ def test_fully_padded_sequence_gives_zeros(name):
     x = torch.randn(2, 15, m.dim)
     mask = torch.ones(2, 15, dtype=torch.bool)
     mask[0] = False
+    x.requires_grad_(True)
+    m.train()  # the training path too (stochastic mixers draw there)
     y, _ = run(m, x, mask)
     assert torch.isfinite(y).all()
     assert torch.equal(y[0], torch.zeros_like(y[0]))
-    y.sum().backward() if y.requires_grad else None
+    (y.square().sum() + y.sum()).backward()
+    assert torch.isfinite(x.grad).all(), f"{name}: non-finite input gradient with a fully padded row"
+    assert torch.equal(x.grad[0], torch.zeros_like(x.grad[0])), "a fully padded sequence gets no gradient"
+    for pname, p in m.named_parameters():
+        if p.grad is not None:
+            assert torch.isfinite(p.grad).all(), f"{name}: non-finite gradient in {pname}"
 
 
 @pytest.mark.parametrize("name", MIXERS)
@@ -203,3 +209,19 @@ def test_spec_is_complete(name):
     module = __import__(doc, fromlist=["_"])
     for heading in ("Paper", "Mechanism", "Deviations"):
         assert heading in (module.__doc__ or ""), f"{name}: module docstring lacks '{heading}'"
+
+
+@pytest.mark.parametrize("name", MIXERS)
+def test_forward_documents_its_inputs(name):
+    """``help(mixer.forward)`` names mask, causal and every extra input the spec declares."""
+    import inspect
+
+    cls = get_mixer_class(name)
+    doc = inspect.getdoc(cls.forward) or ""
+    params = inspect.signature(cls.forward).parameters
+    for arg in ("mask", "causal", *get_spec(name).extra_inputs):
+        assert arg in doc, f"{name}: forward's docstring does not mention {arg!r}"
+    for arg in get_spec(name).extra_inputs:
+        assert arg in params and params[arg].kind is inspect.Parameter.KEYWORD_ONLY, f"{name}: {arg} not a keyword"
+    if get_spec(name).reduces_length:
+        assert "out_len" in doc and "forward_with_mask" in doc

@@ -81,3 +81,26 @@ def test_errors_and_meta_device():
         Encoder(mixer="sofmax", **TINY)
     meta = Encoder(mixer="softmax", **TINY, device="meta")
     assert all(p.device.type == "meta" for p in meta.parameters())
+
+
+def test_ponet_table2_preset_is_the_papers_lra_text_config(monkeypatch, tmp_path):
+    """lxchtan/PoNet examples/LRA/code/lra_config.py, task "text": 2 layers, d=64, 2 heads of 32,
+    FFN 128, vocab 512, learned positions, mean pooling, dropout 0.1, attention dropout 0.1, B=32."""
+    import profiler.runner as runner
+
+    captured = {}
+    monkeypatch.setattr(runner, "run_sweep", lambda cells, **kw: captured.update(cells=cells, settings=kw["settings"]))
+    runner.run_profile(preset="ponet-table2", lengths="512", out=tmp_path / "t2.jsonl")
+    cells = captured["cells"]
+    assert {c.mixer for c in cells} == {"softmax", "performer", "nystrom", "fnet", "ponet"}
+    for c in cells:
+        assert (c.scope, c.mode, c.batch, c.dim, c.heads, c.depth) == ("model", "train", 32, 64, 2, 2)
+        assert c.model == {"vocab": 512, "classes": 2, "ffn": 128, "dropout": 0.1}
+        if c.mixer == "softmax":
+            assert c.config["attention_dropout"] == 0.1 and c.config["impl"] == "eager"
+    # what the profiler builds from such a cell: dropout everywhere the LRA code has it
+    model = Encoder(mixer="softmax", depth=2, dim=64, heads=2, vocab=512, classes=2, ffn=128, max_len=512,
+                    mixer_overrides={"impl": "eager", "attention_dropout": 0.1}, dropout=0.1)
+    assert model.attention_dropout_applied and model.embedding_dropout.p == 0.1
+    assert all(b.dropout.p == 0.1 and b.ffn[2].p == 0.1 and b.ffn[4].p == 0.1 for b in model.blocks)
+    assert model.position_embedding.num_embeddings == 512  # learned positions

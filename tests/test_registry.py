@@ -15,8 +15,38 @@ from zoo.mixers.softmax import SoftmaxMixer
 def test_create_mixer_overrides_and_defaults():
     m = create_mixer("softmax", dim=64, heads=8)
     assert m.config.dim == 64 and m.config.heads == 8 and m.config.impl == "sdpa"
-    # None overrides are dropped, so CLI defaults never mask config defaults
-    assert create_mixer("softmax", dim=64, impl=None).config.impl == "sdpa"
+    # a key not given keeps its default; None is a value, never dropped
+    assert create_mixer("softmax", dim=64).config.impl == "sdpa"
+    with pytest.raises(ValueError, match="impl"):
+        create_mixer("softmax", dim=64, impl=None)
+
+
+def test_none_is_a_value_not_a_missing_key():
+    """``sketch_size=None`` selects the int(4 ln N) mode (it was silently 256)."""
+    assert get_config("skeinformer").sketch_size == 256
+    assert get_config("skeinformer", sketch_size=None).sketch_size is None
+    assert create_mixer("skeinformer", dim=16, heads=2, sketch_size=None).config.sketch_size is None
+
+
+def test_cli_override_parser_keeps_none():
+    from profiler.cases import parse_mixers
+
+    (choice,) = parse_mixers("skeinformer[sketch_size=none]")
+    assert dict(choice.overrides) == {"sketch_size": None}
+    assert parse_mixers(choice.label)[0] == choice  # the record's label parses back to the same choice
+    (choice,) = parse_mixers("skeinformer[sketch_size=64]")
+    assert dict(choice.overrides) == {"sketch_size": 64}
+    with pytest.raises(ValueError, match="expected an integer"):
+        parse_mixers("linformer[proj_len=none]")  # not Optional: none is no integer
+
+
+def test_help_lists_names_and_where_options_are():
+    import zoo
+
+    doc = zoo.create_mixer.__doc__
+    assert all(name in doc for name in list_mixers())
+    assert "zoo info" in doc and "Config" in doc
+    assert zoo.models.Encoder is not None
 
 
 def test_config_is_frozen():
@@ -106,3 +136,18 @@ def test_softmax_xformers_clear_error_on_cpu():
     m = create_mixer("softmax", dim=16, heads=2, impl="xformers")
     with pytest.raises(ValueError, match="impl: 'xformers' needs a CUDA tensor"):
         m(torch.randn(1, 4, 16))
+
+
+def test_skeinformer_default_sketch_is_int_4_ln_n():
+    """The reference and the spec use int(4 ln n): 19 columns at T=128 (ceil gave 20)."""
+    from zoo.mixers.skeinformer import sketch_width
+
+    assert sketch_width(None, 128) == 19
+    assert sketch_width(None, 2) == 2 and sketch_width(None, 1) == 1
+    m = create_mixer("skeinformer", dim=16, heads=2, sketch_size=None).eval()
+    from zoo.mixers.skeinformer import skein_attention
+
+    q = k = v = torch.randn(1, 2, 128, 8)
+    _, draw = skein_attention(q, k, v, None, 7, None)
+    assert draw.d.tolist() == [19]
+    assert m(torch.randn(1, 128, 16)).shape == (1, 128, 16)

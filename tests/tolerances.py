@@ -12,3 +12,15 @@ TOL = {
 
 def tol(dtype: torch.dtype) -> dict:
     return TOL[dtype]
+
+
+def rel_error(y: torch.Tensor, ref: torch.Tensor) -> float:
+    """||y - ref|| / ||ref|| in fp64 (a low-precision result against its fp32 counterpart)."""
+    y, ref = y.detach().double(), ref.detach().double()
+    return float((y - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+# a bf16 result (autocast or a bf16 module) against fp32: relative error of the whole tensor
+BF16_REL = TOL[torch.bfloat16]["rtol"]
+# mixers with spec.precision_sensitive (a top-k that flips): same scale, not round-off
+FLIP_REL = 0.9

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
@@ -76,6 +77,9 @@ class MixerSpec:
     key_padding_mask: bool = True  # padded tokens are excluded from mixing (C3 padding invariance)
     reduces_length: bool = False  # output has out_len(T) tokens (forward_with_mask gives its mask)
     stochastic: bool = False  # draws randomness (own seeded generator)
+    # a hard choice (top-k ranking) on computed scores: bf16/fp16 can flip it, so its low-precision
+    # output is not round-off of the fp32 one (the docstring quantifies the difference)
+    precision_sensitive: bool = False
     approximates_softmax: bool = False  # fidelity vs exact softmax with the same q/k/v/out_proj
     deviations: str = ""  # where the zoo differs from the paper / official code
     extra_inputs: tuple[str, ...] = ()  # optional forward kwargs, e.g. ("segment_ids",)
@@ -112,6 +116,9 @@ class MixerConfig:
             raise ZooValueError(
                 f"heads: expected a divisor of dim={self.dim}, got heads={self.heads}"
             )
+        p = getattr(self, "attention_dropout", 0.0)
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+            raise ZooValueError(f"attention_dropout: expected a probability in [0, 1), got {p!r}")
         self.validate()
 
     def validate(self) -> None:
@@ -125,6 +132,16 @@ class MixerConfig:
     def tiny(cls) -> "MixerConfig":
         """Smallest config that keeps the mechanism non-trivial (tests, smoke runs)."""
         return cls(dim=16, heads=2)
+
+
+def attention_dropout_field() -> Any:
+    """The ``attention_dropout`` config field of mixers with attention weights (one definition)."""
+    return cfg(0.0, "dropout probability on the attention weights, in training only (0 = none)")
+
+
+def attention_dropout_p(mixer: "TokenMixer") -> float:
+    """The dropout probability a mixer applies now: its config's in training, 0 in eval."""
+    return float(mixer.config.attention_dropout) if mixer.training else 0.0
 
 
 def config_fields(config_cls: type) -> list[dict[str, Any]]:
@@ -189,9 +206,43 @@ class TokenMixer(nn.Module):
         """Output length for input length T (T unless ``spec.reduces_length``)."""
         return T
 
+    def reset_parameters(self) -> None:
+        """Initialise every parameter and buffer as construction does.
+
+        FSDP-style meta init: ``create_mixer(..., device="meta").to_empty(device=d)`` leaves
+        uninitialised memory; ``reset_parameters()`` then fills it. Submodules (Linear, ...) reset
+        themselves, then the mixer's own :meth:`_init_weights` runs (custom inits, buffers, the
+        seeded generators): under the same global seed the result equals a fresh construction's
+        ``reset_parameters()``, and it has the statistics of a normal construction.
+        """
+        for module in self.modules():
+            if module is not self and callable(getattr(module, "reset_parameters", None)):
+                module.reset_parameters()
+        with torch.no_grad():
+            self._init_weights()
+
+    def _init_weights(self) -> None:
+        """The mixer's own initialisation after its submodules' defaults (``__init__`` calls it too)."""
+
     def extra_repr(self) -> str:
         fields = ", ".join(f"{f.name}={getattr(self.config, f.name)!r}" for f in dataclasses.fields(self.config))
         return fields
+
+
+def module_dtype(module: nn.Module) -> torch.dtype | None:
+    """The floating dtype of a module's first floating parameter or buffer (None: it has none)."""
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return None
+
+
+def output_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a mixer returns: x's, or autocast's lower precision when autocast is on for x's device
+    (what a mixer whose last op is a Linear returns under autocast)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
 
 
 def check_inputs(mixer: TokenMixer, x: Any, mask: Any = None, causal: bool = False) -> None:
@@ -205,6 +256,12 @@ def check_inputs(mixer: TokenMixer, x: Any, mask: Any = None, causal: bool = Fal
         )
     if not x.is_floating_point():
         raise ZooTypeError(f"{name}: x: expected a floating-point tensor, got dtype {x.dtype}")
+    expected = module_dtype(mixer)
+    if expected is not None and x.dtype != expected and not torch.is_autocast_enabled(x.device.type):
+        raise ZooTypeError(
+            f"{name}: x: expected dtype {expected} (the module's; cast x or the module, or run under "
+            f"torch.autocast), got {x.dtype}"
+        )
     B, T, D = x.shape
     if D != mixer.dim:
         raise ZooValueError(f"{name}: x: expected last dimension D={mixer.dim}, got shape {tuple(x.shape)}")

@@ -70,17 +70,21 @@ def sdpa_attention(
     mask: torch.Tensor | None = None,
     causal: bool = False,
     scale: float | None = None,
+    dropout_p: float = 0.0,
 ) -> torch.Tensor:
-    """Fused softmax attention. q, k, v: (B, H, T, P); mask bool (B, T) over keys."""
+    """Fused softmax attention. q, k, v: (B, H, T, P); mask bool (B, T) over keys.
+
+    ``dropout_p``: dropout on the attention weights (the caller passes 0 outside training).
+    """
     if mask is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, dropout_p=dropout_p)
     keys = safe_key_mask(mask)[:, None, None, :]  # (B, 1, 1, T)
     if causal:
         T = q.shape[-2]
         tril = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
         # The diagonal is always allowed, so a query whose past is all padding stays finite.
         keys = (keys & tril) | torch.eye(T, dtype=torch.bool, device=q.device)  # (B, 1, T, T)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=keys, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=keys, scale=scale, dropout_p=dropout_p)
 
 
 def eager_attention(
@@ -90,6 +94,7 @@ def eager_attention(
     mask: torch.Tensor | None = None,
     causal: bool = False,
     scale: float | None = None,
+    dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """Softmax attention with the (B, H, T, T) matrix materialised (the papers' baseline).
 
@@ -106,6 +111,8 @@ def eager_attention(
     # fp32 softmax for half inputs; fp32/fp64 stay as they are
     acc = torch.promote_types(scores.dtype, torch.float32)
     probs = torch.softmax(scores, dim=-1, dtype=acc).to(v.dtype)  # (B, H, T, T)
+    if dropout_p:
+        probs = F.dropout(probs, dropout_p)  # (B, H, T, T), training only (the caller decides)
     return torch.matmul(probs, v)  # (B, H, T, P)
 
 
@@ -270,6 +277,7 @@ def block_attention(
     block_size: int,
     mask: torch.Tensor | None = None,
     causal: bool = False,
+    dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """Softmax attention inside non-overlapping blocks of ``block_size`` tokens (fused SDPA).
 
@@ -289,7 +297,7 @@ def block_attention(
         return t.transpose(1, 2).reshape(B * nb, block_size, H, P).transpose(1, 2)
 
     block_mask = None if mask is None else mask.reshape(B * nb, block_size)  # (B*nb, c)
-    o = sdpa_attention(to_blocks(q), to_blocks(k), to_blocks(v), block_mask, causal)  # (B*nb, H, c, P)
+    o = sdpa_attention(to_blocks(q), to_blocks(k), to_blocks(v), block_mask, causal, dropout_p=dropout_p)  # (B*nb, H, c, P)
     return o.transpose(1, 2).reshape(B, T, H, P).transpose(1, 2)  # (B, H, T, P)
 
 

@@ -1,14 +1,21 @@
 """An LRA-style text classifier around any registered mixer (the profiler's ``--scope model``).
 
     from zoo.models import Encoder
-    model = Encoder(mixer="ponet", depth=2, dim=64, heads=2, vocab=512, classes=2, ffn=128)
+    model = Encoder(mixer="ponet", depth=2, dim=64, heads=2, vocab=512, classes=2, ffn=128,
+                    dropout=0.1, attention_dropout=0.1)
     logits = model(tokens, mask)              # tokens (B, T) int64, mask bool (B, T) -> (B, classes)
     loss = model.loss(tokens, labels, mask)   # mean cross-entropy
 
-Token embedding plus learned absolute positions, ``depth`` pre-norm blocks
-``h = h + mixer(LN(h)); h = h + FFN(LN(h))`` (FFN = Linear, GELU, Linear), a final LayerNorm, a
-mean over real tokens and a linear classifier. This is the setting of the LRA text task and of
-the PoNet paper's consumption table (2 layers, d = 64, 2 heads of 32, FFN 128).
+Token embedding plus learned absolute positions (then dropout), ``depth`` pre-norm blocks
+``h = h + Drop(mixer(LN(h))); h = h + FFN(LN(h))`` (FFN = Linear, GELU, Drop, Linear, Drop), a
+final LayerNorm, a mean over real tokens and a linear classifier. This is the setting of the LRA
+text task and of the PoNet paper's consumption table (2 layers, d = 64, 2 heads of 32, FFN 128,
+``dropout=0.1``, ``attention_dropout=0.1``), with the dropout placement of the LRA code
+(lxchtan/PoNet ``examples/LRA/code/model.py``). ``attention_dropout`` goes to mixers whose config
+has that field (those with attention weights: ``softmax``, ``linformer``, ...); a mixer without it
+(``fnet``, ``ponet``, kernel methods) is built as is and ``attention_dropout_applied`` says so,
+as the LRA code applies attention dropout only inside softmax attention. Dropout is active in
+``train()`` mode only; with both at 0 (the default) the model is deterministic.
 
 A mixer with ``spec.reduces_length`` (e.g. Pyramidion) returns fewer tokens than it reads: its
 block has no residual around the mixer (the shapes differ) and the pooled keep-mask from
@@ -17,6 +24,7 @@ block has no residual around the mixer (the shapes differ) and the pooled keep-m
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -25,7 +33,7 @@ from torch import nn
 
 from zoo.base import check_positive_int
 from zoo.errors import ZooTypeError, ZooValueError
-from zoo.registry import create_mixer
+from zoo.registry import create_mixer, get_mixer_class
 
 __all__ = ["Encoder", "EncoderBlock"]
 
@@ -33,13 +41,16 @@ __all__ = ["Encoder", "EncoderBlock"]
 class EncoderBlock(nn.Module):
     """Pre-norm block: ``h + mixer(LN(h))`` then ``h + FFN(LN(h))``."""
 
-    def __init__(self, mixer: nn.Module, dim: int, ffn: int, *, device=None, dtype=None):
+    def __init__(self, mixer: nn.Module, dim: int, ffn: int, *, dropout: float = 0.0, device=None, dtype=None):
         super().__init__()
         kw = {"device": device, "dtype": dtype}
         self.norm1 = nn.LayerNorm(dim, **kw)
         self.mixer = mixer
+        self.dropout = nn.Dropout(dropout)  # on the mixer's output, before the residual
         self.norm2 = nn.LayerNorm(dim, **kw)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn, **kw), nn.GELU(), nn.Linear(ffn, dim, **kw))
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, ffn, **kw), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn, dim, **kw), nn.Dropout(dropout)
+        )
 
     def forward(
         self, h: torch.Tensor, mask: torch.Tensor | None, causal: bool = False
@@ -47,8 +58,9 @@ class EncoderBlock(nn.Module):
         z = self.norm1(h)  # (B, T, D)
         if self.mixer.spec.reduces_length:
             h, mask = self.mixer.forward_with_mask(z, mask, causal=causal)  # (B, T', D), (B, T')
+            h = self.dropout(h)
         else:
-            h = h + self.mixer(z, mask, causal=causal)  # (B, T, D)
+            h = h + self.dropout(self.mixer(z, mask, causal=causal))  # (B, T, D)
         h = h + self.ffn(self.norm2(h))  # (B, T, D)
         if mask is not None:
             h = h * mask.unsqueeze(-1).to(h.dtype)  # padded rows stay exactly zero
@@ -70,23 +82,40 @@ class Encoder(nn.Module):
         max_len: int = 4096,
         mixer_overrides: dict[str, Any] | None = None,
         *,
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
         device=None,
         dtype=None,
     ):
         super().__init__()
         for name, value in (("depth", depth), ("vocab", vocab), ("classes", classes), ("ffn", ffn), ("max_len", max_len)):
             check_positive_int(f"Encoder: {name}", value)
+        for name, value in (("dropout", dropout), ("attention_dropout", attention_dropout)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ZooValueError(f"Encoder: {name}: expected a probability in [0, 1), got {value!r}")
         overrides = dict(mixer_overrides or {})
         for key in ("dim", "heads"):
             if key in overrides:
                 raise ZooValueError(f"Encoder: mixer_overrides: expected no {key!r} (pass {key}= to Encoder), got {overrides[key]!r}")
+        has_field = "attention_dropout" in {f.name for f in dataclasses.fields(get_mixer_class(mixer).Config)}
+        if attention_dropout and overrides.get("attention_dropout", attention_dropout) not in (0, attention_dropout):
+            raise ZooValueError(
+                f"Encoder: attention_dropout: given twice with different values ({attention_dropout} and "
+                f"mixer_overrides {overrides['attention_dropout']}); pass it once"
+            )
+        if attention_dropout and has_field:
+            overrides["attention_dropout"] = attention_dropout
+        # True when the mixers drop attention weights in training (False: no such field, or p = 0)
+        self.attention_dropout_applied = bool(has_field and overrides.get("attention_dropout", 0.0))
+        self.dropout = dropout
         kw = {"device": device, "dtype": dtype}
         self.mixer_name = mixer
         self.max_len = max_len
         self.token_embedding = nn.Embedding(vocab, dim, **kw)
         self.position_embedding = nn.Embedding(max_len, dim, **kw)
+        self.embedding_dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            EncoderBlock(create_mixer(mixer, dim=dim, heads=heads, **overrides, **kw), dim, ffn, **kw)
+            EncoderBlock(create_mixer(mixer, dim=dim, heads=heads, **overrides, **kw), dim, ffn, dropout=dropout, **kw)
             for _ in range(depth)
         )
         self.norm = nn.LayerNorm(dim, **kw)
@@ -114,7 +143,7 @@ class Encoder(nn.Module):
         if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) != (B, T)):
             raise ZooValueError(f"Encoder: mask: expected a bool tensor of shape ({B}, {T}), got {mask.dtype} {tuple(mask.shape)}")
         positions = torch.arange(T, device=tokens.device)  # (T,)
-        h = self.token_embedding(tokens) + self.position_embedding(positions)  # (B, T, D)
+        h = self.embedding_dropout(self.token_embedding(tokens) + self.position_embedding(positions))  # (B, T, D)
         if mask is not None:
             h = h * mask.unsqueeze(-1).to(h.dtype)
         for block in self.blocks:

@@ -61,8 +61,13 @@ def get_spec(name: str) -> MixerSpec:
 
 
 def get_config(name: str, **overrides: Any) -> MixerConfig:
-    """Build the mixer's frozen config. ``None`` overrides are dropped (CLI defaults never mask
-    config defaults); unknown keys raise, listing the valid ones."""
+    """Build the mixer's frozen config from its defaults and ``overrides``.
+
+    Every given override is a value, ``None`` included (``sketch_size=None`` selects Skeinformer's
+    ``int(4 ln N)`` mode); a key that is not given keeps the config default. Callers that hold
+    "not given" as ``None`` (CLI options) must leave such keys out. Unknown keys raise, listing the
+    valid ones.
+    """
     config_cls = get_mixer_class(name).Config
     valid = [f.name for f in dataclasses.fields(config_cls)]
     unknown = [k for k in overrides if k not in valid]
@@ -74,8 +79,7 @@ def get_config(name: str, **overrides: Any) -> MixerConfig:
         raise ZooValueError(
             f"{name}: unknown config key {', '.join(hints)}; valid keys: {', '.join(valid)}"
         )
-    kwargs = {k: v for k, v in overrides.items() if v is not None}
-    return config_cls(**kwargs)
+    return config_cls(**overrides)
 
 
 def create_mixer(
@@ -87,12 +91,32 @@ def create_mixer(
 ) -> TokenMixer:
     """Build a registered mixer: ``create_mixer("ponet", dim=512, heads=8)``.
 
-    ``device``/``dtype`` are passed to every parameter at construction (``device="meta"`` works).
+    ``name``: a registered name (``list_mixers()``; the list is at the end of this docstring).
+    ``overrides``: fields of the mixer's config (``dim``, ``heads`` and its own options); they,
+    their defaults and meanings are listed by ``zoo info NAME``, ``get_mixer_class(name).Config``
+    or ``zoo.base.config_fields(get_mixer_class(name).Config)``. A key that is not given keeps its
+    default; ``None`` is a value (``create_mixer("skeinformer", sketch_size=None)``).
+    ``device``/``dtype`` are passed to every parameter at construction (``device="meta"`` works;
+    then ``to_empty(device=...)`` and ``reset_parameters()`` give a normally initialised module).
+
+    Call contract: ``mixer(x, mask=None, *, causal=False)``, x (B, T, D), mask bool (B, T); extra
+    keyword inputs are listed in ``spec.extra_inputs`` and the mixer's ``forward`` docstring. A
+    mixer with ``spec.reduces_length`` returns ``out_len(T)`` tokens; ``forward_with_mask`` gives
+    its output mask too.
     """
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ZooTypeError(f"dtype: expected a floating torch.dtype, got {dtype!r}")
     config = get_config(name, **overrides)
     return get_mixer_class(name)(config, device=device, dtype=dtype)
+
+
+def document_names() -> None:
+    """Append the registered names to ``create_mixer.__doc__`` (so ``help`` shows them)."""
+    _ensure_loaded()
+    doc = create_mixer.__doc__ or ""
+    marker = "\n    Registered mixers: "
+    doc = doc.split(marker)[0].rstrip() + "\n" + marker + ", ".join(sorted(_REGISTRY)) + ".\n"
+    create_mixer.__doc__ = doc
 
 
 def list_mixers(pattern: str = "*", **filters: Any) -> list[str]:

@@ -15,6 +15,9 @@ Mechanism
     When n <= 5 + 2r (T <= (5 + 2r)·b, the threshold of the transformers port) the sequence uses
     full softmax attention instead.
 
+    Precision: attention runs in fused SDPA calls in the input (or autocast's) dtype; the fused
+    kernels accumulate the softmax in fp32.
+
 Deviations
     * Randomness: a module-owned ``torch.Generator`` (seeded by ``seed``) draws a fresh pattern per
       call and per head in training (``resample_in_train=True``); in eval the pattern is a fixed
@@ -25,7 +28,8 @@ Deviations
       last block holding a real token and padding never changes real outputs (C3). The reference
       uses the padded length (its last "global" block may be padding).
     * The full-attention fallback is decided per sequence on that real length.
-    * No attention dropout; not causal; padded output rows are zeroed (C2).
+    * ``attention_dropout`` (default 0) drops attention weights in training; not causal; padded
+      output rows are zeroed (C2).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ from zoo.base import (
     MixerConfig,
     MixerSpec,
     TokenMixer,
+    attention_dropout_field,
+    attention_dropout_p,
     cfg,
     check_inputs,
     check_positive_int,
@@ -58,6 +64,7 @@ class BigBirdConfig(MixerConfig):
     num_random_blocks: int = cfg(3, "random key blocks r per query block (per head)")
     seed: int = cfg(0, "seed of the module's generator and of the fixed eval pattern")
     resample_in_train: bool = cfg(True, "draw a fresh random pattern every training call (False: the eval pattern)")
+    attention_dropout: float = attention_dropout_field()
 
     def validate(self) -> None:
         check_positive_int("block_size", self.block_size)
@@ -143,7 +150,7 @@ class BigBirdMixer(TokenMixer):
         approximates_softmax=True,
         deviations=(
             "seeded torch generator (fresh pattern per call in training, fixed in eval); blocks counted "
-            "up to the last real token (padding invariant); per-sequence fallback; no dropout"
+            "up to the last real token (padding invariant); per-sequence fallback; attention dropout off by default"
         ),
     )
     Config = BigBirdConfig
@@ -157,6 +164,9 @@ class BigBirdMixer(TokenMixer):
         self.v_proj = nn.Linear(D, D, **kw)
         self.out_proj = nn.Linear(D, D, **kw)
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
+
+    def _init_weights(self) -> None:
+        self.generator.manual_seed(self.config.seed)  # training draws restart as after construction
 
     def reseed(self, seed: int) -> None:
         """Restart the training-time draws from ``seed`` (the eval pattern follows ``config.seed``)."""
@@ -190,6 +200,12 @@ class BigBirdMixer(TokenMixer):
         return out.to(n_blocks.device)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False) -> torch.Tensor:
+        """Mix tokens: x (B, T, D) in the module's dtype -> (B, T, D).
+
+        mask: optional bool (B, T), True = real token (None: all real); padded output rows are zero.
+        causal: must be False (no causal variant: True raises ValueError).
+        Extra inputs: none.
+        """
         check_inputs(self, x, mask, causal)
         B, T, D = x.shape
         H = self.config.heads
@@ -199,12 +215,13 @@ class BigBirdMixer(TokenMixer):
         k = split_heads(self.k_proj(x), H)  # (B, H, T, P)
         v = split_heads(self.v_proj(x), H)  # (B, H, T, P)
 
+        p = attention_dropout_p(self)
         short = n_blocks <= self.config.full_attention_blocks  # (B,) full-attention sequences
         n_short = int(short.sum())  # host sync: picks the code paths
         if n_short == B:
             # every real token lies in the first (5 + 2r) b positions: attend there only
             Ts = min(T, self.config.full_attention_blocks * self.config.block_size)
-            o = sdpa_attention(q[:, :, :Ts], k[:, :, :Ts], v[:, :, :Ts], None if mask is None else mask[:, :Ts])
+            o = sdpa_attention(q[:, :, :Ts], k[:, :, :Ts], v[:, :, :Ts], None if mask is None else mask[:, :Ts], dropout_p=p)
             o = F.pad(o, (0, 0, 0, T - Ts))  # (B, H, T, P)
         else:
             nb = -(-T // self.config.block_size)
@@ -219,7 +236,7 @@ class BigBirdMixer(TokenMixer):
                 short_rows = short.nonzero().flatten()  # (B_s,)
                 Ts = min(T, self.config.full_attention_blocks * self.config.block_size)  # their real span
                 o_short = sdpa_attention(
-                    q[short_rows, :, :Ts], k[short_rows, :, :Ts], v[short_rows, :, :Ts], m[short_rows, :Ts]
+                    q[short_rows, :, :Ts], k[short_rows, :, :Ts], v[short_rows, :, :Ts], m[short_rows, :Ts], dropout_p=p
                 )  # (B_s, H, Ts, P)
                 o = q.new_zeros(B, H, T, q.shape[-1])  # (B, H, T, P)
                 o = o.index_put((long_rows,), o_long)
@@ -242,6 +259,7 @@ class BigBirdMixer(TokenMixer):
         (``index_select`` of contiguous b*P blocks) into (B*H, nb, K*b, P); one fused SDPA call
         with a key bias broadcast over the block's queries; then the 2 global query blocks.
         """
+        p = attention_dropout_p(self)
         B, H, T, P = q.shape
         b = self.config.block_size
         nb = -(-T // b)
@@ -281,13 +299,13 @@ class BigBirdMixer(TokenMixer):
         qb = q.reshape(B * H, nb, b, P)  # (B*H, nb, b, P)
         bias = torch.zeros(allowed.shape, dtype=q.dtype, device=device)  # (B*H, nb, 1, K*b)
         bias.masked_fill_(~allowed, neg_value(q.dtype))
-        o = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=bias)  # (B*H, nb, b, P)
+        o = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=bias, dropout_p=p)  # (B*H, nb, b, P)
         o = (o * has_any.to(o.dtype)).reshape(B, H, Tp, P)  # rows without keys (global, padding) are zero
 
         # global query blocks 0 and n-1: full rows over every real key
         pos = torch.cat([torch.arange(b, device=device)[None, :].expand(B, b),
                          (n - 1) * b + torch.arange(b, device=device)[None, :]], dim=1)  # (B, 2b)
         take = pos[:, None, :, None].expand(B, H, 2 * b, P)  # (B, H, 2b, P)
-        og = sdpa_attention(q.gather(2, take), k, v, mp)  # (B, H, 2b, P)
+        og = sdpa_attention(q.gather(2, take), k, v, mp, dropout_p=p)  # (B, H, 2b, P)
         o = o.scatter(2, take, og)  # (B, H, Tp, P)
         return o[:, :, :T]  # (B, H, T, P)

@@ -11,7 +11,8 @@ Mechanism
     along D, then a complex FFT along T on D//2 + 1 columns) and fills the other half from the
     Hermitian symmetry ``Re Y[t, k] = Re Y[-t mod T, -k mod D]``: half the FFT work of ``fftn``,
     same numbers. The map is self-adjoint, so the backward pass is the same transform of the
-    gradient. It runs in at least fp32 and the result is cast back to x's dtype.
+    gradient. It runs in at least fp32 (also under autocast: the documented internal upcast) and
+    the result is cast back to x's dtype, or to autocast's dtype when autocast is on.
     ``norm="ortho"`` divides by sqrt(T·D).
 
 Deviations
@@ -28,7 +29,18 @@ from dataclasses import dataclass
 
 import torch
 
-from zoo.base import Complexity, MixerConfig, MixerSpec, TokenMixer, cfg, check_choice, check_inputs, log2, zero_padded
+from zoo.base import (
+    Complexity,
+    MixerConfig,
+    MixerSpec,
+    TokenMixer,
+    cfg,
+    check_choice,
+    check_inputs,
+    log2,
+    output_dtype,
+    zero_padded,
+)
 from zoo.registry import register
 
 NORMS = ("backward", "ortho")
@@ -107,12 +119,23 @@ class FNetMixer(TokenMixer):
     Config = FNetConfig
 
     def __init__(self, config: FNetConfig, *, device=None, dtype=None):
-        super().__init__(config)  # no parameters: device/dtype have nothing to place
+        super().__init__(config)
+        # no parameters: an empty buffer carries the module's dtype/device (follows .to(), .half())
+        # so that check_inputs can reject an input of another dtype, as for every other mixer
+        self.register_buffer("dtype_anchor", torch.empty(0, device=device, dtype=dtype), persistent=False)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False) -> torch.Tensor:
+        """Mix tokens: x (B, T, D) in the module's dtype -> (B, T, D).
+
+        mask: optional bool (B, T), True = real token (None: all real); padded output rows are zero.
+        causal: must be False (no causal variant: True raises ValueError).
+        Extra inputs: none.
+        """
         check_inputs(self, x, mask, causal)
         z = x.to(torch.promote_types(x.dtype, torch.float32))  # (B, T, D), fp32 or fp64
         if mask is not None:
             z = z.masked_fill(~mask.unsqueeze(-1), 0.0)  # (B, T, D): pad values must not matter
-        y = _RealFFT2.apply(z, self.config.norm).to(x.dtype)  # (B, T, D)
+        # the transform runs in fp32 even under autocast; the result takes autocast's dtype there,
+        # as the Linear-ended mixers' outputs do
+        y = _RealFFT2.apply(z, self.config.norm).to(output_dtype(x))  # (B, T, D)
         return zero_padded(y, mask)

@@ -10,6 +10,9 @@ Mechanism
     values (``share_kv=True``, as in the LRA code); otherwise values get their own matrix
     ``proj_v``. Inputs longer than ``max_len`` are rejected.
 
+    Precision: the softmax over the k compressed keys runs in fp32 for bf16/fp16 scores
+    (autocast included).
+
 Deviations
     none in the math (the PoNet LRA copy also shares E across layers; here each layer owns its E).
     Padded K/V rows are zeroed before the projection, so appended padding contributes nothing to
@@ -25,6 +28,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from zoo.base import (
@@ -32,6 +36,8 @@ from zoo.base import (
     MixerConfig,
     MixerSpec,
     TokenMixer,
+    attention_dropout_field,
+    attention_dropout_p,
     cfg,
     check_inputs,
     check_positive_int,
@@ -47,6 +53,7 @@ class LinformerConfig(MixerConfig):
     proj_len: int = cfg(256, "k, the compressed sequence length of keys and values")
     max_len: int = cfg(16384, "longest accepted T (columns of the projection E)")
     share_kv: bool = cfg(True, "one projection E for keys and values (LRA code); False adds proj_v")
+    attention_dropout: float = attention_dropout_field()
 
     def validate(self) -> None:
         check_positive_int("proj_len", self.proj_len)
@@ -98,14 +105,25 @@ class LinformerMixer(TokenMixer):
         self.out_proj = nn.Linear(D, D, **kw)
         shape = (config.heads, config.proj_len, config.max_len)  # (H, k, max_len)
         self.proj_k = nn.Parameter(torch.empty(shape, **kw))
-        nn.init.normal_(self.proj_k, std=0.02)
         if config.share_kv:
             self.register_parameter("proj_v", None)
         else:
             self.proj_v = nn.Parameter(torch.empty(shape, **kw))
+        self._init_weights()
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        nn.init.normal_(self.proj_k, std=0.02)
+        if self.proj_v is not None:
             nn.init.normal_(self.proj_v, std=0.02)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False) -> torch.Tensor:
+        """Mix tokens: x (B, T, D) in the module's dtype -> (B, T, D).
+
+        mask: optional bool (B, T), True = real token (None: all real); padded output rows are zero.
+        causal: must be False (no causal variant: True raises ValueError).
+        Extra inputs: none.
+        """
         check_inputs(self, x, mask, causal)
         c = self.config
         T = x.shape[1]
@@ -128,6 +146,9 @@ class LinformerMixer(TokenMixer):
         scores = torch.matmul(q, kc.transpose(-1, -2)) / math.sqrt(c.head_dim)  # (B, H, T, k)
         ct = torch.float32 if scores.dtype in (torch.float16, torch.bfloat16) else scores.dtype
         probs = torch.softmax(scores, dim=-1, dtype=ct).to(v.dtype)  # (B, H, T, k), fp32 for half inputs
+        p = attention_dropout_p(self)
+        if p:
+            probs = F.dropout(probs, p)  # (B, H, T, k): training only
         o = torch.matmul(probs, vc)  # (B, H, T, P)
         y = self.out_proj(merge_heads(o))  # (B, T, D)
         return zero_padded(y, mask)

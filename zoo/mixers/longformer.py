@@ -17,6 +17,9 @@ Mechanism
     band and the global-key columns are merged by their log-sum-exp into the joint softmax.
     W_O follows; 7 D^2 + 7 D parameters.
 
+    Precision: band and global-key scores, their softmax and the log-sum-exp merge run in at
+    least fp32.
+
 Deviations
     * ``window`` is the one-sided width of the paper / allenai config (HF's attention_window is 2x).
     * The zoo pads internally only to the query block (not to a multiple of 2*window as HF does);
@@ -28,6 +31,8 @@ Deviations
       output stays causal (leading global tokens then act as always-visible "sink" tokens).
     * With padding, ``num_global`` marks the first real tokens (not the first positions). An explicit
       ``global_mask`` replaces ``num_global``; padded tokens are never global.
+    * A call without global tokens adds an exact zero computed from q/k/v_global, so those
+      projections get zero gradients instead of none (plain DDP needs every parameter used).
     * No attention dropout; padded output rows are zeroed (C2). Finding the global tokens costs one
       host sync per call (as in HF).
 """
@@ -146,15 +151,14 @@ class LongformerMixer(TokenMixer):
         self.k_global = nn.Linear(D, D, **kw)
         self.v_global = nn.Linear(D, D, **kw)
         self.out_proj = nn.Linear(D, D, **kw)
-        if config.init_global_from_local:
-            with torch.no_grad():
-                for local, glob in (
-                    (self.q_proj, self.q_global),
-                    (self.k_proj, self.k_global),
-                    (self.v_proj, self.v_global),
-                ):
-                    glob.weight.copy_(local.weight)
-                    glob.bias.copy_(local.bias)
+        self._init_weights()
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        if self.config.init_global_from_local:
+            for local, glob in ((self.q_proj, self.q_global), (self.k_proj, self.k_global), (self.v_proj, self.v_global)):
+                glob.weight.copy_(local.weight)
+                glob.bias.copy_(local.bias)
 
     def global_tokens(
         self, mask: torch.Tensor, global_mask: torch.Tensor | None = None
@@ -186,6 +190,14 @@ class LongformerMixer(TokenMixer):
         causal: bool = False,
         global_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Mix tokens: x (B, T, D) in the module's dtype -> (B, T, D).
+
+        mask: optional bool (B, T), True = real token (None: all real); padded output rows are zero.
+        causal: True runs the causal variant (position i sees j <= i).
+        Extra inputs (``spec.extra_inputs``):
+            global_mask: optional bool (B, T), True = global token (attends to and is seen by every real
+            token); replaces ``num_global`` for this call; padded tokens are never global.
+        """
         check_inputs(self, x, mask, causal)
         B, T, D = x.shape
         self._check_global_mask(global_mask, B, T, x.device)
@@ -203,10 +215,23 @@ class LongformerMixer(TokenMixer):
         kw = dict(window=c.window, mask=band_keys, causal=causal, dilation=c.dilation, block=c.query_block)
         if g_max == 0:
             o = sliding_window_attention(q, k, v, **kw)  # (B, H, T, P)
+            if torch.is_grad_enabled():
+                o = o + self._globals_take_part()  # exact zero; q/k/v_global get zero gradients
         else:
             o = self._with_globals(x, q, k, v, m, gm, counts, g_max, causal, kw)
         y = self.out_proj(merge_heads(o))  # (B, T, D)
         return zero_padded(y, mask)
+
+    def _globals_take_part(self) -> torch.Tensor:
+        """A 0-d exact zero that depends on q/k/v_global.
+
+        A call without global tokens (the default ``num_global=0``) does not use the global
+        projections; they exist because ``global_mask`` may name global tokens at any call. Adding
+        this zero keeps them in the autograd graph with zero gradients, so plain
+        ``DistributedDataParallel`` (no ``find_unused_parameters``) works whatever the batch holds.
+        """
+        params = [p for proj in (self.q_global, self.k_global, self.v_global) for p in (proj.weight, proj.bias)]
+        return torch.stack([p.reshape(-1)[0] for p in params]).sum() * 0.0
 
     def _with_globals(self, x, q, k, v, m, gm, counts, g_max, causal, band_kw) -> torch.Tensor:
         B, H, T, P = q.shape

@@ -14,6 +14,9 @@ Mechanism
     width ``conv_kernel`` along the sequence (one kernel per head, shared by its p channels, no
     bias) of the masked V is added (``conv_kernel=0`` disables it). Cost O(T·M·p + M^3) per head.
 
+    Precision: for bf16/fp16 inputs the core (three softmaxes, the iterative pseudo-inverse)
+    runs in fp32; under autocast its matmuls follow autocast's dtype.
+
 Deviations
     Landmarks are means over real tokens only, in runs of floor/ceil(N/M) real tokens (N = real
     tokens of that sequence), instead of means over fixed position blocks of n/M that include
@@ -233,12 +236,23 @@ class NystromMixer(TokenMixer):
         self.out_proj = nn.Linear(D, D, **kw)
         if config.conv_kernel:
             self.conv_weight = nn.Parameter(torch.empty(config.heads, config.conv_kernel, **kw))  # (H, W)
-            bound = 1.0 / math.sqrt(config.conv_kernel)  # nn.Conv2d's default init for this shape
-            nn.init.uniform_(self.conv_weight, -bound, bound)
         else:
             self.register_parameter("conv_weight", None)
+        self._init_weights()
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        if self.conv_weight is not None:
+            bound = 1.0 / math.sqrt(self.config.conv_kernel)  # nn.Conv2d's default init for this shape
+            nn.init.uniform_(self.conv_weight, -bound, bound)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False) -> torch.Tensor:
+        """Mix tokens: x (B, T, D) in the module's dtype -> (B, T, D).
+
+        mask: optional bool (B, T), True = real token (None: all real); padded output rows are zero.
+        causal: must be False (no causal variant: True raises ValueError).
+        Extra inputs: none.
+        """
         check_inputs(self, x, mask, causal)
         c = self.config
         H = c.heads

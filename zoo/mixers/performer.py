@@ -15,6 +15,9 @@ Mechanism
     j <= i chunk by chunk (quadratic inside a chunk of ``chunk_size``, a carried r x p state
     between chunks): O(T) memory, no T x r x p tensor.
 
+    Precision: for bf16/fp16 inputs the feature maps, exponentials and normalisers run in fp32;
+    under autocast its matmuls follow autocast's dtype.
+
 Deviations
     Padded keys are removed by zeroing phi(k) (the LRA wrapper zeroes K and V, but phi(0) != 0, so
     its padded keys still enter the denominator). Stabilisers subtract the max of the whole
@@ -256,10 +259,13 @@ class PerformerMixer(TokenMixer):
         self.v_proj = nn.Linear(D, D, **kw)
         self.out_proj = nn.Linear(D, D, **kw)
         self.generator = torch.Generator(device="cpu")
-        self.generator.manual_seed(config.seed)
         self.register_buffer(
             "omega", torch.empty(config.nb_features, config.head_dim, **kw), persistent=True
         )  # (R, P)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        self.generator.manual_seed(self.config.seed)
         self.calls = 0  # training calls seen, for redraw_interval
         if self.omega.device.type != "meta":
             self.redraw_features()
@@ -272,6 +278,12 @@ class PerformerMixer(TokenMixer):
         self.omega.copy_(omega.to(self.omega.dtype))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False) -> torch.Tensor:
+        """Mix tokens: x (B, T, D) in the module's dtype -> (B, T, D).
+
+        mask: optional bool (B, T), True = real token (None: all real); padded output rows are zero.
+        causal: True runs the causal variant (position i sees j <= i).
+        Extra inputs: none.
+        """
         check_inputs(self, x, mask, causal)
         c = self.config
         if self.training and c.redraw:

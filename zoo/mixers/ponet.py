@@ -201,6 +201,14 @@ class PoNetMixer(TokenMixer):
         causal: bool = False,
         segment_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Mix tokens: x (B, T, D) in the module's dtype -> (B, T, D).
+
+        mask: optional bool (B, T), True = real token (None: all real); padded output rows are zero.
+        causal: must be False (no causal variant: True raises ValueError).
+        Extra inputs (``spec.extra_inputs``):
+            segment_ids: optional integer (B, T) in [0, T): tokens with the same id form one segment
+            (e.g. sentences); None: fixed-size segments from ``num_segments`` / ``segment_len``.
+        """
         check_inputs(self, x, mask, causal)
         B, T, D = x.shape
         H = self.config.heads

@@ -15,6 +15,8 @@ Mechanism
     satisfies |c_s - i| <= pool_window / 2. The output is (y + merge(z)) W_O. Both levels are
     blocked: scores are O(T·(local_window + pool_window/stride)), never T x T.
 
+    Precision: the window and pooled-window softmaxes and the tap weights run in at least fp32.
+
 Deviations
     No reference code exists; every choice below is a zoo decision from MIXERS.md 4 [unverified]:
     * ``local_window`` (w1) is the full width: one-sided w1/2; ``pool_window`` (w2) likewise.
@@ -159,11 +161,18 @@ class PoolingformerMixer(TokenMixer):
         self.out_proj = nn.Linear(D, D, **kw)
         if config.pool == "conv":
             # depthwise filters along the sequence, one per channel, starting as an average
-            self.k_pool_weight = nn.Parameter(torch.full((D, kernel), 1.0 / kernel, **kw))
-            self.v_pool_weight = nn.Parameter(torch.full((D, kernel), 1.0 / kernel, **kw))
+            self.k_pool_weight = nn.Parameter(torch.empty((D, kernel), **kw))
+            self.v_pool_weight = nn.Parameter(torch.empty((D, kernel), **kw))
         elif config.pool == "ldconv":
             self.k_pool_proj = nn.Linear(D, H * kernel, **kw)
             self.v_pool_proj = nn.Linear(D, H * kernel, **kw)
+        self._init_weights()
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        if self.config.pool == "conv":
+            self.k_pool_weight.fill_(1.0 / self.config.pool_kernel)
+            self.v_pool_weight.fill_(1.0 / self.config.pool_kernel)
 
     def _pool(self, which: str, t: torch.Tensor, mask: torch.Tensor | None, taps: dict) -> tuple:
         """Pooled (B, K, D) keys or values and the slot mask (B, K)."""
@@ -175,6 +184,12 @@ class PoolingformerMixer(TokenMixer):
         return grid_pool(t, mask, c.pool_kernel, c.pool_stride, "weighted", taps[which])
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False) -> torch.Tensor:
+        """Mix tokens: x (B, T, D) in the module's dtype -> (B, T, D).
+
+        mask: optional bool (B, T), True = real token (None: all real); padded output rows are zero.
+        causal: must be False (no causal variant: True raises ValueError).
+        Extra inputs: none.
+        """
         check_inputs(self, x, mask, causal)
         c = self.config
         B, T, D = x.shape

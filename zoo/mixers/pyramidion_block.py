@@ -13,6 +13,9 @@ Mechanism
     j > i inside each block. This is the attention of a Pyramidion encoder layer without the
     pooling (registry entry ``pyramidion`` adds the top-k pooling).
 
+    Precision: block attention runs in fused SDPA in the input (or autocast's) dtype, softmax
+    accumulated in fp32 inside the kernel.
+
 Deviations
     The reference applies no padding mask in its pooling mode and drops the last T mod c tokens
     (``unfold``); the zoo masks padded keys inside every block and pads T to a multiple of the
@@ -28,7 +31,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from zoo.base import Complexity, MixerConfig, MixerSpec, TokenMixer, cfg, check_inputs, check_positive_int, zero_padded
+from zoo.base import (
+    Complexity,
+    MixerConfig,
+    MixerSpec,
+    TokenMixer,
+    attention_dropout_field,
+    attention_dropout_p,
+    cfg,
+    check_inputs,
+    check_positive_int,
+    zero_padded,
+)
 from zoo.functional import block_attention, linear_flops, merge_heads, pad_to_multiple, split_heads
 from zoo.registry import register
 
@@ -36,6 +50,7 @@ from zoo.registry import register
 @dataclass(frozen=True)
 class PyramidionBlockConfig(MixerConfig):
     block_size: int = cfg(512, "tokens per attention block c (the reference's chunk_size)")
+    attention_dropout: float = attention_dropout_field()
 
     def validate(self) -> None:
         check_positive_int("block_size", self.block_size)
@@ -90,6 +105,12 @@ class PyramidionBlockMixer(TokenMixer):
         self.out_proj = nn.Linear(D, D, **kw)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False) -> torch.Tensor:
+        """Mix tokens: x (B, T, D) in the module's dtype -> (B, T, D).
+
+        mask: optional bool (B, T), True = real token (None: all real); padded output rows are zero.
+        causal: True runs the causal variant (position i sees j <= i).
+        Extra inputs: none.
+        """
         check_inputs(self, x, mask, causal)
         B, T, _ = x.shape
         H = self.config.heads
@@ -98,6 +119,6 @@ class PyramidionBlockMixer(TokenMixer):
         q = split_heads(self.q_proj(xp), H)  # (B, H, T', P)
         k = split_heads(self.k_proj(xp), H)  # (B, H, T', P)
         v = split_heads(self.v_proj(xp), H)  # (B, H, T', P)
-        o = block_attention(q, k, v, blk, mp, causal)  # (B, H, T', P)
+        o = block_attention(q, k, v, blk, mp, causal, dropout_p=attention_dropout_p(self))  # (B, H, T', P)
         y = self.out_proj(merge_heads(o)[:, :T])  # (B, T, D)
         return zero_padded(y, mask)

@@ -6,7 +6,8 @@ Paper
     (``src/models/attention_skeinformer.py``, class ``SkeinAttention``).
 
 Mechanism
-    Per sequence with N real tokens, d = min(sketch_size, N) (``sketch_size=None``: ceil(4 ln N)).
+    Per sequence with N real tokens, d = min(sketch_size, N) (``sketch_size=None``: int(4 ln N), as
+    the reference's ``sampling_factor * log(n)``).
     d pilot queries are drawn uniformly with replacement among the real tokens (shared by the
     heads) and their exact softmax rows Ppil (d x T) are computed; key/value columns are then
     sampled per head without replacement with probability proportional to
@@ -61,7 +62,7 @@ from zoo.registry import register
 @dataclass(frozen=True)
 class SkeinformerConfig(MixerConfig):
     sketch_size: int | None = cfg(
-        256, "sampled columns d (and pilot rows) per sequence, capped at its length; None: ceil(4 ln N)"
+        256, "sampled columns d (and pilot rows) per sequence, capped at its length; None: int(4 ln N)"
     )
     seed: int = cfg(0, "seed of the module's generator (fixes the eval draws)")
     resample_in_eval: bool = cfg(False, "draw fresh samples on every eval call, as the reference does")
@@ -151,6 +152,9 @@ class SkeinformerMixer(TokenMixer):
         self.out_proj = nn.Linear(D, D, **kw)
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
 
+    def _init_weights(self) -> None:
+        self.generator.manual_seed(self.config.seed)  # training draws restart as after construction
+
     def reseed(self, seed: int) -> None:
         """Restart the training-time draws from ``seed`` (eval draws follow ``config.seed``)."""
         self.generator.manual_seed(seed)
@@ -161,6 +165,12 @@ class SkeinformerMixer(TokenMixer):
         return _fixed_key(self.config.seed)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False) -> torch.Tensor:
+        """Mix tokens: x (B, T, D) in the module's dtype -> (B, T, D).
+
+        mask: optional bool (B, T), True = real token (None: all real); padded output rows are zero.
+        causal: must be False (no causal variant: True raises ValueError).
+        Extra inputs: none.
+        """
         check_inputs(self, x, mask, causal)
         c = self.config
         H, P = c.heads, c.head_dim
@@ -184,7 +194,7 @@ class SkeinDraw(NamedTuple):
 def sketch_width(sketch_size: int | None, T: int) -> int:
     """Largest per-sequence d for length T (the static width S of the sample tensors)."""
     if sketch_size is None:
-        return min(T, max(1, math.ceil(4 * math.log(T)))) if T > 1 else 1
+        return min(T, max(1, int(4 * math.log(T)))) if T > 1 else 1  # the reference's int(4 ln n)
     return min(sketch_size, T)
 
 
@@ -358,7 +368,7 @@ def skein_attention(
     # per-sequence sketch size d_b (>= 1 so an empty sequence stays finite; the caller zeroes it)
     n_real = keep.sum(dim=-1)  # (B,)
     if sketch_size is None:
-        want = torch.ceil(4.0 * torch.log(n_real.clamp_min(1).to(torch.float64))).long()
+        want = (4.0 * torch.log(n_real.clamp_min(1).to(torch.float64))).long()  # int(4 ln N): truncation
     else:
         want = torch.full_like(n_real, sketch_size)
     d_b = torch.minimum(want, n_real).clamp_min(1)  # (B,)

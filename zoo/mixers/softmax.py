@@ -9,7 +9,11 @@ Mechanism
     ``impl`` picks the kernel: ``sdpa`` (torch's fused kernels, O(T) extra memory on the flash
     and memory-efficient backends), ``eager`` (the T x T matrix materialised, softmax in fp32:
     the "Transformer" row of the efficient-attention papers' tables) or ``xformers``
-    (``memory_efficient_attention``; CUDA with xformers installed).
+    (``memory_efficient_attention``; CUDA with xformers installed). ``attention_dropout`` drops
+    attention weights in training (SDPA's ``dropout_p``; 0 by default, never in eval).
+
+    Precision: ``sdpa``/``xformers`` accumulate the softmax in fp32 inside the kernel; ``eager``
+    computes it in fp32.
 
 Deviations
     None in the math. Zoo conventions: padded output rows are zeroed (C2); a fully padded
@@ -24,7 +28,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from zoo.base import Complexity, MixerConfig, MixerSpec, TokenMixer, cfg, check_choice, check_inputs, zero_padded
+from zoo.base import (
+    Complexity,
+    MixerConfig,
+    MixerSpec,
+    TokenMixer,
+    attention_dropout_field,
+    attention_dropout_p,
+    cfg,
+    check_choice,
+    check_inputs,
+    zero_padded,
+)
 from zoo.errors import ZooValueError
 from zoo.functional import eager_attention, linear_flops, merge_heads, safe_key_mask, sdpa_attention, split_heads
 from zoo.registry import register
@@ -35,6 +50,7 @@ IMPLS = ("sdpa", "eager", "xformers")
 @dataclass(frozen=True)
 class SoftmaxConfig(MixerConfig):
     impl: str = cfg("sdpa", "kernel: sdpa (fused) | eager (materialised T x T) | xformers (CUDA)")
+    attention_dropout: float = attention_dropout_field()
 
     def validate(self) -> None:
         check_choice("impl", self.impl, IMPLS)
@@ -57,7 +73,7 @@ def xformers_available() -> bool:
     return True
 
 
-def _xformers_attention(q, k, v, mask, causal):
+def _xformers_attention(q, k, v, mask, causal, dropout_p=0.0):
     """xformers memory-efficient attention; q, k, v (B, H, T, P)."""
     import xformers.ops as xops
 
@@ -75,7 +91,7 @@ def _xformers_attention(q, k, v, mask, causal):
             )
         bias = torch.zeros(B, H, T, T, dtype=q.dtype, device=q.device)  # (B, H, T, T)
         bias.masked_fill_(~allowed, float("-inf"))
-    out = xops.memory_efficient_attention(q, k, v, attn_bias=bias)  # (B, T, H, P)
+    out = xops.memory_efficient_attention(q, k, v, attn_bias=bias, p=dropout_p)  # (B, T, H, P)
     return out.transpose(1, 2)  # (B, H, T, P)
 
 
@@ -106,16 +122,23 @@ class SoftmaxMixer(TokenMixer):
         self.out_proj = nn.Linear(D, D, **kw)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False) -> torch.Tensor:
+        """Mix tokens: x (B, T, D) in the module's dtype -> (B, T, D).
+
+        mask: optional bool (B, T), True = real token (None: all real); padded output rows are zero.
+        causal: True runs the causal variant (position i sees j <= i).
+        Extra inputs: none.
+        """
         check_inputs(self, x, mask, causal)
         H = self.config.heads
         q = split_heads(self.q_proj(x), H)  # (B, H, T, P)
         k = split_heads(self.k_proj(x), H)  # (B, H, T, P)
         v = split_heads(self.v_proj(x), H)  # (B, H, T, P)
         impl = self.config.impl
+        p = attention_dropout_p(self)
         if impl == "sdpa":
-            o = sdpa_attention(q, k, v, mask, causal)
+            o = sdpa_attention(q, k, v, mask, causal, dropout_p=p)
         elif impl == "eager":
-            o = eager_attention(q, k, v, mask, causal)
+            o = eager_attention(q, k, v, mask, causal, dropout_p=p)
         else:
             if x.device.type != "cuda" or not xformers_available():
                 raise ZooValueError(
@@ -123,6 +146,6 @@ class SoftmaxMixer(TokenMixer):
                     f"(got device {x.device.type}, xformers installed: {xformers_available()}); "
                     "use impl='sdpa' or impl='eager'"
                 )
-            o = _xformers_attention(q, k, v, mask, causal)
+            o = _xformers_attention(q, k, v, mask, causal, p)
         y = self.out_proj(merge_heads(o))  # (B, T, D)
         return zero_padded(y, mask)

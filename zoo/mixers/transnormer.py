@@ -16,6 +16,9 @@ Mechanism
     ``transnormer_stack(depth, ...)`` builds the paper's language-model arrangement: DiagAttention
     (``transnormer_diag``) in the first half of the layers, NormAttention in the second.
 
+    Precision: the sums over T (linear-attention state and normalisers) and the rotation run in
+    at least fp32.
+
 Deviations
     Padding: Kf and V are zeroed at padded positions before the sum, so real outputs do not depend
     on padding (the reference accepts the mask and ignores it; ``faithful_mask=True`` reproduces
@@ -137,17 +140,31 @@ class TransNormerMixer(TokenMixer):
         self.k_proj = nn.Linear(D, D, **kw)
         self.v_proj = nn.Linear(D, D, **kw)
         self.out_proj = nn.Linear(D, D, **kw)
+        if config.urpe:
+            # frozen random orthogonal map (not trained), learned rotary frequencies shared by heads
+            self.register_buffer("householder_u", torch.empty(P, **kw))  # (P,)
+            self.theta = nn.Parameter(torch.empty(P // 2, **kw))  # (P/2,)
+        self._init_weights()
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
         # fairseq MultiheadAttention init used by NormAttention
         for proj in (self.q_proj, self.k_proj, self.v_proj):
             nn.init.xavier_uniform_(proj.weight, gain=2**-0.5)
         nn.init.xavier_uniform_(self.out_proj.weight)
         nn.init.zeros_(self.out_proj.bias)
-        if config.urpe:
-            # frozen random orthogonal map (not trained), learned rotary frequencies shared by heads
-            self.register_buffer("householder_u", householder_vector(P, config.seed, device, dtype))
-            self.theta = nn.Parameter(rotary_frequencies(P).to(device=device, dtype=dtype or torch.get_default_dtype()))
+        if self.config.urpe:
+            P = self.config.head_dim
+            self.householder_u.copy_(householder_vector(P, self.config.seed))  # fp64 draw, cast
+            self.theta.copy_(rotary_frequencies(P))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False) -> torch.Tensor:
+        """Mix tokens: x (B, T, D) in the module's dtype -> (B, T, D).
+
+        mask: optional bool (B, T), True = real token (None: all real); padded output rows are zero.
+        causal: True runs the causal variant (position i sees j <= i).
+        Extra inputs: none.
+        """
         check_inputs(self, x, mask, causal)
         c = self.config
         T = x.shape[1]

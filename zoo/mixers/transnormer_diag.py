@@ -13,6 +13,8 @@ Mechanism
     ``ReLU(scores)`` as weights (no normalisation) followed by SimpleRMSNorm of the merged
     output; t2 uses ``softmax(scores)`` and no norm. Causal mode drops keys j > i inside the block.
 
+    Precision: the block scores, softmax/norm and the rotation run in at least fp32.
+
 Deviations
     Padding: padded keys get weight 0 (t1) or a large negative logit (t2), so real outputs do not
     depend on padding (the reference accepts the mask and ignores it; ``faithful_mask=True``
@@ -118,14 +120,28 @@ class DiagAttentionMixer(TokenMixer):
         self.k_proj = nn.Linear(D, D, **kw)
         self.v_proj = nn.Linear(D, D, **kw)
         self.out_proj = nn.Linear(D, D, **kw)
+        if config.urpe:
+            self.register_buffer("householder_u", torch.empty(P, **kw))  # (P,)
+            self.theta = nn.Parameter(torch.empty(P // 2, **kw))  # (P/2,)
+        self._init_weights()
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
         for proj in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
             nn.init.xavier_uniform_(proj.weight)
         nn.init.zeros_(self.out_proj.bias)
-        if config.urpe:
-            self.register_buffer("householder_u", householder_vector(P, config.seed, device, dtype))
-            self.theta = nn.Parameter(rotary_frequencies(P).to(device=device, dtype=dtype or torch.get_default_dtype()))
+        if self.config.urpe:
+            P = self.config.head_dim
+            self.householder_u.copy_(householder_vector(P, self.config.seed))  # fp64 draw, cast
+            self.theta.copy_(rotary_frequencies(P))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False) -> torch.Tensor:
+        """Mix tokens: x (B, T, D) in the module's dtype -> (B, T, D).
+
+        mask: optional bool (B, T), True = real token (None: all real); padded output rows are zero.
+        causal: True runs the causal variant (position i sees j <= i).
+        Extra inputs: none.
+        """
         check_inputs(self, x, mask, causal)
         c = self.config
         B, T, _ = x.shape
