@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from profiler.presets import PRESETS
 from zoo.errors import ZooValueError
 
 __all__ = [
@@ -359,6 +360,7 @@ class Cell:
     model: dict | None = None  # {"vocab", "classes", "ffn"} in model scope
     unsupported: str | None = None  # decided while planning (not registered, no causal variant)
     extra: dict = field(default_factory=dict)  # builder-specific data (tests), part of the key
+    pad_fraction: float = 0.0  # the last F of every sequence is padding (the mixer gets the mask)
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -376,6 +378,8 @@ class Cell:
             "causal": self.causal,
             "model": self.model,
             "extra": self.extra or None,
+            # only when set: cells without padding keep the keys of files written before it existed
+            **({"pad_fraction": self.pad_fraction} if self.pad_fraction else {}),
         }
 
     @property
@@ -410,6 +414,7 @@ def plan_cells(
     device: str,
     causal: bool = False,
     model: dict | None = None,
+    pad_fraction: float = 0.0,
 ) -> list[Cell]:
     """The grid, lengths outermost and mixers interleaved within a length (drift hits all alike).
 
@@ -452,52 +457,7 @@ def plan_cells(
                         causal=causal,
                         model=model if scope == "model" else None,
                         unsupported=unsupported,
+                        pad_fraction=float(pad_fraction),
                     )
                 )
     return cells
-
-
-# --------------------------------------------------------------------------- presets
-# Values a preset sets; anything the caller passes explicitly wins. "mixers": None = all registered.
-PRESETS: dict[str, dict[str, Any]] = {
-    "default": {
-        "description": "all mixers, 1k..16k, forward and train, mixer scope, D=256, 4 heads, B=1",
-        "mixers": None,
-        "lengths": "1k..16k",
-        "modes": ("forward", "train"),
-        "scope": "mixer",
-        "batch": 1,
-        "dim": 256,
-        "heads": 4,
-        "time_budget": 2.0,
-    },
-    "quick": {
-        "description": "all mixers, 256..1k, forward and train, D=256, 1 thread, short timing (a minute or two)",
-        "mixers": None,
-        "lengths": "256..1k",
-        "modes": ("forward", "train"),
-        "scope": "mixer",
-        "batch": 1,
-        "dim": 256,
-        "heads": 4,
-        "time_budget": 0.25,
-        # one thread: a busy machine (or `zoo compare` next to other work) does not make OpenMP
-        # barriers spin, so the small cells' ratios stay meaningful
-        "threads": 1,
-    },
-    "ponet-table2": {
-        "description": "PoNet Table 2: LRA-text model (2 layers, d=64, 2x32 heads, FFN 128, B=32), train steps, 512..16k",
-        "mixers": "softmax[impl=eager],performer,nystrom,fnet,ponet",
-        "lengths": "512..16k",
-        "modes": ("train",),
-        "scope": "model",
-        "batch": 32,
-        "dim": 64,
-        "heads": 2,
-        "depth": 2,
-        "ffn": 128,
-        "vocab": 512,
-        "classes": 2,
-        "time_budget": 2.0,
-    },
-}

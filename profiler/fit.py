@@ -13,17 +13,15 @@ import math
 from collections import defaultdict
 from typing import Any, Iterable
 
-from reports.fit import fit_scaling
+from reports.fit import exponent_verdict, fit_scaling
+from reports.load import SCHEMA_VERSION as SCHEMA
+from reports.load import SERIES_KEYS, series_id
 
-__all__ = ["METRICS", "MIN_FIT_LENGTHS", "FLAG_DELTA", "fit_records"]
+__all__ = ["METRICS", "MIN_FIT_LENGTHS", "fit_records"]
 
 # metric -> (cell field, field with raw samples or None)
 METRICS = {"time": ("time_median_s", "time_samples"), "memory": ("mem_peak_bytes", None)}
 MIN_FIT_LENGTHS = 3  # fewer distinct lengths say nothing about an exponent
-FLAG_DELTA = 0.3  # |k - declared| above this is flagged (PROFILING.md 5.7)
-
-# the identity of a series: everything but T
-_SERIES = ("label", "scope", "mode", "batch", "dim", "heads", "depth", "dtype", "device", "causal")
 
 
 def fit_records(
@@ -31,11 +29,13 @@ def fit_records(
     declared: dict[str, dict[str, float | None]] | None = None,
     *,
     run_id: str | None = None,
-    n_boot: int = 200,
+    n_boot: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Fit records for every series (same label and shape settings, varying T) with enough ``ok``
-    lengths. ``declared[mixer] = {"time": k, "memory": k}`` from the specs (None if unknown).
-    The last record per cell ``key`` wins (a resumed or repeated cell)."""
+    """Fit records for every series (:data:`reports.load.SERIES_KEYS`: same settings, varying T)
+    with enough ``ok`` lengths. ``declared[label]`` (or ``declared[mixer]``) ``= {"time": k,
+    "memory": k}`` from the spec as it holds for that config (None if unknown). ``flagged`` and
+    ``verdict`` follow :func:`reports.fit.exponent_verdict`, the report's rule. The last record
+    per cell ``key`` wins (a resumed or repeated cell)."""
     latest: dict[Any, dict] = {}
     for c in cells:
         if c.get("kind", "cell") != "cell":
@@ -44,25 +44,28 @@ def fit_records(
     series: dict[tuple, list[dict]] = defaultdict(list)
     for c in latest.values():
         if c.get("status") == "ok":
-            series[tuple(_freeze(c.get(k)) for k in _SERIES)].append(c)
+            series[series_id(c)].append(c)
     out = []
     for ident, rows in series.items():
         rows.sort(key=lambda r: r["T"])
-        meta = dict(zip(_SERIES, ident))
+        meta = dict(zip(SERIES_KEYS, ident))
         mixer = rows[0].get("mixer")
         for metric, (field, samples_field) in METRICS.items():
             pts = [r for r in rows if _positive(r.get(field))]
             if len({r["T"] for r in pts}) < MIN_FIT_LENGTHS:
                 continue
             samples = [r.get(samples_field) for r in pts] if samples_field else None
-            fit = fit_scaling([r["T"] for r in pts], [float(r[field]) for r in pts], samples, n_boot=n_boot)
+            boot = {} if n_boot is None else {"n_boot": n_boot}
+            fit = fit_scaling([r["T"] for r in pts], [float(r[field]) for r in pts], samples, **boot)
             if fit is None:
                 continue
-            k_declared = (declared or {}).get(mixer, {}).get(metric)
+            classes = (declared or {}).get(meta["label"]) or (declared or {}).get(mixer) or {}
+            k_declared = classes.get(metric)
+            verdict = exponent_verdict(fit, k_declared)
             out.append(
                 {
                     "kind": "fit",
-                    "schema": 1,
+                    "schema": SCHEMA,
                     "run_id": run_id,
                     "label": meta["label"],
                     "mixer": mixer,
@@ -73,6 +76,8 @@ def fit_records(
                     "heads": meta["heads"],
                     "dtype": meta["dtype"],
                     "device": meta["device"],
+                    "causal": meta["causal"],
+                    "pad_fraction": meta["pad_fraction"],
                     "metric": metric,
                     "k": fit.k,
                     "k_lo": fit.k_lo,
@@ -82,7 +87,8 @@ def fit_records(
                     "model": fit.model,
                     "lengths": fit.lengths,
                     "declared": k_declared,
-                    "flagged": bool(k_declared is not None and abs(fit.k - k_declared) > FLAG_DELTA),
+                    "flagged": verdict == "flagged",
+                    "verdict": verdict,
                 }
             )
     return out
@@ -90,11 +96,3 @@ def fit_records(
 
 def _positive(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-
-
-def _freeze(v: Any) -> Any:
-    if isinstance(v, dict):
-        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
-    if isinstance(v, list):
-        return tuple(_freeze(x) for x in v)
-    return v

@@ -29,6 +29,8 @@ __all__ = [
     "local_slopes",
     "find_crossover",
     "declared_class",
+    "exponent_verdict",
+    "FLAG_THRESHOLD",
     "MIN_POINTS_OFFSET",
 ]
 
@@ -166,6 +168,19 @@ def local_slopes(lengths: Sequence[float], values: Sequence[float]) -> tuple[np.
     mid = np.sqrt(T[1:] * T[:-1])
     slope = np.log(y[1:] / y[:-1]) / np.log(T[1:] / T[:-1])
     return mid, slope
+
+
+FLAG_THRESHOLD = 0.3  # |fitted - declared exponent| above this is a disagreement (PROFILING.md 5.7)
+
+
+def exponent_verdict(fit: Fit, declared: float | None) -> str | None:
+    """The one flag rule for a fitted exponent against the declared one (records and report):
+    ``"flagged"`` when |k - declared| > FLAG_THRESHOLD and the interval excludes the declared
+    exponent; ``"inconclusive"`` when the gap is as large but the interval still holds it;
+    None when they agree (or nothing is declared)."""
+    if declared is None or abs(fit.k - declared) <= FLAG_THRESHOLD:
+        return None
+    return "inconclusive" if fit.k_lo <= declared <= fit.k_hi else "flagged"
 
 
 _CLASSES = {1.0: "O(T)", 1.05: "O(T log T)", 2.0: "O(T^2)"}

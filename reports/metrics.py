@@ -35,9 +35,10 @@ __all__ = [
 ]
 
 # Cells are comparable (one table, one figure, ratios) only within one of these groups.
-GROUP_COLUMNS = ["env_id", "scope", "mode", "batch", "dim", "heads", "depth", "dtype", "device", "causal"]
+GROUP_COLUMNS = ["env_id", "scope", "mode", "batch", "dim", "heads", "depth", "dtype", "device", "causal",
+                 "pad_fraction"]
 # Across runs (other machines), the same measurement: the group without its environment.
-SHAPE_COLUMNS = ["scope", "mode", "batch", "dim", "heads", "depth", "dtype", "causal"]
+SHAPE_COLUMNS = ["scope", "mode", "batch", "dim", "heads", "depth", "dtype", "causal", "pad_fraction"]
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,8 @@ def failure_text(row: pd.Series | dict[str, Any]) -> str:
     if status == "oom" or (status == "skipped" and "oom" in reason):
         inferred = bool(row.get("inferred")) or status == "skipped"
         return "OOM†" if inferred else "OOM"
-    return {"timeout": "timeout", "unsupported": "n/a", "error": "error", "skipped": "skipped"}.get(status, "–")
+    return {"timeout": "timeout", "killed": "killed", "unsupported": "n/a", "error": "error",
+            "skipped": "skipped"}.get(status, "–")
 
 
 def _value(v: Any) -> Any:
@@ -117,7 +119,7 @@ def group_cells(cells: pd.DataFrame, columns: list[str] | None = None) -> list[t
     for key in dict.fromkeys(keys):  # first-seen order
         part = cells[keys == key]
         first = part.iloc[0]
-        out.append(({c: _value(first[c]) if c in columns else None for c in GROUP_COLUMNS}, part))
+        out.append(({c: _value(first[c]) if c in columns and c in part.columns else None for c in GROUP_COLUMNS}, part))
     order = {"train": 0, "forward": 1}
     out.sort(key=lambda g: (str(g[0]["env_id"]), str(g[0]["scope"]), order.get(g[0]["mode"], 2)))
     return out
@@ -135,6 +137,8 @@ def group_title(group: dict[str, Any], with_env: bool = False) -> str:
         parts.append(str(group["device"]))
     if str(group.get("causal")).lower() == "true":
         parts.append("causal")
+    if group.get("pad_fraction"):
+        parts.append(f"last {float(group['pad_fraction']):.0%} padded (masked)")
     if with_env and group.get("env_id"):
         parts.append(str(group["env_id"]))
     return " · ".join(parts)
@@ -155,6 +159,8 @@ def group_slug(group: dict[str, Any]) -> str:
         parts.append(group["device"])
     if str(group.get("causal")).lower() == "true":
         parts.append("causal")
+    if group.get("pad_fraction"):
+        parts.append(f"pad{round(100 * float(group['pad_fraction']))}")
     slug = "-".join(str(p) for p in parts)
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in slug)
 
@@ -237,3 +243,14 @@ def format_bytes(n: float | None) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.3g} {unit}"
     return f"{n:.0f} B"
+
+
+def format_seconds(s: float | None) -> str:
+    """'850 µs', '12.3 ms', '1.5 s' (three significant figures)."""
+    if s is None or not math.isfinite(s):
+        return "–"
+    if s < 1e-3:
+        return f"{s * 1e6:.0f} µs"
+    if s < 1:
+        return f"{s * 1e3:.3g} ms"
+    return f"{s:.3g} s"

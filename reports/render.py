@@ -25,7 +25,9 @@ from typing import Any, Callable, Iterable, Sequence
 import pandas as pd
 
 from reports.errors import ReportError
-from reports.fit import MIN_POINTS_OFFSET, Crossover, Fit, declared_class, find_crossover, fit_scaling
+from reports.fit import (
+    FLAG_THRESHOLD, MIN_POINTS_OFFSET, Crossover, Fit, declared_class, exponent_verdict, find_crossover, fit_scaling,
+)
 from reports.load import Profile, cell_identity, read_profiles
 from reports.metrics import (
     MEMORY,
@@ -54,7 +56,6 @@ from reports.tables import (
 __all__ = ["Report", "build_report", "FORMATS", "FLAG_THRESHOLD"]
 
 FORMATS = ("html", "md", "tex")
-FLAG_THRESHOLD = 0.3  # |fitted - declared exponent| above this is flagged (PROFILING.md 5.7)
 
 
 # --- the document model -------------------------------------------------------------------------
@@ -233,11 +234,11 @@ def _complexity_section(doc: Doc, runs: list[tuple[str, pd.DataFrame]], profiles
                         cell = fit.interval
                         used = sorted(set(used) | set(fit.lengths))
                         models.add(fit.model)
-                        if exp is not None and abs(fit.k - exp) > FLAG_THRESHOLD:
-                            if fit.k_lo <= exp <= fit.k_hi:  # too uncertain to contradict the class
-                                cell = f"{fit.interval} (inconclusive)"
-                            else:
-                                cell = Flag(f"{fit.interval}: {fit.k - exp:+.2f} vs {declared_class(exp)}")
+                        verdict = exponent_verdict(fit, exp)
+                        if verdict == "inconclusive":  # too uncertain to contradict the class
+                            cell = f"{fit.interval} (inconclusive)"
+                        elif verdict == "flagged":
+                            cell = Flag(f"{fit.interval}: {fit.k - exp:+.2f} vs {declared_class(exp)}")
                     row += [cell, declared_class(exp)]
                     if base is not None and label != base:
                         costs_a = _metric_costs(part, label, metric)
