@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.harness import save_results  # noqa: E402
+from profiler.compare import save_results  # noqa: E402
 
 TARGET = 0.15
 
