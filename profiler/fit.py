@@ -62,35 +62,12 @@ def fit_records(
             classes = (declared or {}).get(meta["label"]) or (declared or {}).get(mixer) or {}
             k_declared = classes.get(metric)
             verdict = exponent_verdict(fit, k_declared)
-            out.append(
-                {
-                    "kind": "fit",
-                    "schema": SCHEMA,
-                    "run_id": run_id,
-                    "label": meta["label"],
-                    "mixer": mixer,
-                    "scope": meta["scope"],
-                    "mode": meta["mode"],
-                    "batch": meta["batch"],
-                    "dim": meta["dim"],
-                    "heads": meta["heads"],
-                    "dtype": meta["dtype"],
-                    "device": meta["device"],
-                    "causal": meta["causal"],
-                    "pad_fraction": meta["pad_fraction"],
-                    "metric": metric,
-                    "k": fit.k,
-                    "k_lo": fit.k_lo,
-                    "k_hi": fit.k_hi,
-                    "a": fit.a,
-                    "b": fit.b,
-                    "model": fit.model,
-                    "lengths": fit.lengths,
-                    "declared": k_declared,
-                    "flagged": verdict == "flagged",
-                    "verdict": verdict,
-                }
-            )
+            shape = {k: meta[k] for k in ("label", "scope", "mode", "batch", "dim", "heads", "dtype", "device",
+                                          "causal", "pad_fraction")}
+            out.append({"kind": "fit", "schema": SCHEMA, "run_id": run_id, "mixer": mixer, **shape, "metric": metric,
+                        "k": fit.k, "k_lo": fit.k_lo, "k_hi": fit.k_hi, "a": fit.a, "b": fit.b, "model": fit.model,
+                        "lengths": fit.lengths, "declared": k_declared, "flagged": verdict == "flagged",
+                        "verdict": verdict})
     return out
 
 
