@@ -190,6 +190,55 @@ def build_bare_sdpa(mode, T=16384, D=256, heads=4, B=1):
 # --- main --------------------------------------------------------------------------------------
 
 
+def _ponet_part(args, shape: dict, run: dict):
+    cases = [
+        Case("zoo ponet", f"{SCRIPT}:build_zoo_ponet", {**shape, "heads": args.heads}),
+        Case("zoo ponet faithful", f"{SCRIPT}:build_zoo_ponet", {**shape, "heads": args.heads, "faithful": True}),
+    ]
+    baseline = None
+    repo = args.ponet_repo
+    if repo and (Path(repo) / PONET_CODE / "attention.py").is_file():
+        err = check_ponet_against_reference(repo)
+        print(f"ponet: zoo (faithful segments) vs reference on the same weights: max |diff| = {err:.2e}")
+        if err > 1e-4:
+            print("ponet: the reference disagrees with the zoo; timings would compare different things")
+            return None
+        baseline = "paper ponet (LRA code)"
+        cases.append(Case(baseline, f"{SCRIPT}:build_ref_ponet", {**shape, "heads": args.heads, "repo": str(Path(repo).resolve())}))
+    else:
+        print(f"ponet: paper code skipped: --ponet-repo {repo!r} has no {PONET_CODE / 'attention.py'} "
+              "(fetch lxchtan/PoNet and pass its path)")
+    results = compare(cases, **run)
+    print_results(results, baseline)
+    return results, ([("zoo ponet", baseline), ("zoo ponet faithful", baseline)] if baseline else [])
+
+
+def _fnet_part(args, shape: dict, run: dict):
+    try:
+        err = check_fnet_against_transformers()
+    except ImportError as exc:
+        print(f"fnet: transformers not importable ({exc}); timing the zoo only")
+        cases, baseline = [Case("zoo fnet", f"{SCRIPT}:build_zoo_fnet", shape)], None
+    else:
+        print(f"fnet: zoo vs transformers FNetBasicFourierTransform: max |diff| = {err:.2e}")
+        baseline = "transformers FNetBasicFourierTransform"
+        cases = [Case("zoo fnet", f"{SCRIPT}:build_zoo_fnet", shape), Case(baseline, f"{SCRIPT}:build_hf_fnet", shape)]
+    results = compare(cases, **run)
+    print_results(results, baseline)
+    return results, ([("zoo fnet", baseline)] if baseline else [])
+
+
+def _softmax_part(args, shape: dict, run: dict):
+    baseline = "bare F.sdpa + same projections"
+    cases = [
+        Case("zoo softmax sdpa", f"{SCRIPT}:build_zoo_softmax", {**shape, "heads": args.heads}),
+        Case(baseline, f"{SCRIPT}:build_bare_sdpa", {**shape, "heads": args.heads}),
+    ]
+    results = compare(cases, **run)
+    print_results(results, baseline)
+    return results, [("zoo softmax sdpa", baseline)]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ponet-repo", default=None, help="path to a lxchtan/PoNet checkout (peer for ponet)")
@@ -215,59 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"T={args.T} D={args.D} heads={args.heads} B=1 fp32 CPU, torch {torch.__version__}, threads={args.threads or torch.get_num_threads()}")
     all_results, targets = [], []
 
-    if "ponet" in only:
-        cases = [
-            Case("zoo ponet", f"{SCRIPT}:build_zoo_ponet", {**shape, "heads": args.heads}),
-            Case("zoo ponet faithful", f"{SCRIPT}:build_zoo_ponet", {**shape, "heads": args.heads, "faithful": True}),
-        ]
-        baseline = None
-        repo = args.ponet_repo
-        if repo and (Path(repo) / PONET_CODE / "attention.py").is_file():
-            err = check_ponet_against_reference(repo)
-            print(f"ponet: zoo (faithful segments) vs reference on the same weights: max |diff| = {err:.2e}")
-            if err > 1e-4:
-                print("ponet: the reference disagrees with the zoo; timings would compare different things")
+    for name, part in (("ponet", _ponet_part), ("fnet", _fnet_part), ("softmax", _softmax_part)):
+        if name in only:
+            got = part(args, shape, run)
+            if got is None:  # the peer disagrees with the zoo: timings would compare different things
                 return 1
-            baseline = "paper ponet (LRA code)"
-            cases.append(Case(baseline, f"{SCRIPT}:build_ref_ponet", {**shape, "heads": args.heads, "repo": str(Path(repo).resolve())}))
-        else:
-            print(f"ponet: paper code skipped: --ponet-repo {repo!r} has no {PONET_CODE / 'attention.py'} "
-                  "(fetch lxchtan/PoNet and pass its path)")
-        results = compare(cases, **run)
-        print_results(results, baseline)
-        all_results += results
-        if baseline:
-            targets += [("zoo ponet", baseline), ("zoo ponet faithful", baseline)]
-
-    if "fnet" in only:
-        try:
-            err = check_fnet_against_transformers()
-        except ImportError as exc:
-            print(f"fnet: transformers not importable ({exc}); timing the zoo only")
-            cases, baseline = [Case("zoo fnet", f"{SCRIPT}:build_zoo_fnet", shape)], None
-        else:
-            print(f"fnet: zoo vs transformers FNetBasicFourierTransform: max |diff| = {err:.2e}")
-            baseline = "transformers FNetBasicFourierTransform"
-            cases = [
-                Case("zoo fnet", f"{SCRIPT}:build_zoo_fnet", shape),
-                Case(baseline, f"{SCRIPT}:build_hf_fnet", shape),
-            ]
-        results = compare(cases, **run)
-        print_results(results, baseline)
-        all_results += results
-        if baseline:
-            targets.append(("zoo fnet", baseline))
-
-    if "softmax" in only:
-        baseline = "bare F.sdpa + same projections"
-        cases = [
-            Case("zoo softmax sdpa", f"{SCRIPT}:build_zoo_softmax", {**shape, "heads": args.heads}),
-            Case(baseline, f"{SCRIPT}:build_bare_sdpa", {**shape, "heads": args.heads}),
-        ]
-        results = compare(cases, **run)
-        print_results(results, baseline)
-        all_results += results
-        targets.append(("zoo softmax sdpa", baseline))
+            results, new_targets = got
+            all_results += results
+            targets += new_targets
 
     print("\nratios (zoo / peer; time = median of per-round ratios; target: ponet, fnet <= 1, softmax <= 1.05)")
     checks = []
