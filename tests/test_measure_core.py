@@ -260,3 +260,25 @@ def test_sdpa_backend_comes_from_the_first_real_call():
                                  "time_budget_s": 0.02})
     assert result["status"] == "ok" and "_predict_error" in result
     assert result["sdpa_backend"] == "flash_cpu"
+
+
+# --------------------------------------------------------------------------- the report reads what the core writes
+def test_report_reads_killed_cells_and_shows_padding_in_headings(tmp_path):
+    from reports import read_profile
+    from reports.metrics import failure_text, group_cells, group_title
+    from reports.synthetic import write_jsonl
+
+    base = {"kind": "cell", "schema": 1, "run_id": "r", "mixer": "ponet", "label": "ponet", "scope": "mixer",
+            "mode": "forward", "batch": 1, "dim": 16, "heads": 2, "depth": None, "dtype": "fp32", "device": "cpu",
+            "causal": False}
+    rows = [{"kind": "header", "schema": 1, "run_id": "r", "env": {}},
+            {**base, "key": "a", "T": 64, "status": "killed", "reason": "killed by SIGKILL without a result",
+             "signal": "SIGKILL", "rss_peak_bytes": 2**30},
+            {**base, "key": "b", "T": 64, "status": "ok", "time_median_s": 0.1, "pad_fraction": 0.25},
+            {**base, "key": "c", "T": 128, "status": "ok", "time_median_s": 0.2}]  # an older record: no field
+    cells = read_profile(write_jsonl(tmp_path / "p.jsonl", rows)).cells
+    assert list(cells["status"]) == ["killed", "ok", "ok"] and list(cells["pad_fraction"]) == [0.0, 0.25, 0.0]
+    assert failure_text(cells.iloc[0]) == "killed"
+    titles = sorted(group_title(g) for g, _ in group_cells(cells))
+    assert len(titles) == 2 and any("last 25% padded (masked)" in t for t in titles)
+    assert not any("padded" in t for t in titles if "25%" not in t)
