@@ -7,7 +7,8 @@ and benchmarks pass their own by reference (``"path/to/file.py:function"`` or
 ``"module:function"``, :func:`load_ref`). Inputs are built here, outside every timed region.
 
 ``cell.pad_fraction`` F > 0: the last ``round(F*T)`` tokens of every sequence are padding and the
-step passes the bool keep-mask (True = real token) to the mixer / encoder.
+step passes the bool keep-mask (True = real token) to the mixer / encoder. ``cell.compile``: the
+mixer call (or the encoder's forward / loss) runs under ``torch.compile`` with that backend.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 
 from profiler.cases import DTYPES, Cell
 
-__all__ = ["Step", "build_step", "load_ref", "load_builder", "torch_dtype", "check_tensor", "padding_mask"]
+__all__ = ["Step", "build_step", "load_ref", "load_builder", "torch_dtype", "check_tensor", "padding_mask", "compiled"]
 
 
 @dataclass
@@ -67,6 +68,11 @@ def padding_mask(B: int, T: int, pad_fraction: float, device: torch.device) -> t
     return mask
 
 
+def compiled(fn: Callable[[], Any], cell: Cell) -> Callable[[], Any]:
+    """``fn`` under ``torch.compile`` with the cell's backend (``fn`` itself for eager cells)."""
+    return torch.compile(fn, backend=cell.compile) if cell.compile else fn
+
+
 def _overrides(cell: Cell) -> dict[str, Any]:
     return {k: v for k, v in cell.config.items() if k not in ("dim", "heads")}
 
@@ -90,6 +96,8 @@ def build_step(cell: Cell, device: torch.device, dtype: torch.dtype) -> Step:
     def call():
         y, _ = module.forward_with_mask(x, mask, causal=causal)  # (B, T_out, D)
         return y
+
+    call = compiled(call, cell)
 
     if cell.mode == "forward":
         module.eval()
@@ -149,19 +157,21 @@ def _build_model_step(cell: Cell, device: torch.device, dtype: torch.dtype) -> S
 
     if cell.mode == "forward":
         model.eval()
+        logits = compiled(lambda: model(tokens, mask, causal=causal), cell)  # (B, classes)
 
         def step():
             with torch.no_grad():
-                return model(tokens, mask, causal=causal)  # (B, classes)
+                return logits()
 
         return Step(step, n_params, flops, lambda y: check_tensor("logits", y, (B, classes)))
 
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    loss_of = compiled(lambda: model.loss(tokens, labels, mask, causal=causal), cell)  # the optimizer stays eager
 
     def train_step():
         optimizer.zero_grad(set_to_none=True)
-        loss = model.loss(tokens, labels, mask, causal=causal)
+        loss = loss_of()
         loss.backward()
         optimizer.step()
         return loss.detach()

@@ -258,6 +258,7 @@ class Cell:
     unsupported: str | None = None  # decided while planning (not registered, no causal variant)
     extra: dict = field(default_factory=dict)  # builder-specific data (tests), part of the key
     pad_fraction: float = 0.0  # the last F of every sequence is padding (the mixer gets the mask)
+    compile: str | None = None  # torch.compile backend of the step ("inductor"), None = eager
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -277,6 +278,7 @@ class Cell:
             "extra": self.extra or None,
             # only when set: cells without padding keep the keys of files written before it existed
             **({"pad_fraction": self.pad_fraction} if self.pad_fraction else {}),
+            **({"compile": self.compile} if self.compile else {}),
         }
 
     @property
@@ -312,6 +314,7 @@ def plan_cells(
     causal: bool = False,
     model: dict | None = None,
     pad_fraction: float = 0.0,
+    compile: str | None = None,
 ) -> list[Cell]:
     """The grid, lengths outermost and mixers interleaved within a length (drift hits all alike).
 
@@ -355,6 +358,7 @@ def plan_cells(
                         model=model if scope == "model" else None,
                         unsupported=unsupported,
                         pad_fraction=float(pad_fraction),
+                        compile=compile or None,
                     )
                 )
     return cells

@@ -12,6 +12,10 @@
 4. the memory pass (:mod:`profiler.memory`), in the tracking heap on CPU;
 5. warm-up (>= 2 calls after the first and >= 0.2 s) and timed calls (:mod:`profiler.timing`), in
    the caching heap on CPU when 3x the step's peak fits the budget.
+
+A compiled cell (``cell.compile``): the fake pass and the FLOP count are those of the eager step
+(the same math); the first call's time, compilation included, is ``compile_s``; frames compiled
+after it (recompilations during the memory pass, warm-up or timing) are ``recompiles``.
 """
 
 from __future__ import annotations
@@ -135,7 +139,8 @@ def _predict(run: _Run, builder, device: torch.device, dtype: torch.dtype) -> bo
     predicted_abs = None
     if run.opts.get("predict", True):
         try:
-            fake = _fake_pass(run.cell, builder, device, dtype)
+            # a compiled step is predicted and counted as its eager self (the same math)
+            fake = _fake_pass(dataclasses.replace(run.cell, compile=None), builder, device, dtype)
         except Exception as exc:  # data-dependent shapes etc.: no prediction from fake tensors
             if is_oom(exc):
                 raise
@@ -156,13 +161,20 @@ def _predict(run: _Run, builder, device: torch.device, dtype: torch.dtype) -> bo
     return False
 
 
-def _first_call(run: _Run, step: Step) -> None:
-    """Call 1: set-up and check, under the FLOP counter / SDPA recorder for what is still unknown."""
-    count = run.result.get("flops_counted") is None and run.opts.get("count_flops", True)
+def _first_call(run: _Run, step: Step, device: torch.device) -> None:
+    """Call 1: set-up (and compilation) and check, under the FLOP counter / SDPA recorder for what
+    is still unknown (never around a compiled step: a dispatch mode would be compiled in)."""
+    eager = not run.cell.compile
+    count = eager and run.result.get("flops_counted") is None and run.opts.get("count_flops", True)
     counter = flop_counter() if count else None
-    recorder = SdpaRecorder() if run.result.get("sdpa_backend") is None else None
+    recorder = SdpaRecorder() if eager and run.result.get("sdpa_backend") is None else None
+    t0 = time.perf_counter()
     with recorder if recorder is not None else _nothing(), counter if counter is not None else _nothing():
         out = step.fn()
+    if not eager:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        run.note(compile_s=time.perf_counter() - t0)  # compilation + one call, apart from the steady state
     if counter is not None:
         run.note(flops_counted=float(counter.get_total_flops()))
     if recorder is not None and recorder.ops:
@@ -177,6 +189,13 @@ def _first_call(run: _Run, step: Step) -> None:
     run.lap("first_call")
 
 
+def _compiled_frames() -> int:
+    """Frames torch.compile has compiled in this process so far (a recompilation adds one)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["frames"]["total"])
+
+
 class _nothing:
     def __enter__(self):
         return None
@@ -189,7 +208,9 @@ def _memory(run: _Run, step: Step, device: torch.device) -> None:
     if device.type == "cuda":
         mem = memory_pass_cuda(step.fn, device, step.reset)
     else:
-        mem = memory_pass_cpu(step.fn, track=run.opts.get("track_tensors", True), reset=step.reset)
+        # compiled kernels bypass the dispatcher the tensor tracker watches: RSS alone
+        track = run.opts.get("track_tensors", True) and not run.cell.compile
+        mem = memory_pass_cpu(step.fn, track=track, reset=step.reset)
     ops = mem.pop("_ops", None)
     if ops and run.result.get("sdpa_backend") is None:
         mem["sdpa_backend"] = sdpa_backend(set(ops))
@@ -253,10 +274,13 @@ def measure_cell(cell: Cell, opts: dict[str, Any], emit: Callable[[dict], None] 
         step = builder(cell, device, dtype)
         run.note(params=int(step.params), flops_analytic=step.flops_analytic)
         run.lap("build")
-        _first_call(run, step)
+        _first_call(run, step, device)
         since = time.perf_counter()  # warm-up counts the calls after the first one
+        frames = _compiled_frames()
         _memory(run, step, device)
         samples, timing_heap = _time_in_heap(run, step, device, managed, since)
+        if cell.compile:  # a recompilation after the first call is compile time inside the numbers
+            run.note(recompiles=_compiled_frames() - frames)
         if device.type == "cpu":
             run.note(cpu_heap={"memory": memory_heap, "timing": timing_heap})
         run.note(**summarise_samples(samples), status="ok", reason=None, inferred=False)

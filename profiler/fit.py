@@ -63,7 +63,7 @@ def fit_records(
             k_declared = classes.get(metric)
             verdict = exponent_verdict(fit, k_declared)
             shape = {k: meta[k] for k in ("label", "scope", "mode", "batch", "dim", "heads", "dtype", "device",
-                                          "causal", "pad_fraction")}
+                                          "causal", "pad_fraction", "compile")}
             out.append({"kind": "fit", "schema": SCHEMA, "run_id": run_id, "mixer": mixer, **shape, "metric": metric,
                         "k": fit.k, "k_lo": fit.k_lo, "k_hi": fit.k_hi, "a": fit.a, "b": fit.b, "model": fit.model,
                         "lengths": fit.lengths, "declared": k_declared, "flagged": verdict == "flagged",

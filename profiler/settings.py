@@ -161,10 +161,23 @@ def _pad_fraction(v: Any) -> float:
     return float(v)
 
 
+def _compile_backend(v: Any) -> str | None:
+    """``--compile``: True -> "inductor"; a backend name as given; False/None -> eager (None)."""
+    if v is None or v is False:
+        return None
+    if v is True:
+        return "inductor"
+    import torch._dynamo
+
+    if not isinstance(v, str) or v not in torch._dynamo.list_backends(exclude_tags=()):
+        raise ZooValueError(f"compile: expected a torch.compile backend ({', '.join(torch._dynamo.list_backends())}), got {v!r}")
+    return v
+
+
 def plan_profile(
     *, mixers=None, lengths=None, modes=None, scope=None, preset=None, batch=None, dim=None, heads=None,
     depth=None, ffn=None, vocab=None, classes=None, dtype: str = "fp32", device: str = "auto", causal: bool = False,
-    pad_fraction: float = 0.0, out: str | os.PathLike = "runs/profile.jsonl", memory_budget=None, threads=None,
+    pad_fraction: float = 0.0, compile: str | bool | None = None, out: str | os.PathLike = "runs/profile.jsonl", memory_budget=None, threads=None,
     time_budget=None, **run: Any,
 ) -> tuple[list[Cell], SweepSettings]:
     """Cells and settings from a preset ("default" when none) and explicit options (which win).
@@ -180,18 +193,19 @@ def plan_profile(
     dev = resolve_device(device)
     dtype_name = canonical_dtype(dtype)
     pad = _pad_fraction(pad_fraction)
+    backend = _compile_backend(compile)
     choices = parse_mixers(mixers if mixers is not None else p.get("mixers"),
                            allow_unregistered=mixers is None and preset is not None)
     if not choices:
         raise ZooValueError("mixers: expected at least one mixer, got none")
     cells = plan_cells(choices, length_list, mode_tuple, dtype=dtype_name, device=dev, causal=bool(causal),
-                       pad_fraction=pad, **shape)
+                       pad_fraction=pad, compile=backend, **shape)
     declared = {}
     for c in cells:
         if c.label not in declared and not c.unsupported:
             declared[c.label] = declared_classes(c.mixer, {k: v for k, v in c.config.items()})
     info = {"lengths": length_list, "mixers": [c.label for c in choices], "modes": list(mode_tuple), **shape,
-            "dtype": dtype_name, "device": dev, "causal": bool(causal), "pad_fraction": pad, "preset": preset}
+            "dtype": dtype_name, "device": dev, "causal": bool(causal), "pad_fraction": pad, "compile": backend, "preset": preset}
     threads = threads if threads is not None else p.get("threads")
     t_budget = time_budget if time_budget is not None else p.get("time_budget", 2.0)
     budget = parse_size(memory_budget) if memory_budget is not None else default_memory_budget(dev)

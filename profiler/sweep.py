@@ -90,7 +90,7 @@ def make_record(cell: Cell, result: dict, run_id: str, started: str, wall: float
         kind="cell", schema=SCHEMA, run_id=run_id, key=cell.key, mixer=cell.mixer, label=cell.label,
         config=cell.config, overrides=cell.overrides, scope=cell.scope, mode=cell.mode, T=cell.T, batch=cell.batch,
         dim=cell.dim, heads=cell.heads, depth=cell.depth, dtype=cell.dtype, device=cell.device, causal=cell.causal,
-        model=cell.model, pad_fraction=cell.pad_fraction, checkpointing=False,
+        model=cell.model, pad_fraction=cell.pad_fraction, compile=cell.compile, checkpointing=False,
     )
     rec.update({k: v for k, v in result.items() if not k.startswith("_")})
     if rec.get("status") is None:

@@ -46,7 +46,7 @@ CELL_COLUMNS = [
     "mem_peak_bytes", "mem_abs_peak_bytes", "mem_method", "mem_tensor_peak_bytes", "mem_disagree",
     "mem_predicted_bytes", "flops_analytic", "flops_counted", "flops_disagree", "params",
     "compute_dtype", "sdpa_backend", "checkpointing", "threads", "started_at", "wall_s", "cpu_heap",
-    "time_block", "pad_fraction",
+    "time_block", "pad_fraction", "compile",
 ]
 FIT_COLUMNS = ["run_id", "label", "mixer", "scope", "mode", "metric", "k", "k_lo", "k_hi", "model",
                "lengths", "declared", "flagged"]
@@ -67,11 +67,12 @@ _NUMERIC_FIDELITY = ["T", "batch", "dim", "heads", "rel_error", "rel_error_std",
 _NUMERIC_FIT = ["k", "k_lo", "k_hi", "declared"]
 
 # What makes two cells "the same measurement" across runs (devices differ by design).
-CELL_IDENTITY = ["label", "scope", "mode", "T", "batch", "dim", "heads", "depth", "dtype", "causal", "pad_fraction"]
+CELL_IDENTITY = ["label", "scope", "mode", "T", "batch", "dim", "heads", "depth", "dtype", "causal", "pad_fraction",
+                 "compile"]
 # A series: the cells of one measurement that differ only in T (the profiler's OOM frontier and
 # memory extrapolation, its fit records and the report's fits all group by this).
 SERIES_KEYS = ("label", "scope", "mode", "batch", "dim", "heads", "depth", "dtype", "device", "causal", "model",
-               "pad_fraction")
+               "pad_fraction", "compile")
 
 
 def series_id(cell: Any) -> tuple:
@@ -82,6 +83,8 @@ def series_id(cell: Any) -> tuple:
         v = get(key)
         if key == "pad_fraction":
             v = float(v or 0.0)  # records older than the field had no padding
+        elif key == "compile":
+            v = v or None  # eager: null or absent
         elif isinstance(v, (dict, list)):
             v = json.dumps(v, sort_keys=True)
         out.append(v)
@@ -249,6 +252,7 @@ def read_profile(path: str | Path, name: str | None = None) -> Profile:
     if not cells.empty:
         cells["label"] = cells["label"].fillna(cells["mixer"])
         cells["pad_fraction"] = cells["pad_fraction"].fillna(0.0)  # records older than the field
+        cells["compile"] = cells["compile"].fillna("")  # eager; "inductor" etc. when compiled
         env_ids = _env_ids(headers)
         cells["env_id"] = cells["run_id"].map(lambda run_id: env_ids.get(run_id, "? | torch ?"))
         ident = cells["key"].map(_text).where(cells["key"].notna(), join_columns(cells, CELL_IDENTITY + ["device"]))

@@ -36,9 +36,9 @@ __all__ = [
 
 # Cells are comparable (one table, one figure, ratios) only within one of these groups.
 GROUP_COLUMNS = ["env_id", "scope", "mode", "batch", "dim", "heads", "depth", "dtype", "device", "causal",
-                 "pad_fraction"]
+                 "pad_fraction", "compile"]
 # Across runs (other machines), the same measurement: the group without its environment.
-SHAPE_COLUMNS = ["scope", "mode", "batch", "dim", "heads", "depth", "dtype", "causal", "pad_fraction"]
+SHAPE_COLUMNS = ["scope", "mode", "batch", "dim", "heads", "depth", "dtype", "causal", "pad_fraction", "compile"]
 
 
 @dataclass(frozen=True)
@@ -139,6 +139,8 @@ def group_title(group: dict[str, Any], with_env: bool = False) -> str:
         parts.append("causal")
     if group.get("pad_fraction"):
         parts.append(f"last {float(group['pad_fraction']):.0%} padded (masked)")
+    if group.get("compile"):
+        parts.append(f"torch.compile ({group['compile']})")
     if with_env and group.get("env_id"):
         parts.append(str(group["env_id"]))
     return " · ".join(parts)
@@ -161,6 +163,8 @@ def group_slug(group: dict[str, Any]) -> str:
         parts.append("causal")
     if group.get("pad_fraction"):
         parts.append(f"pad{round(100 * float(group['pad_fraction']))}")
+    if group.get("compile"):
+        parts.append(f"compile_{group['compile']}")
     slug = "-".join(str(p) for p in parts)
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in slug)
 

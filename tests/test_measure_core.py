@@ -282,3 +282,42 @@ def test_report_reads_killed_cells_and_shows_padding_in_headings(tmp_path):
     titles = sorted(group_title(g) for g, _ in group_cells(cells))
     assert len(titles) == 2 and any("last 25% padded (masked)" in t for t in titles)
     assert not any("padded" in t for t in titles if "25%" not in t)
+
+
+# --------------------------------------------------------------------------- torch.compile
+def test_compiled_cells_record_compile_time_apart(tmp_path):
+    from profiler.records import read_records
+    from profiler.sweep import run_profile
+
+    out = tmp_path / "c.jsonl"
+    run_profile(mixers="softmax", lengths="32", modes="forward,train", dim=16, heads=2, device="cpu",
+                compile="aot_eager", out=out, isolate=False, time_budget=0.02, threads=1, progress=False)
+    cells = [r for r in read_records(out) if r["kind"] == "cell"]
+    assert [c["status"] for c in cells] == ["ok", "ok"], [c["reason"] for c in cells]
+    for c in cells:
+        assert c["compile"] == "aot_eager" and c["compile_s"] > 0 and c["recompiles"] == 0
+        assert c["flops_counted"] > 0 and c["mem_predicted_bytes"] > 0  # from the eager step's fake pass
+    with pytest.raises(ZooValueError, match="compile: expected a torch.compile backend"):
+        plan_profile(mixers="softmax", lengths="16", compile="turbo", device="cpu", out="x.jsonl")
+
+
+def build_growing_input(cell: Cell, device, dtype) -> Step:
+    """A compiled step whose input changes shape on every call: dynamo recompiles."""
+    from profiler.builders import compiled
+
+    sizes = iter(range(4, 10_000))
+    fn = compiled(lambda x: (x * 2).sum(), cell)
+    return Step(lambda: fn(torch.ones(next(sizes))))
+
+
+def test_recompilation_during_timing_is_recorded():
+    import torch._dynamo
+
+    from profiler.cell import measure_cell
+
+    torch._dynamo.reset()
+    cell = Cell(label="g", mixer="dummy", overrides={}, config={}, scope="mixer", mode="forward", T=8, batch=1, dim=8,
+                heads=1, depth=None, dtype="fp32", device="cpu", compile="eager")
+    result = measure_cell(cell, {"builder": f"{HERE}:build_growing_input", "predict": False, "threads": 1,
+                                 "time_budget_s": 0.02})
+    assert result["status"] == "ok" and result["recompiles"] >= 1
