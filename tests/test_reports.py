@@ -385,6 +385,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     result = subprocess.run(
         ["bash", str(ROOT / "scripts" / "check_report_render.sh"), str(report.out_dir / "report.html"), str(shot)],
         capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHON": sys.executable},  # this interpreter, not a .venv a worktree may lack
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert shot.stat().st_size > 10_000 and "3 images, none broken" in result.stdout
