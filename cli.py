@@ -185,6 +185,12 @@ def profile_cmd(
     dtype: str = typer.Option("fp32", help="fp32 | bf16 | fp16 | fp64"),
     device: str = typer.Option("auto", help="auto | cpu | cuda[:i]"),
     causal: bool = typer.Option(False, "--causal", help="causal mixing (mixers without a causal variant: n/a)"),
+    pad_fraction: float = typer.Option(
+        0.0, "--pad-fraction", help="the last F of every sequence is padding and the mixer gets the mask [default: 0]"
+    ),
+    compile: bool = typer.Option(
+        False, "--compile", help="run each step under torch.compile (inductor); compile time recorded apart"
+    ),
     out: Path = typer.Option(Path("runs") / "profile.jsonl", "--out", help="JSONL file of records"),
     resume: bool = typer.Option(False, "--resume", help="run only the cells missing from --out"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it holds records"),
@@ -204,7 +210,8 @@ def profile_cmd(
 
     path = run_profile(
         mixers=mixers, lengths=lengths, modes=mode, scope=scope, preset=preset, batch=batch, dim=dim, heads=heads,
-        depth=depth, dtype=dtype, device=device, causal=causal, out=out, resume=resume, overwrite=overwrite,
+        depth=depth, dtype=dtype, device=device, causal=causal, pad_fraction=pad_fraction, compile=compile, out=out,
+        resume=resume, overwrite=overwrite,
         isolate=isolate, timeout=timeout, memory_budget=memory_budget, baseline=baseline, threads=threads,
         time_budget=time_budget, cpu_heap=cpu_heap, progress=not quiet, command=[Path(sys.argv[0]).name, *sys.argv[1:]],
     )

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import contention_stats as stats  # noqa: E402
-from benchmarks.harness import save_results  # noqa: E402
+from profiler.compare import save_results  # noqa: E402
 from profiler.contention import auto_threads, usable_cores  # noqa: E402
 
 DEFAULT_MIXERS = "softmax,ponet,fnet,longformer,skeinformer,transnormer"

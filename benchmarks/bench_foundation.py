@@ -35,51 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from benchmarks.harness import Case, compare, print_results, ratio, save_results  # noqa: E402
+from profiler.compare import Case, check_targets, compare, module_step, print_results, random_input, ratio, save_results  # noqa: E402
 
 SCRIPT = "benchmarks/bench_foundation.py"
 PONET_CODE = Path("examples") / "LRA" / "code"
 
 
 # --- shared ------------------------------------------------------------------------------------
-
-
-def _closure(mode: str, module: torch.nn.Module, call, x: torch.Tensor):
-    """A zero-arg callable: one forward under no_grad, or one forward + backward."""
-    if mode == "forward":
-        module.eval()
-
-        def run_forward():
-            with torch.no_grad():
-                return call(x)
-
-        return run_forward
-    if mode != "train":
-        raise ValueError(f"mode: expected 'forward' or 'train', got {mode!r}")
-    module.train()
-    x = x.detach().requires_grad_(True)
-    params = [p for p in module.parameters() if p.requires_grad]
-    grad_out = None
-
-    def run_train():
-        nonlocal grad_out
-        for p in params:
-            p.grad = None
-        x.grad = None
-        y = call(x)
-        if grad_out is None:
-            grad_out = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
-        y.backward(grad_out)
-        return y
-
-    return run_train
-
-
-def _input(B: int, T: int, D: int) -> torch.Tensor:
-    return torch.randn(B, T, D, generator=torch.Generator().manual_seed(0))
-
-
-# --- PoNet -------------------------------------------------------------------------------------
 
 
 def load_reference_ponet(repo: str):
@@ -138,14 +100,14 @@ def build_zoo_ponet(mode, T=16384, D=256, heads=4, B=1, num_segments=64, faithfu
     torch.manual_seed(0)
     m = make_zoo_ponet(D, heads, num_segments, faithful)
     mask = torch.ones(B, T, dtype=torch.bool)
-    return _closure(mode, m, lambda x: m(x, mask), _input(B, T, D))
+    return module_step(mode, m, lambda x: m(x, mask), random_input(B, T, D))
 
 
 def build_ref_ponet(mode, T=16384, D=256, heads=4, B=1, num_segments=64, repo=""):
     torch.manual_seed(0)
     m = make_reference_ponet(repo, D, heads, num_segments)
     mask = torch.ones(B, T)  # the LRA code's float keep-mask
-    return _closure(mode, m, lambda x: m(x, mask), _input(B, T, D))
+    return module_step(mode, m, lambda x: m(x, mask), random_input(B, T, D))
 
 
 def check_ponet_against_reference(repo: str, T: int = 300, D: int = 32, heads: int = 4, S: int = 8) -> float:
@@ -172,7 +134,7 @@ def build_zoo_fnet(mode, T=16384, D=256, B=1):
     from zoo import create_mixer
 
     m = create_mixer("fnet", dim=D, heads=4)
-    return _closure(mode, m, lambda x: m(x), _input(B, T, D))
+    return module_step(mode, m, lambda x: m(x), random_input(B, T, D))
 
 
 def make_hf_fnet(D: int):
@@ -184,7 +146,7 @@ def make_hf_fnet(D: int):
 
 def build_hf_fnet(mode, T=16384, D=256, B=1):
     m = make_hf_fnet(D)
-    return _closure(mode, m, lambda x: m(x)[0], _input(B, T, D))
+    return module_step(mode, m, lambda x: m(x)[0], random_input(B, T, D))
 
 
 def check_fnet_against_transformers(T: int = 96, D: int = 32) -> float:
@@ -203,7 +165,7 @@ def build_zoo_softmax(mode, T=16384, D=256, heads=4, B=1):
 
     torch.manual_seed(0)
     m = create_mixer("softmax", dim=D, heads=heads, impl="sdpa")
-    return _closure(mode, m, lambda x: m(x), _input(B, T, D))
+    return module_step(mode, m, lambda x: m(x), random_input(B, T, D))
 
 
 def build_bare_sdpa(mode, T=16384, D=256, heads=4, B=1):
@@ -222,10 +184,59 @@ def build_bare_sdpa(mode, T=16384, D=256, heads=4, B=1):
         o = F.scaled_dot_product_attention(q, k, v)  # (B, H, T, P)
         return m.out_proj(o.transpose(1, 2).reshape(Bx, Tx, D))  # (B, T, D)
 
-    return _closure(mode, m, bare, _input(B, T, D))
+    return module_step(mode, m, bare, random_input(B, T, D))
 
 
 # --- main --------------------------------------------------------------------------------------
+
+
+def _ponet_part(args, shape: dict, run: dict):
+    cases = [
+        Case("zoo ponet", f"{SCRIPT}:build_zoo_ponet", {**shape, "heads": args.heads}),
+        Case("zoo ponet faithful", f"{SCRIPT}:build_zoo_ponet", {**shape, "heads": args.heads, "faithful": True}),
+    ]
+    baseline = None
+    repo = args.ponet_repo
+    if repo and (Path(repo) / PONET_CODE / "attention.py").is_file():
+        err = check_ponet_against_reference(repo)
+        print(f"ponet: zoo (faithful segments) vs reference on the same weights: max |diff| = {err:.2e}")
+        if err > 1e-4:
+            print("ponet: the reference disagrees with the zoo; timings would compare different things")
+            return None
+        baseline = "paper ponet (LRA code)"
+        cases.append(Case(baseline, f"{SCRIPT}:build_ref_ponet", {**shape, "heads": args.heads, "repo": str(Path(repo).resolve())}))
+    else:
+        print(f"ponet: paper code skipped: --ponet-repo {repo!r} has no {PONET_CODE / 'attention.py'} "
+              "(fetch lxchtan/PoNet and pass its path)")
+    results = compare(cases, **run)
+    print_results(results, baseline)
+    return results, ([("zoo ponet", baseline), ("zoo ponet faithful", baseline)] if baseline else [])
+
+
+def _fnet_part(args, shape: dict, run: dict):
+    try:
+        err = check_fnet_against_transformers()
+    except ImportError as exc:
+        print(f"fnet: transformers not importable ({exc}); timing the zoo only")
+        cases, baseline = [Case("zoo fnet", f"{SCRIPT}:build_zoo_fnet", shape)], None
+    else:
+        print(f"fnet: zoo vs transformers FNetBasicFourierTransform: max |diff| = {err:.2e}")
+        baseline = "transformers FNetBasicFourierTransform"
+        cases = [Case("zoo fnet", f"{SCRIPT}:build_zoo_fnet", shape), Case(baseline, f"{SCRIPT}:build_hf_fnet", shape)]
+    results = compare(cases, **run)
+    print_results(results, baseline)
+    return results, ([("zoo fnet", baseline)] if baseline else [])
+
+
+def _softmax_part(args, shape: dict, run: dict):
+    baseline = "bare F.sdpa + same projections"
+    cases = [
+        Case("zoo softmax sdpa", f"{SCRIPT}:build_zoo_softmax", {**shape, "heads": args.heads}),
+        Case(baseline, f"{SCRIPT}:build_bare_sdpa", {**shape, "heads": args.heads}),
+    ]
+    results = compare(cases, **run)
+    print_results(results, baseline)
+    return results, [("zoo softmax sdpa", baseline)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,71 +264,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f"T={args.T} D={args.D} heads={args.heads} B=1 fp32 CPU, torch {torch.__version__}, threads={args.threads or torch.get_num_threads()}")
     all_results, targets = [], []
 
-    if "ponet" in only:
-        cases = [
-            Case("zoo ponet", f"{SCRIPT}:build_zoo_ponet", {**shape, "heads": args.heads}),
-            Case("zoo ponet faithful", f"{SCRIPT}:build_zoo_ponet", {**shape, "heads": args.heads, "faithful": True}),
-        ]
-        baseline = None
-        repo = args.ponet_repo
-        if repo and (Path(repo) / PONET_CODE / "attention.py").is_file():
-            err = check_ponet_against_reference(repo)
-            print(f"ponet: zoo (faithful segments) vs reference on the same weights: max |diff| = {err:.2e}")
-            if err > 1e-4:
-                print("ponet: the reference disagrees with the zoo; timings would compare different things")
+    for name, part in (("ponet", _ponet_part), ("fnet", _fnet_part), ("softmax", _softmax_part)):
+        if name in only:
+            got = part(args, shape, run)
+            if got is None:  # the peer disagrees with the zoo: timings would compare different things
                 return 1
-            baseline = "paper ponet (LRA code)"
-            cases.append(Case(baseline, f"{SCRIPT}:build_ref_ponet", {**shape, "heads": args.heads, "repo": str(Path(repo).resolve())}))
-        else:
-            print(f"ponet: paper code skipped: --ponet-repo {repo!r} has no {PONET_CODE / 'attention.py'} "
-                  "(fetch lxchtan/PoNet and pass its path)")
-        results = compare(cases, **run)
-        print_results(results, baseline)
-        all_results += results
-        if baseline:
-            targets += [("zoo ponet", baseline), ("zoo ponet faithful", baseline)]
-
-    if "fnet" in only:
-        try:
-            err = check_fnet_against_transformers()
-        except ImportError as exc:
-            print(f"fnet: transformers not importable ({exc}); timing the zoo only")
-            cases, baseline = [Case("zoo fnet", f"{SCRIPT}:build_zoo_fnet", shape)], None
-        else:
-            print(f"fnet: zoo vs transformers FNetBasicFourierTransform: max |diff| = {err:.2e}")
-            baseline = "transformers FNetBasicFourierTransform"
-            cases = [
-                Case("zoo fnet", f"{SCRIPT}:build_zoo_fnet", shape),
-                Case(baseline, f"{SCRIPT}:build_hf_fnet", shape),
-            ]
-        results = compare(cases, **run)
-        print_results(results, baseline)
-        all_results += results
-        if baseline:
-            targets.append(("zoo fnet", baseline))
-
-    if "softmax" in only:
-        baseline = "bare F.sdpa + same projections"
-        cases = [
-            Case("zoo softmax sdpa", f"{SCRIPT}:build_zoo_softmax", {**shape, "heads": args.heads}),
-            Case(baseline, f"{SCRIPT}:build_bare_sdpa", {**shape, "heads": args.heads}),
-        ]
-        results = compare(cases, **run)
-        print_results(results, baseline)
-        all_results += results
-        targets.append(("zoo softmax sdpa", baseline))
+            results, new_targets = got
+            all_results += results
+            targets += new_targets
 
     print("\nratios (zoo / peer; time = median of per-round ratios; target: ponet, fnet <= 1, softmax <= 1.05)")
+    checks = []
     for zoo_case, peer in targets:
+        limit = 1.05 if "softmax" in zoo_case else 1.0
         for mode in modes:
             t = ratio(all_results, zoo_case, peer, mode, "time")
             m = ratio(all_results, zoo_case, peer, mode, "memory")
-            mem = f"{m:.3f}" if m else "-"
-            print(f"  {zoo_case:22s} / {peer:38s} {mode:8s} time {t:.3f}  peak memory {mem}")
+            checks.append((f"{zoo_case} / {peer} {mode} time", t, limit))
+            if "ponet" in zoo_case and args.memory:  # "no more peak memory than the paper's"
+                checks.append((f"{zoo_case} / {peer} {mode} peak memory", m, 1.0))
     name = "bench_foundation" if only == {"ponet", "fnet", "softmax"} else "bench_foundation_" + "_".join(sorted(only))
     path = save_results(all_results, f"{name}_T{args.T}")
     print(f"wrote {path}")
-    return 0
+    return check_targets(checks)
 
 
 if __name__ == "__main__":

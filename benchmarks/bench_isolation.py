@@ -26,14 +26,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.harness import save_results  # noqa: E402
+from profiler.compare import save_results  # noqa: E402
 
 TARGET = 0.15
 
 
 def _plan(args):
     from profiler.cases import PRESETS, parse_lengths, parse_mixers, parse_modes, plan_cells
-    from profiler.runner import default_memory_budget
+    from profiler.settings import default_memory_budget
 
     p = PRESETS["default"]
     choices = parse_mixers(args.mixers)
@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from profiler.runner import DEFAULT_TIMEOUT, InProcessExecutor, ZygoteExecutor
+    from profiler.executors import InProcessExecutor, ZygoteExecutor
+    from profiler.settings import DEFAULT_TIMEOUT
     from zoo.errors import ZooError
 
     try:

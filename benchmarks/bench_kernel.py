@@ -22,33 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.harness import Case, compare, fit_exponent, print_results, ratio, save_results  # noqa: E402
+from profiler.compare import Case, compare, fit_exponent, print_results, ratio, save_results, module_step  # noqa: E402
 
 SCRIPT = "benchmarks/bench_kernel.py"
 D, H = 256, 4
 TARGET_EXPONENT = 1.15
-
-
-def _closure(module, x, mode: str, call):
-    import torch
-
-    if mode == "forward":
-
-        def run_forward():
-            with torch.no_grad():
-                return call(x)
-
-        return run_forward
-    x = x.detach().requires_grad_()
-
-    def run_train():
-        call(x).sum().backward()
-        # Drop the gradients at the end, not the start: nothing of this step outlives it, so the
-        # memory probe's baseline after the warm-up call holds no step-sized leftovers.
-        module.zero_grad(set_to_none=True)
-        x.grad = None
-
-    return run_train
 
 
 def build_zoo(mode: str, name: str, T: int, causal: bool = False, **overrides):
@@ -60,7 +38,7 @@ def build_zoo(mode: str, name: str, T: int, causal: bool = False, **overrides):
     torch.manual_seed(0)
     m = create_mixer(name, dim=D, heads=H, **overrides).train(mode == "train")
     x = torch.randn(1, T, D)
-    return _closure(m, x, mode, lambda inp: m(inp, causal=causal))
+    return module_step(mode, m, lambda inp: m(inp, causal=causal), x)
 
 
 def build_ponet_nystrom(mode: str, repo: str, T: int, landmarks: int = 64, conv: int = 35):
@@ -90,17 +68,17 @@ def build_ponet_nystrom(mode: str, repo: str, T: int, landmarks: int = 64, conv:
     m = Attention(config).train(mode == "train")
     x = torch.randn(1, T, D)
     mask = torch.ones(1, T)  # the LRA code's float keep-mask
-    return _closure(m, x, mode, lambda inp: m(inp, mask))
+    return module_step(mode, m, lambda inp: m(inp, mask), x)
 
 
 def ponet_available(repo: str | None) -> bool:
     return bool(repo) and (Path(repo) / "examples" / "LRA" / "code" / "attention_nystrom.py").is_file()
 
 
-def run_compare(repo: str | None, T: int, reps: int, threads: int | None) -> list[dict]:
+def run_compare(repo: str | None, T: int, reps: int, threads: int | None) -> tuple[list[dict], bool]:
     if not ponet_available(repo):
         print(f"skipping the PoNet comparison: no examples/LRA/code/attention_nystrom.py under --ponet-repo {repo!r}")
-        return []
+        return [], True
     cases = [
         Case("zoo nystrom", f"{SCRIPT}:build_zoo", {"name": "nystrom", "T": T}),
         Case("ponet-lra nystrom", f"{SCRIPT}:build_ponet_nystrom", {"repo": str(repo), "T": T}),
@@ -108,12 +86,14 @@ def run_compare(repo: str | None, T: int, reps: int, threads: int | None) -> lis
     results = compare(cases, modes=("forward", "train"), reps=reps, threads=threads)
     print(f"\n== nystrom vs PoNet LRA Nyström, T={T}, D={D}, H={H}, B=1, fp32, 64 landmarks, conv 35 ==")
     print_results(results, baseline="ponet-lra nystrom")
+    ok = True
     for mode in ("forward", "train"):
         t = ratio(results, "zoo nystrom", "ponet-lra nystrom", mode, "time")
         mem = ratio(results, "zoo nystrom", "ponet-lra nystrom", mode, "memory")
         verdict = "OK" if t is not None and t <= 1.0 else "MISSED"
+        ok &= verdict == "OK"
         print(f"{mode:8s} time zoo/ponet = {t:.3f} (target <= 1.0: {verdict}); memory zoo/ponet = {mem}")
-    return results
+    return results, ok
 
 
 SCALING = [
@@ -149,7 +129,7 @@ def run_scaling(lengths: list[int], reps: int, threads: int | None) -> tuple[lis
     return results, fits
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--part", choices=("all", "compare", "scaling"), default="all")
     p.add_argument("--ponet-repo", default=None, help="path to a checkout of lxchtan/PoNet")
@@ -159,13 +139,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
     out: dict = {"config": vars(args)}
+    ok = True
     if args.part in ("all", "compare"):
-        out["compare"] = run_compare(args.ponet_repo, args.T, args.reps, args.threads)
+        out["compare"], ok = run_compare(args.ponet_repo, args.T, args.reps, args.threads)
     if args.part in ("all", "scaling"):
         out["scaling"], out["fits"] = run_scaling(args.lengths, args.reps, args.threads)
+        ok &= all(f["ok"] for f in out["fits"])
     path = save_results([out], "bench_kernel" if args.part == "all" else f"bench_kernel_{args.part}")
-    print(f"\nwrote {path}")
+    print(f"\nwrote {path}; {'every target met' if ok else 'a target was MISSED'}")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -17,7 +17,7 @@
 
 Prints the tables, ratios, exponents and PASS/FAIL lines, and writes ``bench-out/bench_linear.json``.
 Threads default to 1: on a shared machine one thread per process gives stable ratios. The
-peak-memory subprocesses run in the harness's tracking heap (``benchmarks/harness.py``). The
+peak-memory subprocesses run in the tracking heap (``profiler/compare.py``). The
 comparison with the paper is timed twice in the run: under glibc's heap as it is, where the target
 is judged (what a user of either codebase gets), and under the caching heap (no page faults), printed
 beside it. Measured on 2 cores: the zoo is 1.7x (forward) and 2x (train) faster under glibc's heap and
@@ -38,47 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from benchmarks.harness import Case, compare, fit_exponent, print_results, ratio, save_results  # noqa: E402
+from profiler.compare import Case, compare, fit_exponent, print_results, ratio, save_results, module_step, random_input  # noqa: E402
 
 SCRIPT = "benchmarks/bench_linear.py"
-
-
-def _closure(mode: str, module: torch.nn.Module, call, x: torch.Tensor):
-    """A zero-arg callable: one forward under no_grad, or one forward + backward."""
-    if mode == "forward":
-        module.eval()
-
-        def run_forward():
-            with torch.no_grad():
-                return call(x)
-
-        return run_forward
-    if mode != "train":
-        raise ValueError(f"mode: expected 'forward' or 'train', got {mode!r}")
-    module.train()
-    x = x.detach().requires_grad_(True)
-    params = [p for p in module.parameters() if p.requires_grad]
-    grad_out = None
-
-    def run_train():
-        nonlocal grad_out
-        for p in params:
-            p.grad = None
-        x.grad = None
-        y = call(x)
-        if grad_out is None:
-            grad_out = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
-        y.backward(grad_out)
-        return y
-
-    return run_train
-
-
-def _input(B: int, T: int, D: int) -> torch.Tensor:
-    return torch.randn(B, T, D, generator=torch.Generator().manual_seed(0))
-
-
-# --- builders (module-level: the memory subprocess re-creates them by name) --------------------
 
 
 def build_zoo(mode, name="skeinformer", T=16384, D=256, heads=4, B=1, causal=False, masked=False, **config):
@@ -87,7 +49,7 @@ def build_zoo(mode, name="skeinformer", T=16384, D=256, heads=4, B=1, causal=Fal
     torch.manual_seed(0)
     m = create_mixer(name, dim=D, heads=heads, **config)
     mask = torch.ones(B, T, dtype=torch.bool) if masked else None
-    return _closure(mode, m, lambda x: m(x, mask, causal=causal), _input(B, T, D))
+    return module_step(mode, m, lambda x: m(x, mask, causal=causal), random_input(B, T, D))
 
 
 def load_reference_skein(repo: str):
@@ -127,7 +89,7 @@ def build_ref_skein(mode, repo, T=16384, D=256, heads=4, B=1, nb_features=256):
     torch.manual_seed(0)
     m = make_reference_skein(repo, T, D, heads, nb_features)
     mask = torch.ones(B, T)  # float keep-mask, as the LRA code passes it
-    return _closure(mode, m, lambda x: m(x, mask), _input(B, T, D))
+    return module_step(mode, m, lambda x: m(x, mask), random_input(B, T, D))
 
 
 def check_against_reference(repo: str, T: int = 64, D: int = 32, heads: int = 2) -> float:
@@ -143,7 +105,7 @@ def check_against_reference(repo: str, T: int = 64, D: int = 32, heads: int = 2)
         for dst, src in [(ref.W_q, zoo.q_proj), (ref.W_k, zoo.k_proj), (ref.W_v, zoo.v_proj), (ref.ff, zoo.out_proj)]:
             dst.weight.copy_(src.weight)
             dst.bias.copy_(src.bias)
-        x = _input(1, T, D)
+        x = random_input(1, T, D)
         y_ref, y_zoo = ref(x, torch.ones(1, T)), zoo(x)
     return float((y_ref - y_zoo).norm() / y_zoo.norm())
 
@@ -223,7 +185,7 @@ def run_scaling(args, report: dict) -> list[dict]:
     return all_results
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--skein-repo", default="/tmp/refs/Skeinformer", help="checkout of pkuzengqi/Skeinformer")
     parser.add_argument("--only", choices=("paper", "scaling"), default=None, help="run one part only")
@@ -244,7 +206,8 @@ def main() -> None:
     path = save_results(results + [{"summary": report}], "bench_linear")
     failed = [k for k, v in report.items() if not v["pass"]]
     print(f"\nwrote {path}; {len(report) - len(failed)}/{len(report)} targets met" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -16,7 +16,7 @@ of `longformer` and `bigbird`.
     python benchmarks/bench_local.py --part scaling --lengths 1024 2048    # smoke run
 
 The transformers peer is skipped with a message when the package is not installed. The CPU heap
-is the harness's (``benchmarks/harness.py``: caching for timing, tracking for the memory
+is the profiler's (``profiler/compare.py``: caching for timing, tracking for the memory
 subprocesses); ``ZOO_BENCH_HEAP=system`` times under glibc's default dynamic mmap threshold, under
 which BigBird's gathered key blocks (32 MiB at T = 4k) are recycled at 4k and page-fault on every
 call at 16k, bending the time curve (exponent ~1.25).
@@ -31,36 +31,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.harness import Case, compare, fit_exponent, print_results, ratio, save_results  # noqa: E402
+from profiler.compare import Case, compare, fit_exponent, print_results, ratio, save_results, module_step  # noqa: E402
 
 SCALING_MIXERS = ("longformer", "bigbird")
 SPEEDUP_TARGET = 1.5
 EXPONENT_TARGET = 1.15
 ZOO_CASE = "zoo longformer"
 HF_CASE = "transformers LongformerSelfAttention"
-
-
-def _closure(mode: str, module, x, call):
-    """forward under no_grad, or forward + backward of mean(y^2) with x requiring grad."""
-    import torch
-
-    if mode == "forward":
-        module.eval()
-
-        def run():
-            with torch.no_grad():
-                return call(x)
-
-        return run
-    module.train()
-    x.requires_grad_(True)
-
-    def step():
-        module.zero_grad(set_to_none=True)
-        x.grad = None
-        call(x).square().mean().backward()
-
-    return step
 
 
 def build_zoo(mode: str, name: str, T: int, dim: int = 256, heads: int = 4, batch: int = 1, **overrides):
@@ -72,7 +49,7 @@ def build_zoo(mode: str, name: str, T: int, dim: int = 256, heads: int = 4, batc
     torch.manual_seed(0)
     mixer = create_mixer(name, dim=dim, heads=heads, **overrides)
     x = torch.randn(batch, T, dim)
-    return _closure(mode, mixer, x, mixer)
+    return module_step(mode, mixer, mixer, x)
 
 
 def build_hf_longformer(mode: str, T: int, window: int = 256, dim: int = 256, heads: int = 4, batch: int = 1):
@@ -106,7 +83,7 @@ def build_hf_longformer(mode: str, T: int, window: int = 256, dim: int = 256, he
         )[0]  # (B, T, D)
         return module["out"](h)
 
-    return _closure(mode, module, x, call)
+    return module_step(mode, module, call, x)
 
 
 def run_peer(args) -> tuple[list[dict], list[dict], bool]:

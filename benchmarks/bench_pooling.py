@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.harness import Case, compare, fit_exponent, print_results, save_results  # noqa: E402
+from profiler.compare import Case, compare, fit_exponent, module_step, print_results, save_results  # noqa: E402
 
 MIXERS = ("poolingformer", "pyramidion", "pyramidion_block")
 TARGET = 1.15
@@ -31,25 +31,7 @@ def build_zoo(mode: str, name: str, T: int, dim: int = 256, heads: int = 4, batc
 
     torch.manual_seed(0)
     mixer = create_mixer(name, dim=dim, heads=heads, **overrides)
-    x = torch.randn(batch, T, dim)
-    if mode == "forward":
-        mixer.eval()
-
-        def run():
-            with torch.no_grad():
-                return mixer(x)
-
-        return run
-    mixer.train()
-    x.requires_grad_(True)
-
-    def step():
-        mixer.zero_grad(set_to_none=True)
-        x.grad = None
-        y = mixer(x)
-        y.square().mean().backward()
-
-    return step
+    return module_step(mode, mixer, mixer, torch.randn(batch, T, dim))
 
 
 def main(argv: list[str] | None = None) -> int:

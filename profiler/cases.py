@@ -1,4 +1,5 @@
-"""The cell grid of a sweep: length and size parsers, mixer labels, presets and :class:`Cell`.
+"""The cell grid of a sweep: mixer labels, modes, dtypes and :class:`Cell` (length and size parsers
+in ``profiler/lengths.py``, presets in ``profiler/presets.py``, both re-exported here).
 
 A *cell* is one measurement: (mixer + its config overrides, T, batch, dim, heads, dtype, device,
 mode, scope). Everything here is pure Python over the registry's specs and configs; nothing
@@ -21,11 +22,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from profiler.lengths import parse_lengths, parse_size
+from profiler.presets import PRESETS
 from zoo.errors import ZooValueError
 
 __all__ = [
@@ -58,110 +60,6 @@ DTYPES = {
     "float64": "float64",
 }
 _CANONICAL_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
-_SUFFIX = {"": 1, "k": 1024, "m": 1024**2}
-_NUMBER = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*$")
-_MAX_CELLS_PER_RANGE = 10_000
-
-
-# --------------------------------------------------------------------------- lengths and sizes
-def _parse_count(text: str, what: str, whole: str) -> int:
-    m = _NUMBER.match(text)
-    if not m:
-        raise ZooValueError(
-            f"lengths: expected a length like 512, 4k or 1.5k in {whole!r}, got {text.strip()!r}"
-        )
-    value = float(m.group(1)) * _SUFFIX[m.group(2).lower()]
-    if value != int(value):
-        raise ZooValueError(f"lengths: expected a whole number of tokens in {whole!r}, got {text.strip()!r} = {value:g}")
-    if value < 1:
-        raise ZooValueError(f"lengths: expected lengths >= 1 in {whole!r}, got {text.strip()!r}")
-    return int(value)
-
-
-def _parse_range(item: str, whole: str) -> list[int]:
-    body, _, step = item.partition(":")
-    lo_text, _, hi_text = body.partition("..")
-    lo = _parse_count(lo_text, "start", whole)
-    hi = _parse_count(hi_text, "end", whole)
-    if hi < lo:
-        raise ZooValueError(f"lengths: expected start <= end in {item.strip()!r}, got {lo} > {hi}")
-    step = step.strip()
-    out: list[int] = []
-    if not step or step.lower().startswith("x"):
-        factor = 2.0
-        if step:
-            try:
-                factor = float(step[1:])
-            except ValueError:
-                raise ZooValueError(
-                    f"lengths: expected a step like x2 or x1.5 after ':' in {item.strip()!r}, got {step!r}"
-                ) from None
-            if not factor > 1.0 or math.isinf(factor):
-                raise ZooValueError(f"lengths: expected a factor > 1 in {item.strip()!r}, got {step!r}")
-        i = 0
-        while True:
-            value = int(round(lo * factor**i))
-            if value > hi * (1 + 1e-9):
-                break
-            if not out or value != out[-1]:
-                out.append(value)
-            i += 1
-            if len(out) > _MAX_CELLS_PER_RANGE:
-                raise ZooValueError(f"lengths: {item.strip()!r} expands to more than {_MAX_CELLS_PER_RANGE} lengths")
-    elif step.startswith("+"):
-        inc = _parse_count(step[1:], "step", whole)
-        if (hi - lo) // inc + 1 > _MAX_CELLS_PER_RANGE:
-            raise ZooValueError(f"lengths: {item.strip()!r} expands to more than {_MAX_CELLS_PER_RANGE} lengths")
-        out = list(range(lo, hi + 1, inc))
-    else:
-        raise ZooValueError(
-            f"lengths: expected a step like x2, x1.5 or +512 after ':' in {item.strip()!r}, got {step!r}"
-        )
-    return out
-
-
-def parse_lengths(text: str | Iterable[int]) -> list[int]:
-    """Sorted, de-duplicated sequence lengths from ``1k..16k``-style text (or ints, checked)."""
-    if not isinstance(text, str):
-        values = list(text)
-        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or v < 1]
-        if bad or not values:
-            raise ZooValueError(f"lengths: expected positive integers, got {values!r}")
-        return sorted(set(values))
-    if not text.strip():
-        raise ZooValueError("lengths: expected lengths like 1k..16k or 512,2048, got an empty string")
-    out: set[int] = set()
-    for item in text.split(","):
-        if not item.strip():
-            raise ZooValueError(f"lengths: expected a length between commas in {text!r}, got an empty item")
-        if ".." in item:
-            out.update(_parse_range(item, text))
-        elif ":" in item:
-            raise ZooValueError(f"lengths: a step (':') needs a range like 1k..16k:x2, got {item.strip()!r}")
-        else:
-            out.add(_parse_count(item, "length", text))
-    return sorted(out)
-
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
-
-
-def parse_size(text: str | int | float) -> int:
-    """Bytes from ``8g``, ``512MiB``, ``1.5GB`` (binary units) or a plain number of bytes."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        if text <= 0:
-            raise ZooValueError(f"memory budget: expected a positive size, got {text!r}")
-        return int(text)
-    m = _SIZE.match(str(text))
-    if not m:
-        raise ZooValueError(f"memory budget: expected a size like 8g, 512MiB or 1.5GB, got {text!r}")
-    scale = 1024 ** " kmgt".index((m.group(2) or " ").lower())
-    value = int(float(m.group(1)) * scale)
-    if value <= 0:
-        raise ZooValueError(f"memory budget: expected a positive size, got {text!r}")
-    return value
-
-
 def parse_modes(modes: str | Iterable[str]) -> tuple[str, ...]:
     items = [m.strip() for m in modes.split(",")] if isinstance(modes, str) else [str(m) for m in modes]
     out = []
@@ -363,6 +261,8 @@ class Cell:
     model: dict | None = None  # {"vocab", "classes", "ffn"} in model scope
     unsupported: str | None = None  # decided while planning (not registered, no causal variant)
     extra: dict = field(default_factory=dict)  # builder-specific data (tests), part of the key
+    pad_fraction: float = 0.0  # the last F of every sequence is padding (the mixer gets the mask)
+    compile: str | None = None  # torch.compile backend of the step ("inductor"), None = eager
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -380,6 +280,9 @@ class Cell:
             "causal": self.causal,
             "model": self.model,
             "extra": self.extra or None,
+            # only when set: cells without padding keep the keys of files written before it existed
+            **({"pad_fraction": self.pad_fraction} if self.pad_fraction else {}),
+            **({"compile": self.compile} if self.compile else {}),
         }
 
     @property
@@ -414,6 +317,8 @@ def plan_cells(
     device: str,
     causal: bool = False,
     model: dict | None = None,
+    pad_fraction: float = 0.0,
+    compile: str | None = None,
 ) -> list[Cell]:
     """The grid, lengths outermost and mixers interleaved within a length (drift hits all alike).
 
@@ -456,57 +361,8 @@ def plan_cells(
                         causal=causal,
                         model=model if scope == "model" else None,
                         unsupported=unsupported,
+                        pad_fraction=float(pad_fraction),
+                        compile=compile or None,
                     )
                 )
     return cells
-
-
-# --------------------------------------------------------------------------- presets
-# Values a preset sets; anything the caller passes explicitly wins. "mixers": None = all registered.
-PRESETS: dict[str, dict[str, Any]] = {
-    "default": {
-        "description": "all mixers, 1k..16k, forward and train, mixer scope, D=256, 4 heads, B=1",
-        "mixers": None,
-        "lengths": "1k..16k",
-        "modes": ("forward", "train"),
-        "scope": "mixer",
-        "batch": 1,
-        "dim": 256,
-        "heads": 4,
-        "time_budget": 2.0,
-    },
-    "quick": {
-        "description": "all mixers, 256..1k, forward and train, D=256, 1 thread, short timing (a minute or two)",
-        "mixers": None,
-        "lengths": "256..1k",
-        "modes": ("forward", "train"),
-        "scope": "mixer",
-        "batch": 1,
-        "dim": 256,
-        "heads": 4,
-        "time_budget": 0.25,
-        # one thread: a busy machine (or `zoo compare` next to other work) does not make OpenMP
-        # barriers spin, so the small cells' ratios stay meaningful
-        "threads": 1,
-    },
-    "ponet-table2": {
-        "description": (
-            "PoNet Table 2: the LRA text config of lxchtan/PoNet (2 layers, d=64, 2x32 heads, FFN 128, vocab 512, "
-            "learned positions, mean pooling, dropout 0.1, attention dropout 0.1, B=32), train steps, 512..16k"
-        ),
-        # the LRA code drops attention weights only in its softmax attention
-        "mixers": "softmax[impl=eager,attention_dropout=0.1],performer,nystrom,fnet,ponet",
-        "lengths": "512..16k",
-        "modes": ("train",),
-        "scope": "model",
-        "batch": 32,
-        "dim": 64,
-        "heads": 2,
-        "depth": 2,
-        "ffn": 128,
-        "vocab": 512,
-        "classes": 2,
-        "dropout": 0.1,  # lra_config.py "dropout_prob"; its "attention_dropout" 0.1 is softmax's field above
-        "time_budget": 2.0,
-    },
-}

@@ -32,9 +32,10 @@ from typing import Any, Callable, Sequence
 import torch
 
 from profiler.cases import canonical_dtype, format_label, parse_lengths
-from profiler.measure import classify_exception, torch_dtype
+from profiler.builders import torch_dtype
+from profiler.cell import classify_exception
 from profiler.records import SCHEMA, RecordWriter, check_writable, environment, now_iso
-from profiler.runner import resolve_device
+from profiler.settings import resolve_device
 from zoo.base import TokenMixer
 from zoo.errors import ZooError, ZooValueError
 from zoo.functional import merge_heads, sdpa_attention, split_heads
@@ -100,6 +101,10 @@ def fidelity_errors(
 
 class _NoProjections(Exception):
     pass
+
+
+class _Unsupported(Exception):
+    """A cell the spec or the config declares impossible (recorded as ``unsupported``)."""
 
 
 def _label(name: str, overrides: dict[str, Any]) -> str:
@@ -185,12 +190,12 @@ def _sweep(names, lengths, seeds, batch, dtype, device, causal, overrides, run_i
             if progress:
                 progress(f"{record['label']} T={T}")
             try:
-                if config_error is not None:
-                    raise config_error
+                if config_error is not None:  # the config refuses this cell (a length above its maximum)
+                    raise _Unsupported(str(config_error))
                 if causal and not spec.causal:
-                    raise ZooValueError(f"{name}: causal: expected False, this mixer has no causal variant")
+                    raise _Unsupported(f"{name}: causal: expected False, this mixer has no causal variant")
                 if spec.reduces_length:
-                    raise ZooValueError(f"{name}: fidelity: the output is shorter than the input (reduces_length)")
+                    raise _Unsupported(f"{name}: fidelity: the output is shorter than the input (reduces_length)")
                 errors, cosines = [], []
                 for seed in range(seeds):
                     torch.manual_seed(seed)  # the projections' initialisation
@@ -212,6 +217,8 @@ def _sweep(names, lengths, seeds, batch, dtype, device, causal, overrides, run_i
                 record.update(rel_error=mean, rel_error_std=std, cosine=sum(cosines) / len(cosines), n_seeds=len(errors))
             except _NoProjections as exc:
                 record.update(status="error", reason=str(exc))
+            except _Unsupported as exc:  # declared by the spec or the config: not a failure
+                record.update(status="unsupported", reason=str(exc))
             except Exception as exc:  # a failing mixer is a record, not the end of the sweep
                 status, reason = classify_exception(exc)
                 record.update(status=status, reason=reason)

@@ -13,17 +13,15 @@ import math
 from collections import defaultdict
 from typing import Any, Iterable
 
-from reports.fit import fit_scaling
+from reports.cells import is_clean
+from reports.fit import MIN_FIT_LENGTHS, fit_series, judge_exponent
+from reports.load import SCHEMA_VERSION as SCHEMA
+from reports.cells import SERIES_FIELDS, series_identity
 
-__all__ = ["METRICS", "MIN_FIT_LENGTHS", "FLAG_DELTA", "fit_records"]
+__all__ = ["METRICS", "MIN_FIT_LENGTHS", "fit_records"]
 
 # metric -> (cell field, field with raw samples or None)
 METRICS = {"time": ("time_median_s", "time_samples"), "memory": ("mem_peak_bytes", None)}
-MIN_FIT_LENGTHS = 3  # fewer distinct lengths say nothing about an exponent
-FLAG_DELTA = 0.3  # |k - declared| above this is flagged (PROFILING.md 5.7)
-
-# the identity of a series: everything but T
-_SERIES = ("label", "scope", "mode", "batch", "dim", "heads", "depth", "dtype", "device", "causal")
 
 
 def fit_records(
@@ -31,11 +29,14 @@ def fit_records(
     declared: dict[str, dict[str, float | None]] | None = None,
     *,
     run_id: str | None = None,
-    n_boot: int = 200,
+    n_boot: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Fit records for every series (same label and shape settings, varying T) with enough ``ok``
-    lengths. ``declared[mixer] = {"time": k, "memory": k}`` from the specs (None if unknown).
-    The last record per cell ``key`` wins (a resumed or repeated cell)."""
+    """Fit records for every series (:data:`reports.cells.SERIES_FIELDS`: same settings, varying T)
+    with enough ``ok`` lengths. ``declared[label]`` (or ``declared[mixer]``) ``= {"time": k,
+    "memory": k}`` from the spec as it holds for that config (None if unknown). ``flagged`` and
+    ``verdict`` follow :func:`reports.fit.judge_exponent`, the report's rule (time is fitted on
+    clean timings when there are enough, :func:`reports.fit.fit_series`). The last record
+    per cell ``key`` wins (a resumed or repeated cell)."""
     latest: dict[Any, dict] = {}
     for c in cells:
         if c.get("kind", "cell") != "cell":
@@ -44,57 +45,34 @@ def fit_records(
     series: dict[tuple, list[dict]] = defaultdict(list)
     for c in latest.values():
         if c.get("status") == "ok":
-            series[tuple(_freeze(c.get(k)) for k in _SERIES)].append(c)
+            series[series_identity(c)].append(c)
     out = []
     for ident, rows in series.items():
         rows.sort(key=lambda r: r["T"])
-        meta = dict(zip(_SERIES, ident))
+        meta = dict(zip(SERIES_FIELDS, ident))
         mixer = rows[0].get("mixer")
         for metric, (field, samples_field) in METRICS.items():
             pts = [r for r in rows if _positive(r.get(field))]
             if len({r["T"] for r in pts}) < MIN_FIT_LENGTHS:
                 continue
             samples = [r.get(samples_field) for r in pts] if samples_field else None
-            fit = fit_scaling([r["T"] for r in pts], [float(r[field]) for r in pts], samples, n_boot=n_boot)
+            clean = [is_clean(r) for r in pts] if samples_field else None  # memory readings are always clean
+            boot = {} if n_boot is None else {"n_boot": n_boot}
+            series_fit = fit_series([r["T"] for r in pts], [float(r[field]) for r in pts], clean, samples, **boot)
+            fit = series_fit.fit
             if fit is None:
                 continue
-            k_declared = (declared or {}).get(mixer, {}).get(metric)
-            out.append(
-                {
-                    "kind": "fit",
-                    "schema": 1,
-                    "run_id": run_id,
-                    "label": meta["label"],
-                    "mixer": mixer,
-                    "scope": meta["scope"],
-                    "mode": meta["mode"],
-                    "batch": meta["batch"],
-                    "dim": meta["dim"],
-                    "heads": meta["heads"],
-                    "dtype": meta["dtype"],
-                    "device": meta["device"],
-                    "metric": metric,
-                    "k": fit.k,
-                    "k_lo": fit.k_lo,
-                    "k_hi": fit.k_hi,
-                    "a": fit.a,
-                    "b": fit.b,
-                    "model": fit.model,
-                    "lengths": fit.lengths,
-                    "declared": k_declared,
-                    "flagged": bool(k_declared is not None and abs(fit.k - k_declared) > FLAG_DELTA),
-                }
-            )
+            classes = (declared or {}).get(meta["label"]) or (declared or {}).get(mixer) or {}
+            k_declared = classes.get(metric)
+            verdict = judge_exponent(series_fit, k_declared).status
+            shape = {k: meta[k] for k in ("label", "scope", "mode", "batch", "dim", "heads", "dtype", "device",
+                                          "causal", "pad_fraction", "compile", "threads")}
+            out.append({"kind": "fit", "schema": SCHEMA, "run_id": run_id, "mixer": mixer, **shape, "metric": metric,
+                        "k": fit.k, "k_lo": fit.k_lo, "k_hi": fit.k_hi, "a": fit.a, "b": fit.b, "model": fit.model,
+                        "lengths": fit.lengths, "declared": k_declared, "flagged": verdict == "flagged",
+                        "verdict": verdict, "clean": series_fit.clean})
     return out
 
 
 def _positive(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-
-
-def _freeze(v: Any) -> Any:
-    if isinstance(v, dict):
-        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
-    if isinstance(v, list):
-        return tuple(_freeze(x) for x in v)
-    return v

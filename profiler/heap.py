@@ -11,7 +11,7 @@ the heap top on free. A step's timing then depends on what ran before it in the 
   time-vs-length curve that is the allocator's, not the algorithm's;
 * the resident high-water mark over-reports the live-tensor peak by up to 2x (retained heap).
 
-Two modes, set explicitly around each phase of a cell (``profiler.measure``):
+Two modes, set explicitly around each phase of a cell (``profiler.cell``):
 
 ``"tracking"`` (the memory pass): a fixed 1 MiB mmap and trim threshold. Every large tensor is its
 own mapping, returned on free, so ``VmHWM`` growth equals the live-tensor peak to within a few

@@ -16,8 +16,9 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
+from reports.load import SCHEMA_VERSION, parse_record
 from zoo.errors import ZooValueError
 
 __all__ = [
@@ -31,7 +32,7 @@ __all__ = [
     "now_iso",
 ]
 
-SCHEMA = 1
+SCHEMA = SCHEMA_VERSION  # one number, the report's reader checks it
 
 # every cell record carries all of these keys (null when not measured), in RECORDS.md order
 CELL_KEYS = [
@@ -40,7 +41,7 @@ CELL_KEYS = [
     "time_p20_s", "time_p80_s", "time_n", "time_samples", "noisy", "steps_per_s", "mem_peak_bytes",
     "mem_abs_peak_bytes", "mem_method", "mem_tensor_peak_bytes", "mem_disagree", "mem_predicted_bytes",
     "flops_analytic", "flops_counted", "flops_disagree", "params", "compute_dtype", "sdpa_backend",
-    "checkpointing", "threads", "started_at", "wall_s",
+    "checkpointing", "threads", "started_at", "wall_s", "pad_fraction", "compile",
 ]
 
 
@@ -123,17 +124,15 @@ class RecordWriter:
 
 
 def read_records(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
-    """Every valid record of a JSONL file (partial or corrupt lines are skipped)."""
+    """Every valid record of a JSONL file (partial or corrupt lines are skipped), parsed by
+    :func:`reports.load.parse_record`, the report's own line parser."""
     path = Path(path)
     if not path.exists():
         return
     with open(path, "rb") as fh:
         for raw in fh:
-            try:
-                rec = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and "kind" in rec:
+            rec = parse_record(raw)
+            if rec is not None:
                 yield rec
 
 
@@ -191,6 +190,8 @@ def environment(threads: int | None, device: str) -> dict[str, Any]:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if cuda and torch.backends.cudnn.is_available() else None,
+        # "highest" = full fp32 matmuls; "high"/"medium" let CUDA use TF32 / bf16 passes
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "device_name": device_name or cpu,
         "cpu_model": cpu,
         "threads": threads,
@@ -207,35 +208,26 @@ def environment(threads: int | None, device: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- loading
-def load_results(path: str | os.PathLike, *, latest: bool = True):
-    """A tidy pandas DataFrame: one row per cell, header ``env`` fields joined as ``env_<name>``
-    columns (and ``command``, ``created``) by ``run_id``.
-
-    With ``latest`` (default), a cell measured again by a later run (same ``key``) keeps only
-    its last record. Missing file -> ZooValueError.
-    """
+def load_results(path: str | os.PathLike):
+    """A tidy pandas DataFrame: one row per cell (the last record per ``key``), read by
+    :func:`reports.read_profile`, with the header's ``env`` fields joined as ``env_<name>``
+    columns (and ``command``, ``created``) by ``run_id``. Missing or unreadable file ->
+    ZooValueError."""
     import pandas as pd
 
-    path = Path(path)
-    if not path.exists():
-        raise ZooValueError(f"results: no such file {str(path)!r}")
-    headers, cells = {}, []
-    for rec in read_records(path):
-        if rec.get("kind") == "header":
-            headers[rec.get("run_id")] = rec
-        elif rec.get("kind") == "cell":
-            cells.append(rec)
-    df = pd.DataFrame(cells, columns=None if cells else CELL_KEYS)
-    for key in CELL_KEYS:
-        if key not in df.columns:
-            df[key] = None
-    if latest and len(df):
-        df = df.drop_duplicates("key", keep="last").reset_index(drop=True)
+    from reports import read_profile
+    from reports.errors import ReportError
+
+    try:
+        profile = read_profile(path)
+    except ReportError as exc:
+        raise ZooValueError(f"results: {exc}") from None
+    df = profile.cells
     env_rows = []
-    for run_id, h in headers.items():
-        row = {"run_id": run_id, "created": h.get("created"), "command": " ".join(h.get("command") or [])}
+    for h in profile.headers:
+        row = {"run_id": h.get("run_id"), "created": h.get("created"), "command": " ".join(h.get("command") or [])}
         row.update({f"env_{k}": (v if not isinstance(v, (list, dict)) else json.dumps(v)) for k, v in (h.get("env") or {}).items()})
         env_rows.append(row)
     if env_rows and len(df):
-        df = df.merge(pd.DataFrame(env_rows), on="run_id", how="left")
+        df = df.merge(pd.DataFrame(env_rows).drop_duplicates("run_id", keep="last"), on="run_id", how="left")
     return df

@@ -17,7 +17,8 @@ from typing import Any, Mapping
 
 __all__ = ["SERIES_FIELDS", "series_identity", "is_noisy", "is_contended", "is_clean", "record_flag"]
 
-SERIES_FIELDS = ("label", "scope", "mode", "batch", "dim", "heads", "depth", "dtype", "device", "causal", "threads")
+SERIES_FIELDS = ("label", "scope", "mode", "batch", "dim", "heads", "depth", "dtype", "device", "causal", "model",
+                 "pad_fraction", "compile", "threads")
 
 
 def record_flag(value: Any) -> bool:
@@ -54,6 +55,18 @@ def _freeze(v: Any) -> Any:
     return v
 
 
-def series_identity(record: Mapping[str, Any]) -> tuple:
-    """The series a cell belongs to: its :data:`SERIES_FIELDS` (missing read as None)."""
-    return tuple(_freeze(record.get(k)) for k in SERIES_FIELDS)
+def series_identity(cell: Any, **given: Any) -> tuple:
+    """The series a cell belongs to: its :data:`SERIES_FIELDS`. ``cell`` is a record (a dict) or a
+    planned cell (an object with those attributes); ``given`` supplies fields the object lacks
+    (the profiler passes its sweep-wide ``threads``). Missing fields read as None; records older
+    than ``pad_fraction`` had no padding, and ``compile`` is null or absent for eager steps."""
+    get = cell.get if isinstance(cell, Mapping) else (lambda k: getattr(cell, k, None))
+    out = []
+    for key in SERIES_FIELDS:
+        v = given[key] if key in given else get(key)
+        if key == "pad_fraction":
+            v = float(v or 0.0)
+        elif key == "compile":
+            v = v or None
+        out.append(_freeze(v))
+    return tuple(out)

@@ -20,6 +20,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from reports.cells import SERIES_FIELDS, series_identity
 from reports.errors import ReportError
 
 __all__ = [
@@ -30,10 +31,13 @@ __all__ = [
     "read_profiles",
     "cell_identity",
     "join_columns",
+    "SERIES_KEYS",
+    "series_id",
+    "parse_record",
 ]
 
 SCHEMA_VERSION = 1
-STATUSES = ("ok", "oom", "timeout", "unsupported", "error", "skipped")
+STATUSES = ("ok", "oom", "killed", "timeout", "unsupported", "error", "skipped")
 
 # Columns every loaded table has (a key absent from a record reads as null), in RECORDS.md order.
 CELL_COLUMNS = [
@@ -43,7 +47,7 @@ CELL_COLUMNS = [
     "mem_peak_bytes", "mem_abs_peak_bytes", "mem_method", "mem_tensor_peak_bytes", "mem_disagree",
     "mem_predicted_bytes", "flops_analytic", "flops_counted", "flops_disagree", "params",
     "compute_dtype", "sdpa_backend", "checkpointing", "threads", "started_at", "wall_s", "cpu_heap",
-    "time_block", "contended", "contended_samples", "other_cpu",
+    "time_block", "contended", "contended_samples", "other_cpu", "pad_fraction", "compile",
 ]
 FIT_COLUMNS = ["run_id", "label", "mixer", "scope", "mode", "metric", "k", "k_lo", "k_hi", "model",
                "lengths", "declared", "flagged"]
@@ -56,7 +60,7 @@ _REQUIRED = {
     "fit": ("label", "metric", "k"),
     "fidelity": ("mixer", "T", "status"),
 }
-_NUMERIC_CELL = ["T", "batch", "dim", "heads", "depth", "time_median_s", "time_iqr_s", "time_p20_s",
+_NUMERIC_CELL = ["T", "batch", "dim", "heads", "depth", "pad_fraction", "time_median_s", "time_iqr_s", "time_p20_s",
                  "time_p80_s", "time_n", "steps_per_s", "mem_peak_bytes", "mem_abs_peak_bytes",
                  "mem_tensor_peak_bytes", "mem_predicted_bytes", "flops_analytic", "flops_counted",
                  "params", "threads", "wall_s", "time_block",
@@ -65,7 +69,25 @@ _NUMERIC_FIDELITY = ["T", "batch", "dim", "heads", "rel_error", "rel_error_std",
 _NUMERIC_FIT = ["k", "k_lo", "k_hi", "declared"]
 
 # What makes two cells "the same measurement" across runs (devices differ by design).
-CELL_IDENTITY = ["label", "scope", "mode", "T", "batch", "dim", "heads", "depth", "dtype", "causal"]
+CELL_IDENTITY = ["label", "scope", "mode", "T", "batch", "dim", "heads", "depth", "dtype", "causal", "pad_fraction",
+                 "compile"]
+# A series: the cells of one measurement that differ only in T (the profiler's OOM frontier and
+# memory extrapolation, its fit records and the report's fits all group by this).
+# One source of truth for series identity: reports.cells (aliases kept for callers of these names).
+SERIES_KEYS = SERIES_FIELDS
+series_id = series_identity
+
+
+def parse_record(line: str | bytes) -> dict[str, Any] | None:
+    """One JSONL line as a record (a JSON object with ``kind`` and ``schema``), else None. The one
+    parser of profile lines: the report's reader and the profiler's resume both use it."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or "kind" not in record or "schema" not in record:
+        return None
+    return record
 
 
 @dataclass
@@ -142,7 +164,7 @@ def join_columns(frame: pd.DataFrame, columns: list[str]) -> pd.Series:
     """One string per row joining ``columns`` (missing values read as ''), for grouping."""
     if frame.empty:
         return pd.Series([], dtype=object, index=frame.index)
-    parts = [frame[c].map(_text) for c in columns]
+    parts = [frame[c].map(_text) if c in frame.columns else pd.Series("", index=frame.index) for c in columns]
     out = parts[0]
     for part in parts[1:]:
         out = out + "|" + part
@@ -178,12 +200,8 @@ def read_profile(path: str | Path, name: str | None = None) -> Profile:
         if not line:
             continue
         first_line = first_line or line
-        try:
-            record = json.loads(line)
-        except ValueError:
-            bad.append(number)
-            continue
-        if not isinstance(record, dict) or "kind" not in record or "schema" not in record:
+        record = parse_record(line)
+        if record is None:
             bad.append(number)
             continue
         schemas[record["schema"]] = schemas.get(record["schema"], 0) + 1
@@ -220,6 +238,8 @@ def read_profile(path: str | Path, name: str | None = None) -> Profile:
     superseded = 0
     if not cells.empty:
         cells["label"] = cells["label"].fillna(cells["mixer"])
+        cells["pad_fraction"] = cells["pad_fraction"].fillna(0.0)  # records older than the field
+        cells["compile"] = cells["compile"].fillna("")  # eager; "inductor" etc. when compiled
         env_ids = _env_ids(headers)
         cells["env_id"] = cells["run_id"].map(lambda run_id: env_ids.get(run_id, "? | torch ?"))
         ident = cells["key"].map(_text).where(cells["key"].notna(), join_columns(cells, CELL_IDENTITY + ["device"]))

@@ -44,9 +44,11 @@ __all__ = [
 
 # Cells are comparable (one table, one figure, ratios) only within one of these groups. The thread
 # count is part of every grouping: it changes the comparison itself (SERIES_FIELDS).
-GROUP_COLUMNS = ["env_id", "scope", "mode", "batch", "dim", "heads", "depth", "dtype", "device", "causal", "threads"]
+GROUP_COLUMNS = ["env_id", "scope", "mode", "batch", "dim", "heads", "depth", "dtype", "device", "causal",
+                 "pad_fraction", "compile", "threads"]
 # Across runs (other machines), the same measurement: the group without its environment.
-SHAPE_COLUMNS = ["scope", "mode", "batch", "dim", "heads", "depth", "dtype", "causal", "threads"]
+SHAPE_COLUMNS = ["scope", "mode", "batch", "dim", "heads", "depth", "dtype", "causal", "pad_fraction", "compile",
+                 "threads"]
 # One curve T -> cost (reports.cells.SERIES_FIELDS) and the run it came from.
 SERIES_COLUMNS = ["run", *SERIES_FIELDS]
 
@@ -125,7 +127,8 @@ def failure_text(row: pd.Series | dict[str, Any]) -> str:
     if status == "oom" or (status == "skipped" and "oom" in reason):
         inferred = bool(row.get("inferred")) or status == "skipped"
         return "OOM†" if inferred else "OOM"
-    return {"timeout": "timeout", "unsupported": "n/a", "error": "error", "skipped": "skipped"}.get(status, "–")
+    return {"timeout": "timeout", "killed": "killed", "unsupported": "n/a", "error": "error",
+            "skipped": "skipped"}.get(status, "–")
 
 
 def _value(v: Any) -> Any:
@@ -145,7 +148,7 @@ def group_cells(cells: pd.DataFrame, columns: list[str] | None = None) -> list[t
     for key in dict.fromkeys(keys):  # first-seen order
         part = cells[keys == key]
         first = part.iloc[0]
-        out.append(({c: _value(first[c]) if c in columns else None for c in GROUP_COLUMNS}, part))
+        out.append(({c: _value(first[c]) if c in columns and c in part.columns else None for c in GROUP_COLUMNS}, part))
     order = {"train": 0, "forward": 1}
     out.sort(key=lambda g: (str(g[0]["env_id"]), str(g[0]["scope"]), order.get(g[0]["mode"], 2)))
     return out
@@ -163,6 +166,10 @@ def group_title(group: dict[str, Any], with_env: bool = False) -> str:
         parts.append(str(group["device"]))
     if str(group.get("causal")).lower() == "true":
         parts.append("causal")
+    if group.get("pad_fraction"):
+        parts.append(f"last {float(group['pad_fraction']):.0%} padded (masked)")
+    if group.get("compile"):
+        parts.append(f"torch.compile ({group['compile']})")
     if group.get("threads") is not None:
         parts.append(f"{_int(group['threads'])} thread{'' if _int(group['threads']) == '1' else 's'}")
     if with_env and group.get("env_id"):
@@ -185,6 +192,10 @@ def group_slug(group: dict[str, Any]) -> str:
         parts.append(group["device"])
     if str(group.get("causal")).lower() == "true":
         parts.append("causal")
+    if group.get("pad_fraction"):
+        parts.append(f"pad{round(100 * float(group['pad_fraction']))}")
+    if group.get("compile"):
+        parts.append(f"compile_{group['compile']}")
     if group.get("threads") is not None:
         parts.append(f"t{_int(group['threads'])}")
     slug = "-".join(str(p) for p in parts)

@@ -50,6 +50,8 @@ def one_error_line(result) -> str:
         (["--memory-budget", "lots"], "memory budget"),
         (["--scope", "block"], "scope"),
         (["--cpu-heap", "jemalloc"], "cpu heap: expected one of managed, system"),
+        (["--pad-fraction", "1.5"], "pad fraction: expected a number in [0, 1), got 1.5"),
+        (["--timeout", "0"], "timeout: expected a positive number of seconds"),
     ],
 )
 def test_user_errors_are_one_line(tmp_path, args, expected):

@@ -23,9 +23,7 @@ def build(name: str, dtype: torch.dtype = torch.float32, **overrides):
 
 def run(mixer, x, mask=None, **kw):
     """(y, out_mask): out_mask marks real output rows (the pooled mask for length reducers)."""
-    if mixer.spec.reduces_length:
-        return mixer.forward_with_mask(x, mask, **kw)
-    return mixer(x, mask, **kw), mask
+    return mixer.forward_with_mask(x, mask, **kw)
 
 
 def test_registry_not_empty():

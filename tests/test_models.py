@@ -86,12 +86,9 @@ def test_errors_and_meta_device():
 def test_ponet_table2_preset_is_the_papers_lra_text_config(monkeypatch, tmp_path):
     """lxchtan/PoNet examples/LRA/code/lra_config.py, task "text": 2 layers, d=64, 2 heads of 32,
     FFN 128, vocab 512, learned positions, mean pooling, dropout 0.1, attention dropout 0.1, B=32."""
-    import profiler.runner as runner
+    from profiler.settings import plan_profile
 
-    captured = {}
-    monkeypatch.setattr(runner, "run_sweep", lambda cells, **kw: captured.update(cells=cells, settings=kw["settings"]))
-    runner.run_profile(preset="ponet-table2", lengths="512", out=tmp_path / "t2.jsonl")
-    cells = captured["cells"]
+    cells, _ = plan_profile(preset="ponet-table2", lengths="512", out=tmp_path / "t2.jsonl")
     assert {c.mixer for c in cells} == {"softmax", "performer", "nystrom", "fnet", "ponet"}
     for c in cells:
         assert (c.scope, c.mode, c.batch, c.dim, c.heads, c.depth) == ("model", "train", 32, 64, 2, 2)

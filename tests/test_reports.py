@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -378,11 +379,15 @@ def test_a_fidelity_file_joins_a_profile_instead_of_being_a_run(report):
 
 def test_report_renders_in_headless_chromium(report, tmp_path):
     if not (shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")):
+        if os.environ.get("ZOO_REQUIRE_BROWSER"):  # CI sets it: a missing browser fails, never skips
+            pytest.fail("chromium is not installed and ZOO_REQUIRE_BROWSER is set (apt-get install -y chromium)")
         pytest.skip("chromium is not installed (apt-get install -y chromium)")
     shot = tmp_path / "screenshot.png"
     result = subprocess.run(
         ["bash", str(ROOT / "scripts" / "check_report_render.sh"), str(report.out_dir / "report.html"), str(shot)],
         capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHON": sys.executable},  # this interpreter, not a .venv a worktree may lack
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert shot.stat().st_size > 10_000 and "3 images, none broken" in result.stdout
+    n_images = sum(p.suffix == ".png" for p in report.figures)  # each figure is one <img> in the page
+    assert shot.stat().st_size > 10_000 and f"{n_images} images, none broken" in result.stdout

@@ -22,7 +22,7 @@ import enum
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -56,9 +56,11 @@ class Complexity(str, enum.Enum):
         return self.value
 
 
-# flops(config, batch, length) -> forward FLOPs of the whole mixer (projections included),
-# counting a multiply-add as 2 FLOPs. A training step is reported as 3x this by the profiler.
-FlopFormula = Callable[[Any, int, int], float]
+class FlopFormula(Protocol):
+    """``flops(config, B, T, causal=False)`` -> forward FLOPs of the whole mixer (projections
+    included), a multiply-add counted as 2 FLOPs. A training step is reported as 3x this."""
+
+    def __call__(self, config: Any, B: int, T: int, causal: bool = False) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ class MixerSpec:
     year: int
     time: Complexity  # time class in T, hyper-parameters fixed
     memory: Complexity  # extra (activation) memory class in T
-    flops: FlopFormula  # analytic forward FLOPs: flops(config, B, T)
+    flops: FlopFormula  # analytic forward FLOPs: flops(config, B, T, causal=False)
     cost_note: str = ""  # the honest formula, e.g. "O(T·w·D), w = window"
     causal: bool = False  # may be called with causal=True
     key_padding_mask: bool = True  # padded tokens are excluded from mixing (C3 padding invariance)
@@ -205,6 +207,19 @@ class TokenMixer(nn.Module):
     def out_len(self, T: int) -> int:
         """Output length for input length T (T unless ``spec.reduces_length``)."""
         return T
+
+    @classmethod
+    def spec_for(cls, config: MixerConfig) -> MixerSpec:
+        """The spec as it holds for ``config``: a mixer whose classes or flags depend on a config
+        field (softmax's ``impl``) overrides this; the default is ``cls.spec`` for every config."""
+        return cls.spec
+
+    def forward_with_mask(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(output (B, out_len(T), D), its keep-mask): the mask is unchanged unless the mixer
+        reduces the length (then it overrides this and returns the pooled mask)."""
+        return self(x, mask, causal=causal), mask
 
     def reset_parameters(self) -> None:
         """Initialise every parameter and buffer as construction does.

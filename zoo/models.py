@@ -56,11 +56,10 @@ class EncoderBlock(nn.Module):
         self, h: torch.Tensor, mask: torch.Tensor | None, causal: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         z = self.norm1(h)  # (B, T, D)
-        if self.mixer.spec.reduces_length:
-            h, mask = self.mixer.forward_with_mask(z, mask, causal=causal)  # (B, T', D), (B, T')
-            h = self.dropout(h)
-        else:
-            h = h + self.dropout(self.mixer(z, mask, causal=causal))  # (B, T, D)
+        y, mask = self.mixer.forward_with_mask(z, mask, causal=causal)  # (B, T', D), (B, T')
+        y = self.dropout(y)
+        # a length reducer's output has no residual partner (the shapes differ)
+        h = y if self.mixer.spec.reduces_length else h + y  # (B, T', D)
         h = h + self.ffn(self.norm2(h))  # (B, T, D)
         if mask is not None:
             h = h * mask.unsqueeze(-1).to(h.dtype)  # padded rows stay exactly zero

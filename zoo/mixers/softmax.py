@@ -23,6 +23,7 @@ Deviations
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -111,6 +112,13 @@ class SoftmaxMixer(TokenMixer):
         deviations="none (padded rows zeroed; fully padded rows finite)",
     )
     Config = SoftmaxConfig
+
+    @classmethod
+    def spec_for(cls, config: SoftmaxConfig) -> MixerSpec:
+        # eager materialises the (B, H, T, T) scores: O(T^2) memory, unlike the fused kernels
+        if config.impl == "eager":
+            return dataclasses.replace(cls.spec, memory=Complexity.QUADRATIC)
+        return cls.spec
 
     def __init__(self, config: SoftmaxConfig, *, device=None, dtype=None):
         super().__init__(config)

@@ -1,0 +1,244 @@
+"""The sweep: plan -> decide -> execute -> record, for every planned cell, then the fit records.
+
+* *decide* (:func:`decide_without_running`): a cell the spec declares unsupported is recorded as
+  such; a cell longer than one that hit an OOM or a timeout in the same series is ``skipped``;
+* *execute*: an executor (:mod:`profiler.executors`) runs the cell's protocol
+  (:mod:`profiler.cell`) with the settings' cell options and a memory prediction extrapolated
+  from the series' shorter cells (for mixers the fake pass cannot follow);
+* *record* (:func:`make_record`): one JSON line per cell, appended atomically
+  (:mod:`profiler.records`); an interrupted sweep keeps every finished cell, ``resume`` runs
+  only the missing ones.
+
+Series identity (what varies is T alone) is :data:`reports.cells.SERIES_FIELDS`, shared with the
+fit records and the report.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from profiler.cases import Cell
+from profiler.executors import make_executor
+from profiler.records import CELL_KEYS, SCHEMA, RecordWriter, check_writable, environment, now_iso, read_records
+from profiler.settings import SweepSettings, plan_profile
+from reports.cells import series_identity
+from zoo.errors import ZooValueError
+
+__all__ = ["run_sweep", "run_profile", "decide_without_running", "make_record", "FRONTIER_STATUSES"]
+
+FRONTIER_STATUSES = ("oom", "timeout")  # observed (or predicted) failures that skip longer lengths
+
+
+class _Frontier:
+    """The shortest failing T per (label, mode): longer cells of that series are skipped."""
+
+    def __init__(self) -> None:
+        self.first: dict[tuple, tuple[int, str]] = {}
+
+    def add(self, rec: dict[str, Any]) -> None:
+        if rec.get("status") not in FRONTIER_STATUSES:
+            return
+        what = "OOM" if rec["status"] == "oom" else "timeout"
+        key = (rec["label"], rec["mode"])
+        if key not in self.first or rec["T"] < self.first[key][0]:
+            self.first[key] = (rec["T"], what)
+
+    def reason(self, cell: Cell) -> str | None:
+        """'after OOM at T=...' when a shorter (or, for train, an equal forward) cell failed."""
+        for (label, mode), (T0, what) in self.first.items():
+            if label != cell.label:
+                continue
+            if mode == cell.mode and T0 < cell.T:
+                return f"after {what} at T={T0}"
+            if mode == "forward" and cell.mode == "train" and T0 <= cell.T:
+                return f"after forward {what} at T={T0}"
+        return None
+
+
+def decide_without_running(cell: Cell, frontier: _Frontier) -> dict | None:
+    if cell.unsupported:
+        return {"status": "unsupported", "inferred": True, "reason": cell.unsupported}
+    reason = frontier.reason(cell)
+    if reason:
+        return {"status": "skipped", "inferred": True, "reason": reason}
+    return None
+
+
+def fallback_prediction(history: list[dict], T: int, declared: float | None) -> tuple[int, int] | None:
+    """Extrapolate (abs peak, step peak) at T from measured shorter cells of the same series:
+    exponent = max(declared class, last local slope), so an undeclared T^2 shows up."""
+    pts = sorted((h["T"], h["mem_peak_bytes"], h["mem_abs_peak_bytes"]) for h in history
+                 if h.get("mem_peak_bytes") and h.get("mem_abs_peak_bytes") and h["T"] < T)
+    if len(pts) < 2:
+        return None
+    (T1, m1, _), (T2, m2, a2) = pts[-2], pts[-1]
+    slope = math.log(m2 / m1) / math.log(T2 / T1) if m1 > 0 and m2 > 0 and T2 > T1 else 0.0
+    k = min(3.0, max(declared or 1.0, slope))
+    step = m2 * (T / T2) ** k
+    return int(a2 - m2 + step), int(step)
+
+
+def make_record(cell: Cell, result: dict, run_id: str, started: str, wall: float) -> dict[str, Any]:
+    """A cell record in the key order of ``docs/RECORDS.md`` (extras after)."""
+    rec = {k: None for k in CELL_KEYS}
+    rec.update(
+        kind="cell", schema=SCHEMA, run_id=run_id, key=cell.key, mixer=cell.mixer, label=cell.label,
+        config=cell.config, overrides=cell.overrides, scope=cell.scope, mode=cell.mode, T=cell.T, batch=cell.batch,
+        dim=cell.dim, heads=cell.heads, depth=cell.depth, dtype=cell.dtype, device=cell.device, causal=cell.causal,
+        model=cell.model, pad_fraction=cell.pad_fraction, compile=cell.compile, checkpointing=False,
+    )
+    rec.update({k: v for k, v in result.items() if not k.startswith("_")})
+    if rec.get("status") is None:
+        rec["status"] = "error"
+        rec["reason"] = rec.get("reason") or "no status reported"
+    rec["inferred"] = bool(rec.get("inferred"))
+    if rec["status"] == "ok":
+        rec["reason"] = None
+    if cell.extra:
+        rec["extra"] = cell.extra
+    rec["started_at"], rec["wall_s"] = started, round(wall, 4)
+    ordered = {"kind": rec.pop("kind"), "schema": rec.pop("schema")}
+    ordered.update({k: rec.pop(k) for k in CELL_KEYS if k in rec})
+    ordered.update(rec)
+    return ordered
+
+
+def _previous(path: Path, s: SweepSettings) -> dict[str, dict]:
+    has_records = path.exists() and path.stat().st_size > 0
+    if has_records and not (s.resume or s.overwrite):
+        raise ZooValueError(
+            f"out: {str(path)!r} already holds records; pass --resume to add the missing cells or --overwrite to replace it"
+        )
+    if not s.resume or s.overwrite:
+        return {}
+    return {r["key"]: r for r in read_records(path) if r.get("kind") == "cell" and r.get("key")}
+
+
+class _Progress:
+    """The rich progress bar and failure lines (no-ops when ``enabled`` is False)."""
+
+    def __init__(self, enabled: bool, total: int, done: int):
+        self.bar = self.task = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("elapsed"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+        )
+        self.bar.start()
+        self.task = self.bar.add_task("starting", total=total, completed=done)
+
+    def cell(self, cell: Cell) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, description=cell.title)
+
+    def done(self, cell: Cell, record: dict) -> None:
+        if self.bar is None:
+            return
+        if record["status"] not in ("ok", "skipped"):
+            tag = "inferred " if record["inferred"] else ""
+            self.bar.console.print(f"{cell.title}: {tag}{record['status']}: {record['reason']}", highlight=False, markup=False)
+        self.bar.advance(self.task)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, description="done")
+            self.bar.stop()
+            self.bar = None
+
+
+def _execute(cells: list[Cell], previous: dict, s: SweepSettings, executor, writer, run_id: str, threads: int):
+    """Decide and run every cell not already in ``previous``; returns the records written."""
+    planned = {series_identity(c, threads=threads) for c in cells}
+    frontier, history = _Frontier(), {}
+    for rec in previous.values():
+        if series_identity(rec) in planned:  # another sweep's settings in the same file do not count
+            frontier.add(rec)
+            if rec.get("status") == "ok":
+                history.setdefault(series_identity(rec), []).append(rec)
+    todo = [c for c in cells if c.key not in previous]
+    progress = _Progress(s.progress, len(cells), len(cells) - len(todo))
+    written = []
+    try:
+        for cell in todo:
+            progress.cell(cell)
+            started, t0 = now_iso(), time.monotonic()
+            result = decide_without_running(cell, frontier)
+            if result is None:
+                opts = s.cell_opts(threads)
+                fb = fallback_prediction(history.get(series_identity(cell, threads=threads), []), cell.T,
+                                         s.declared.get(cell.label, {}).get("memory"))
+                if fb is not None:
+                    opts["fallback_predicted_abs"], opts["fallback_predicted_step"] = fb
+                result = executor.run(cell, opts, s.timeout)
+            record = make_record(cell, result, run_id, started, time.monotonic() - t0)
+            writer.append(record)
+            written.append(record)
+            frontier.add(record)
+            if record["status"] == "ok":
+                history.setdefault(series_identity(cell, threads=threads), []).append(record)
+            progress.done(cell, record)
+    finally:
+        progress.stop()
+    return written
+
+
+def run_sweep(cells: list[Cell], settings: SweepSettings | None = None, **kwargs: Any) -> Path:
+    """Run planned cells, appending one record each to ``settings.out`` (returned), then the fit
+    records. ``kwargs`` build the settings when none are given (``out=...``, ``isolate=...``: the
+    fields of :class:`SweepSettings`)."""
+    from profiler.fit import fit_records
+
+    s = settings if settings is not None else SweepSettings(**{k: str(v) if k == "out" else v for k, v in kwargs.items()})
+    path = check_writable(s.out)
+    previous = _previous(path, s)
+    device = cells[0].device if cells else "cpu"
+    executor = make_executor(s.executor, isolate=s.isolate, device=device, preload=[s.builder] if s.builder else [])
+    if s.threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
+    else:
+        threads = s.threads
+    run_id = uuid.uuid4().hex[:12]
+    header = {"kind": "header", "schema": SCHEMA, "run_id": run_id, "created": now_iso(),
+              "command": list(s.command if s.command is not None else sys.argv), "env": environment(threads, device),
+              "settings": s.header(threads, executor.name, device)}
+    writer = RecordWriter(path, truncate=s.overwrite)
+    try:
+        writer.append(header)
+        written = _execute(cells, previous, s, executor, writer, run_id, threads)
+        latest = {**previous, **{r["key"]: r for r in written}}
+        mine = [latest[c.key] for c in cells if c.key in latest]
+        for fit in fit_records(mine, s.declared, run_id=run_id):
+            writer.append(fit)
+    finally:
+        executor.close()
+        writer.close()
+    if s.progress:
+        from rich.console import Console
+
+        from profiler.table import print_table
+
+        print_table(mine, s.baseline, Console())
+    return path
+
+
+def run_profile(*, progress: bool = True, **options: Any) -> Path:
+    """Sweep registered mixers over lengths and write records to ``out`` (returned).
+
+    Options are those of :func:`profiler.settings.plan_profile` (a preset, "default" when none:
+    all mixers, 1k..16k, forward and train, mixer scope, D=256, 4 heads, B=1; explicit options
+    win) and the fields of :class:`SweepSettings`. ``out`` must not hold records unless
+    ``resume`` or ``overwrite``. User errors raise ZooValueError before anything is written.
+    """
+    cells, settings = plan_profile(progress=progress, **options)
+    return run_sweep(cells, settings)

@@ -1,0 +1,222 @@
+"""Timing a zero-argument callable: warm-up, blocked adaptive repetitions, a summary of samples.
+
+Nothing here knows about mixers or cells; the profiler's cells and the benchmarks' side-by-side
+comparisons both time through these functions.
+
+* :func:`warm_up` calls until >= ``min_calls`` calls and >= ``min_seconds`` have passed, the
+  clock starting *after* the first call it is told about (a first call pays one-off set-up:
+  lazy kernel loading, cuBLAS/cuFFT plans); on CUDA it synchronises before reading the clock.
+* :func:`time_calls` takes one sample per *block* of calls (as ``torch.utils.benchmark``'s
+  blocked_autorange) until IQR/median <= :data:`TARGET_IQR` with >= :data:`STABLE_REPS`
+  samples, or the budget is spent with >= ``min_reps`` samples. ``perf_counter`` on CPU, CUDA
+  events on GPU. Raw samples are returned.
+* A *load probe* (optional): an object with ``begin() -> None`` and ``end() -> dict`` (at least
+  ``contended: bool`` and ``other_cpu: float``, the other processes' CPU use in cores during
+  the sample). Every sample is wrapped in begin/end; a contended sample is discarded and retaken
+  while the budget allows. ``info`` then receives ``contended_samples`` (discarded),
+  ``other_cpu`` (mean over every sample taken) and ``contended`` (True when the minimum number
+  of clean samples could not be had; the contended samples are then used as well).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Protocol
+
+import torch
+
+__all__ = [
+    "LoadProbe",
+    "CellTimeout",
+    "time_calls",
+    "warm_up",
+    "summarise_samples",
+    "TARGET_IQR",
+    "NOISY_IQR",
+    "STABLE_REPS",
+    "MIN_REPS",
+    "MAX_REPS",
+    "WARMUP_CALLS",
+    "WARMUP_SECONDS",
+]
+
+TARGET_IQR = 0.05  # stop repeating once IQR/median is below this (with >= STABLE_REPS samples)
+NOISY_IQR = 0.10  # flag cells still above this after the budget (STYLE.md)
+STABLE_REPS = 10
+MIN_REPS = 3
+MAX_REPS = 200
+MIN_BLOCK_S = 0.025  # a timing sample is a block of calls lasting at least this long (blocked_autorange)
+MAX_BLOCK = 1000
+WARMUP_CALLS = 2  # calls after the first one
+WARMUP_SECONDS = 0.2
+
+
+class CellTimeout(Exception):
+    """The deadline passed (raised between calls; an isolated cell is also killed from outside).
+    ``args[1]``, when present, holds the raw samples taken so far."""
+
+
+class LoadProbe(Protocol):
+    def begin(self) -> None: ...
+
+    def end(self) -> dict[str, Any]: ...
+
+
+def summarise_samples(samples: list[float]) -> dict[str, Any]:
+    """Median, IQR, 20/80th percentiles, count, raw samples, the noisy flag and steps per second."""
+    import numpy as np
+
+    a = np.asarray(samples, dtype=float)
+    med = float(np.median(a))
+    q20, q25, q75, q80 = (float(v) for v in np.percentile(a, [20, 25, 75, 80]))
+    iqr = q75 - q25
+    return {
+        "time_median_s": med,
+        "time_iqr_s": iqr,
+        "time_p20_s": q20,
+        "time_p80_s": q80,
+        "time_n": len(samples),
+        "time_samples": [float(s) for s in samples],
+        "noisy": bool(med > 0 and iqr / med > NOISY_IQR),
+        "steps_per_s": (1.0 / med) if med > 0 else None,
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timer(device: torch.device) -> Callable[[Callable[[], Any]], float]:
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+        def cuda_time(fn):
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1000.0
+
+        return cuda_time
+
+    def cpu_time(fn):
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    return cpu_time
+
+
+def warm_up(
+    fn: Callable[[], Any],
+    *,
+    device: torch.device | str = "cpu",
+    calls: int = 0,
+    since: float | None = None,
+    min_calls: int = WARMUP_CALLS,
+    min_seconds: float = WARMUP_SECONDS,
+    at_least: int = 0,
+    deadline: float | None = None,
+) -> tuple[int, float]:
+    """Call ``fn`` until >= ``min_calls`` calls (``calls`` already made count) and >= ``min_seconds``
+    since ``since`` (``perf_counter``; now if None), and >= ``at_least`` calls made here.
+    Returns (warm-up calls, warm-up seconds). The caller makes the *first* call (set-up) before
+    ``since``, so it is never counted. Raises :class:`CellTimeout` past ``deadline`` (monotonic)."""
+    device = torch.device(device)
+    _sync(device)
+    start = time.perf_counter() if since is None else since
+    here = 0
+    while calls < min_calls or here < at_least or time.perf_counter() - start < min_seconds:
+        fn()
+        _sync(device)  # a queued call is not a finished one: the clock must see the GPU's work
+        calls += 1
+        here += 1
+        if deadline is not None and time.monotonic() > deadline:
+            raise CellTimeout("deadline passed during warm-up")
+    return calls, time.perf_counter() - start
+
+
+class _Sampler:
+    """Takes samples through a clock, wrapping each in a load probe when one is given."""
+
+    def __init__(self, clock, probe: LoadProbe | None):
+        self.clock, self.probe = clock, probe
+        self.clean: list[float] = []
+        self.dirty: list[float] = []
+        self.cpu: list[float] = []
+
+    def take(self, fn: Callable[[], Any], divide: int = 1) -> None:
+        if self.probe is None:
+            self.clean.append(self.clock(fn) / divide)
+            return
+        self.probe.begin()
+        t = self.clock(fn) / divide
+        seen = self.probe.end() or {}
+        self.cpu.append(float(seen.get("other_cpu") or 0.0))
+        (self.dirty if seen.get("contended") else self.clean).append(t)
+
+    def result(self, min_reps: int, info: dict | None) -> list[float]:
+        if self.probe is None:
+            return self.clean
+        contended = len(self.clean) < min_reps and bool(self.dirty)
+        if info is not None:
+            info.update(contended_samples=len(self.dirty), contended=contended,
+                        other_cpu=(sum(self.cpu) / len(self.cpu)) if self.cpu else None)
+        return self.clean + self.dirty if contended else self.clean
+
+
+def time_calls(
+    fn: Callable[[], Any],
+    *,
+    device: torch.device | str = "cpu",
+    budget_s: float = 2.0,
+    deadline: float | None = None,
+    min_reps: int = MIN_REPS,
+    max_reps: int = MAX_REPS,
+    min_block_s: float = MIN_BLOCK_S,
+    info: dict | None = None,
+    probe: LoadProbe | None = None,
+) -> list[float]:
+    """Seconds per call, one sample per block of calls (see the module docstring). Raises
+    :class:`CellTimeout` past ``deadline`` (``time.monotonic()`` seconds). The median of up to 3
+    single calls sizes the block (a fresh process's first call is often cold); calls that long
+    already are the first samples. ``info`` receives ``block`` (calls per sample) and, with a
+    ``probe``, the contention fields."""
+    import numpy as np
+
+    device = torch.device(device)
+    clock = _timer(device)
+    _sync(device)
+    sampler = _Sampler(clock, probe)
+    start = time.perf_counter()
+    probes = [clock(fn)]
+    while len(probes) < 3 and probes[-1] < min_block_s:
+        probes.append(clock(fn))
+    per_call = float(np.median(probes))
+    block = 1 if per_call >= min_block_s else int(min(MAX_BLOCK, math.ceil(min_block_s / max(per_call, 1e-7))))
+    if block == 1 and probe is None:
+        sampler.clean.extend(probes)
+    if info is not None:
+        info["block"] = block
+
+    def run_block():
+        for _ in range(block):
+            fn()
+
+    while True:
+        clean, spent = sampler.clean, time.perf_counter() - start
+        n, taken = len(clean), len(clean) + len(sampler.dirty)
+        if n >= max_reps or taken >= 4 * max_reps:
+            break
+        if spent >= budget_s and (n >= min_reps or taken >= min_reps):
+            break
+        if n >= STABLE_REPS:
+            q25, q50, q75 = np.percentile(clean, [25, 50, 75])
+            if q50 > 0 and (q75 - q25) / q50 <= TARGET_IQR:
+                break
+        if deadline is not None and time.monotonic() > deadline:
+            raise CellTimeout(f"deadline passed after {n} timed samples", clean + sampler.dirty)
+        sampler.take(run_block, block)
+    return sampler.result(min_reps, info)
