@@ -198,7 +198,13 @@ def profile_cmd(
     timeout: float = typer.Option(300.0, help="seconds per cell before it is killed and recorded as timeout"),
     memory_budget: Optional[str] = typer.Option(None, help="e.g. 16g [default: 90% of free RAM / GPU memory]"),
     baseline: str = typer.Option("softmax", help="label or mixer the end table's ratios refer to"),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads [default: torch's default]"),
+    threads: Optional[str] = typer.Option(
+        None, help="torch CPU threads: a number, or auto (the cores other processes leave free) [default: torch's default]"
+    ),
+    contention: bool = typer.Option(
+        True, "--contention/--no-contention",
+        help="CPU: check the machine before the sweep and retake timing samples during which other processes used its cores",
+    ),
     time_budget: Optional[float] = typer.Option(None, help="seconds of timed calls per cell [default: 2]"),
     cpu_heap: str = typer.Option(
         "managed", help="managed (memory pass in a tracking heap, timing in a caching heap, no page-fault noise) | system (glibc as is)"
@@ -212,10 +218,17 @@ def profile_cmd(
         mixers=mixers, lengths=lengths, modes=mode, scope=scope, preset=preset, batch=batch, dim=dim, heads=heads,
         depth=depth, dtype=dtype, device=device, causal=causal, pad_fraction=pad_fraction, compile=compile, out=out,
         resume=resume, overwrite=overwrite,
-        isolate=isolate, timeout=timeout, memory_budget=memory_budget, baseline=baseline, threads=threads,
+        isolate=isolate, timeout=timeout, memory_budget=memory_budget, baseline=baseline, threads=_threads(threads), contention=contention,
         time_budget=time_budget, cpu_heap=cpu_heap, progress=not quiet, command=[Path(sys.argv[0]).name, *sys.argv[1:]],
     )
     typer.echo(f"records in {path}", err=True)
+
+
+def _threads(text: str | None) -> int | str | None:
+    """--threads: a positive integer or "auto" (anything else: the settings' one-line error)."""
+    if text is None or text.strip().lower() == "auto":
+        return None if text is None else "auto"
+    return int(text) if text.strip().isdigit() else text
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

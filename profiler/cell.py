@@ -231,6 +231,8 @@ def _timed(run: _Run, step: Step, device: torch.device, calls: int, since: float
     if probe is not None:
         run.note(contended_samples=info.get("contended_samples"), other_cpu=info.get("other_cpu"),
                  contended=info.get("contended"))
+        extra = probe.summary() if callable(getattr(probe, "summary", None)) else {}
+        run.note(**{k: extra.get(k) for k in ("steal_cpu", "run_wait", "quiet_wait_s") if k in extra})
     run.lap("timing")
     return samples
 

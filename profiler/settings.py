@@ -20,6 +20,9 @@ __all__ = ["SweepSettings", "plan_profile", "resolve_device", "default_memory_bu
 DEFAULT_TIMEOUT = 300.0  # seconds per cell
 
 
+CONTENTION_PROBE = "profiler.contention:ContentionProbe"  # the load probe a CPU sweep times under
+
+
 def _positive_int(name: str, v: Any, allow_none: bool = False) -> None:
     if v is None and allow_none:
         return
@@ -43,7 +46,7 @@ class SweepSettings:
     executor: str | None = None  # fork | spawn | inline; None: by device
     timeout: float | None = DEFAULT_TIMEOUT  # seconds per cell
     memory_budget: int | None = None  # bytes
-    threads: int | None = None  # None: torch's default
+    threads: int | str | None = None  # None: torch's default; "auto": free cores (profiler.contention)
     time_budget: float = 2.0  # seconds of timed calls per cell
     baseline: str | None = None  # the end table's ratios
     resume: bool = False
@@ -60,7 +63,9 @@ class SweepSettings:
     def __post_init__(self) -> None:
         _positive_number("timeout", self.timeout, allow_none=True)
         _positive_number("time budget", self.time_budget)
-        _positive_int("threads", self.threads, allow_none=True)
+        if self.threads != "auto" and not (self.threads is None or (isinstance(self.threads, int) and not isinstance(
+                self.threads, bool) and self.threads >= 1)):
+            raise ZooValueError(f"threads: expected a positive integer or 'auto', got {self.threads!r}")
         if self.memory_budget is not None:
             _positive_int("memory budget", self.memory_budget)
         if self.cpu_heap not in CPU_HEAP_CHOICES:
@@ -180,9 +185,12 @@ def plan_profile(
     *, mixers=None, lengths=None, modes=None, scope=None, preset=None, batch=None, dim=None, heads=None,
     depth=None, ffn=None, vocab=None, classes=None, dtype: str = "fp32", device: str = "auto", causal: bool = False,
     pad_fraction: float = 0.0, compile: str | bool | None = None, out: str | os.PathLike = "runs/profile.jsonl", memory_budget=None, threads=None,
-    time_budget=None, **run: Any,
+    time_budget=None, contention: bool = True, **run: Any,
 ) -> tuple[list[Cell], SweepSettings]:
     """Cells and settings from a preset ("default" when none) and explicit options (which win).
+
+    ``contention`` (CPU only): a pre-flight check of the machine before the sweep and a load probe
+    around every timing sample (:mod:`profiler.contention`); contended samples are retaken.
 
     ``run``: the other :class:`SweepSettings` fields (isolate, timeout, baseline, resume, ...).
     """
@@ -211,6 +219,8 @@ def plan_profile(
     threads = threads if threads is not None else p.get("threads")
     t_budget = time_budget if time_budget is not None else p.get("time_budget", 2.0)
     budget = parse_size(memory_budget) if memory_budget is not None else default_memory_budget(dev)
+    if contention and dev == "cpu" and "probe" not in run:
+        run["probe"] = CONTENTION_PROBE
     settings = SweepSettings(out=str(out), memory_budget=budget, threads=threads, time_budget=t_budget,
                              declared=declared, info=info, **run)
     return cells, settings

@@ -155,6 +155,23 @@ class _Progress:
             self.bar = None
 
 
+def _resolve_threads(s: SweepSettings, device: str) -> tuple[int, dict | None]:
+    """The thread count every cell runs (recorded in each), and the pre-flight reading of the
+    machine when the sweep times under a load probe (CPU). A busy machine gets one line on stderr
+    with the remedy; ``threads="auto"`` takes the cores others leave free."""
+    import torch
+
+    from profiler import contention as load
+
+    info = None
+    if s.probe and device == "cpu":
+        info = load.preflight(s.threads)
+        load.warn_if_busy(info)
+    if s.threads == "auto":
+        return (info["auto_threads"] if info else load.auto_threads("auto")), info
+    return (torch.get_num_threads() if s.threads is None else s.threads), info
+
+
 def _execute(cells: list[Cell], previous: dict, s: SweepSettings, executor, writer, run_id: str, threads: int):
     """Decide and run every cell not already in ``previous``; returns the records written."""
     planned = {series_identity(c, threads=threads) for c in cells}
@@ -202,16 +219,13 @@ def run_sweep(cells: list[Cell], settings: SweepSettings | None = None, **kwargs
     previous = _previous(path, s)
     device = cells[0].device if cells else "cpu"
     executor = make_executor(s.executor, isolate=s.isolate, device=device, preload=[s.builder] if s.builder else [])
-    if s.threads is None:
-        import torch
-
-        threads = torch.get_num_threads()
-    else:
-        threads = s.threads
+    threads, contention = _resolve_threads(s, device)
     run_id = uuid.uuid4().hex[:12]
     header = {"kind": "header", "schema": SCHEMA, "run_id": run_id, "created": now_iso(),
               "command": list(s.command if s.command is not None else sys.argv), "env": environment(threads, device),
               "settings": s.header(threads, executor.name, device)}
+    if contention is not None:
+        header["contention"] = contention
     writer = RecordWriter(path, truncate=s.overwrite)
     try:
         writer.append(header)

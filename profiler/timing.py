@@ -154,7 +154,8 @@ class _Sampler:
         self.probe.begin()
         t = self.clock(fn) / divide
         seen = self.probe.end() or {}
-        self.cpu.append(float(seen.get("other_cpu") or 0.0))
+        if seen.get("other_cpu") is not None:  # None: unreadable here (no /proc), not "idle"
+            self.cpu.append(float(seen["other_cpu"]))
         (self.dirty if seen.get("contended") else self.clean).append(t)
 
     def result(self, min_reps: int, info: dict | None) -> list[float]:
