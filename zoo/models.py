@@ -10,6 +10,10 @@ Token embedding plus learned absolute positions, ``depth`` pre-norm blocks
 mean over real tokens and a linear classifier. This is the setting of the LRA text task and of
 the PoNet paper's consumption table (2 layers, d = 64, 2 heads of 32, FFN 128).
 
+``head="token"`` replaces the mean-pool classifier by a per-token one: logits (B, T, classes), and
+``loss`` takes labels (B, T) with -100 at positions that are not scored (token-level tasks such as
+associative recall). A length-reducing mixer cannot give one output per input token: it raises.
+
 A mixer with ``spec.reduces_length`` (e.g. Pyramidion) returns fewer tokens than it reads: its
 block has no residual around the mixer (the shapes differ) and the pooled keep-mask from
 ``forward_with_mask`` is carried to the following blocks and to the mean-pool.
@@ -70,12 +74,15 @@ class Encoder(nn.Module):
         max_len: int = 4096,
         mixer_overrides: dict[str, Any] | None = None,
         *,
+        head: str = "pool",
         device=None,
         dtype=None,
     ):
         super().__init__()
         for name, value in (("depth", depth), ("vocab", vocab), ("classes", classes), ("ffn", ffn), ("max_len", max_len)):
             check_positive_int(f"Encoder: {name}", value)
+        if head not in ("pool", "token"):
+            raise ZooValueError(f"Encoder: head: expected 'pool' or 'token', got {head!r}")
         overrides = dict(mixer_overrides or {})
         for key in ("dim", "heads"):
             if key in overrides:
@@ -89,6 +96,9 @@ class Encoder(nn.Module):
             EncoderBlock(create_mixer(mixer, dim=dim, heads=heads, **overrides, **kw), dim, ffn, **kw)
             for _ in range(depth)
         )
+        if head == "token" and any(b.mixer.spec.reduces_length for b in self.blocks):
+            raise ZooValueError(f"Encoder: head: 'token' needs one output per token; {mixer!r} reduces the length")
+        self.head = head
         self.norm = nn.LayerNorm(dim, **kw)
         self.classifier = nn.Linear(dim, classes, **kw)
         if device != "meta":
@@ -120,6 +130,8 @@ class Encoder(nn.Module):
         for block in self.blocks:
             h, mask = block(h, mask, causal)  # (B, T_l, D)
         h = self.norm(h)  # (B, T_l, D)
+        if self.head == "token":
+            return self.classifier(h)  # (B, T, classes)
         if mask is None:
             pooled = h.mean(dim=1)  # (B, D)
         else:
@@ -130,6 +142,8 @@ class Encoder(nn.Module):
     def loss(
         self, tokens: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False
     ) -> torch.Tensor:
-        """Mean cross-entropy of the classifier (computed in fp32)."""
-        logits = self(tokens, mask, causal=causal)  # (B, classes)
+        """Mean cross-entropy of the classifier (computed in fp32); token head: over labels != -100."""
+        logits = self(tokens, mask, causal=causal)  # (B, classes) or (B, T, classes)
+        if self.head == "token":
+            return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)  # (B*T, C)
         return F.cross_entropy(logits.float(), labels)
