@@ -133,6 +133,13 @@ def resolve_settings(preset: str | None = None, **given: Any) -> QualitySettings
     unknown = sorted(set(values) - fields)
     if unknown:
         raise ZooValueError(f"quality settings: unknown {', '.join(unknown)}")
+    from profiler.cases import parse_lengths
+
+    if "lengths" in values:
+        values["lengths"] = tuple(parse_lengths(values["lengths"]))
+    for key, parse in (("tasks", parse_tasks), ("lrs", parse_lrs)):
+        if key in values:
+            values[key] = parse(values[key])
     settings = QualitySettings(**values, preset=name)
     _validate(settings)
     return settings
