@@ -7,7 +7,7 @@ number of steps then depends on the machine), which the record says (``budget_ki
 
 The learning rate warms up linearly over ``warmup`` of the planned steps, then decays with a
 cosine to 10% of its peak. With a wall-clock budget the planned steps are estimated from the
-first steps' time. A non-finite loss stops the run with status ``diverged``.
+first steps' time (past the plan the lr stays at 10%). A non-finite loss stops the run with status ``diverged``.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def train_run(
     t0 = time.perf_counter()
     train_time = 0.0
     model.train()
-    while step < planned:
+    while cfg.steps is None or step < cfg.steps:  # a wall-clock budget breaks out below
         idx = torch.randint(0, len(tokens), (cfg.batch,), generator=order)  # (B,)
         for group in opt.param_groups:
             group["lr"] = lr * lr_factor(step, planned, cfg.warmup)
