@@ -1,7 +1,8 @@
 """Named settings for ``zoo quality --preset`` (explicit options override a preset).
 
-* ``default`` -- every registered mixer, the four tasks, CPU-sized (2 blocks, d = 64, short
-  sequences, a two-point lr grid, two seeds): tens of minutes on a 2-core CPU.
+* ``default`` -- every registered mixer, the four tasks, CPU-sized (2 blocks, d = 64, T = 64,
+  batch 16, 150 steps, a two-point lr grid, two seeds): about half an hour on a 2-core CPU with
+  14 mixers; short enough to run, too short for most mixers to learn MQAR (see docs/QUALITY.md).
 * ``quick`` -- the same grid at the smallest sizes and a few steps, for CI (minutes); it checks
   the pipeline, not the mixers.
 * ``lra`` -- the LRA model settings of the PoNet / Skeinformer / Nystromformer LRA code for
@@ -18,7 +19,7 @@ __all__ = ["PRESETS"]
 PRESETS: dict[str, dict[str, Any]] = {
     "default": dict(
         tasks=("mqar", "selective_copy", "listops", "ends"), lengths=(64,), depth=2, dim=64, heads=2, ffn=128,
-        batch=32, budget="400", lrs=(1e-3, 3e-3), seeds=2, train_size=8000, val_size=500, test_size=1000,
+        batch=16, budget="150", lrs=(1e-3, 3e-3), seeds=2, train_size=4000, val_size=400, test_size=800,
     ),
     "quick": dict(
         tasks=("mqar", "selective_copy", "listops", "ends"), lengths=(32,), depth=1, dim=32, heads=2, ffn=64,

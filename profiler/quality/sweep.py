@@ -32,6 +32,7 @@ __all__ = ["QualitySettings", "QualityCell", "parse_budget", "parse_tasks", "par
            "resolve_settings", "run_quality", "SCHEMA"]
 
 SCHEMA = 1
+_D = PRESETS["default"]  # the dataclass defaults are the default preset (one source of truth)
 _BUDGET = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(steps?|s|sec|m|min|h)?\s*$", re.IGNORECASE)
 
 
@@ -39,20 +40,20 @@ _BUDGET = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(steps?|s|sec|m|min|h)?\s*$", re.IG
 class QualitySettings:
     """Everything one ``zoo quality`` run needs (the CLI builds exactly one of these)."""
 
-    tasks: tuple[str, ...] = PRESETS["default"]["tasks"]
+    tasks: tuple[str, ...] = _D["tasks"]
     mixers: str | None = None  # profiler mixer syntax: "softmax[impl=eager],ponet", wildcards; None = all
-    lengths: tuple[int, ...] = PRESETS["default"]["lengths"]
-    depth: int = 2
-    dim: int = 64
-    heads: int = 2
-    ffn: int = 128
-    batch: int = 32
-    budget: str = "400"  # "400" / "400steps": steps; "30s", "5m", "1h": wall-clock per cell
-    lrs: tuple[float, ...] = (1e-3, 3e-3)
-    seeds: int = 2
-    train_size: int = 8000
-    val_size: int = 500
-    test_size: int = 1000
+    lengths: tuple[int, ...] = _D["lengths"]
+    depth: int = _D["depth"]
+    dim: int = _D["dim"]
+    heads: int = _D["heads"]
+    ffn: int = _D["ffn"]
+    batch: int = _D["batch"]
+    budget: str = _D["budget"]  # "150" / "150steps": steps; "30s", "5m", "1h": wall-clock per cell
+    lrs: tuple[float, ...] = _D["lrs"]
+    seeds: int = _D["seeds"]
+    train_size: int = _D["train_size"]
+    val_size: int = _D["val_size"]
+    test_size: int = _D["test_size"]
     data_seed: int = 0
     warmup: float = 0.1
     weight_decay: float = 0.1

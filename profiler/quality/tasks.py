@@ -116,8 +116,8 @@ class MQAR(Task):
     level: ClassVar[str] = "token"
     about: ClassVar[str] = "in-context associative recall: retrieve the value bound to a key seen earlier"
     num_kv: int = 8  # key-value pairs K per sequence
-    num_keys: int = 64  # key half of the vocabulary
-    num_values: int = 64  # value half of the vocabulary
+    num_keys: int = 32  # key half of the vocabulary
+    num_values: int = 32  # value half of the vocabulary
     alpha: float = 0.1  # query-slot weight (slot + 1) ** (alpha - 1); Zoology's power law
 
     def __post_init__(self):
