@@ -230,12 +230,15 @@ def plot_pareto(points: pd.DataFrame, title: str = ""):
                    marker="o" if has_mem else "s")
         if err is not None and pd.notna(err):
             ax.errorbar(row["throughput"], y, yerr=100 * err, color=color, lw=1, capsize=2, zorder=2)
-        ax.annotate(row["label"], (row["throughput"], y), xytext=(5, 4), textcoords="offset points", fontsize=8)
+    for k, (_, row) in enumerate(ok.sort_values("throughput").iterrows()):  # alternate label offsets
+        ax.annotate(row["label"], (row["throughput"], 100 * row["test_mean"]), xytext=(5, 4 if k % 2 else -11),
+                    textcoords="offset points", fontsize=8)
     front = pareto_front(ok["throughput"], ok["test_mean"])
     if front:
         f = ok.iloc[front].sort_values("throughput")
-        ax.step(f["throughput"], 100 * f["test_mean"], where="post", color="#333333", lw=1.2, ls="--", zorder=1,
-                label="Pareto frontier")
+        ax.scatter(f["throughput"], 100 * f["test_mean"], s=260, facecolors="none", edgecolors="#333333",
+                   linewidths=1.4, zorder=4, label="Pareto frontier (ringed)")
+        ax.step(f["throughput"], 100 * f["test_mean"], where="pre", color="#333333", lw=1.2, ls="--", zorder=1)
     chance = points["chance"].dropna()
     if len(chance):
         ax.axhline(100 * chance.mean(), color="#888888", ls=":", lw=1, label=f"chance {100 * chance.mean():.1f}%")
@@ -249,7 +252,7 @@ def plot_pareto(points: pd.DataFrame, title: str = ""):
     if missing:
         ax.annotate("no result: " + ", ".join(missing), (0.0, -0.16), xycoords="axes fraction", fontsize=8)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     return fig
 
 

@@ -90,7 +90,7 @@ def test_pareto_chart_marks_the_frontier(profile_cells):
     _, cells = profile_cells
     fig = plot_pareto(join_cost(select_best(quality_frame(RECORDS)), cells), "mqar T=64")
     ax = fig.axes[0]
-    assert any(line.get_label() == "Pareto frontier" for line in ax.get_lines())
+    assert any(c.get_label() == "Pareto frontier (ringed)" for c in ax.collections)
     assert ax.get_xscale() == "log" and "peak memory" in ax.get_title(loc="left")
 
 
