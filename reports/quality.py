@@ -32,7 +32,7 @@ import pandas as pd  # noqa: E402
 from reports.metrics import format_bytes, mixer_color  # noqa: E402
 
 __all__ = ["read_quality", "quality_frame", "select_best", "t_interval", "pareto_front", "join_cost",
-           "accuracy_rows", "plot_pareto", "format_summary", "add_quality_section"]
+           "accuracy_rows", "detail_rows", "plot_pareto", "format_summary", "add_quality_section"]
 
 # two-sided 95% Student t quantiles by degrees of freedom (df > 30: the normal 1.96)
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -70,8 +70,9 @@ def quality_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 
 def read_quality(paths: Iterable[str | Path]) -> pd.DataFrame:
-    """Every quality record of the files (other kinds and unreadable lines are skipped)."""
-    records = []
+    """Every quality record of the files (other kinds and unreadable lines are skipped);
+    ``.attrs["counts"]`` holds the number of quality lines read per file."""
+    records, counts = [], {}
     for path in paths:
         path = Path(path)
         if not path.is_file():
@@ -83,7 +84,10 @@ def read_quality(paths: Iterable[str | Path]) -> pd.DataFrame:
                 continue
             if isinstance(rec, dict) and rec.get("kind") == "quality":
                 records.append(rec)
-    return quality_frame(records)
+                counts[str(path)] = counts.get(str(path), 0) + 1
+    df = quality_frame(records)
+    df.attrs["counts"] = counts
+    return df
 
 
 def select_best(df: pd.DataFrame) -> pd.DataFrame:
@@ -213,6 +217,21 @@ def accuracy_rows(best: pd.DataFrame) -> tuple[list[str], list[list[Any]], list[
     return columns, rows, bold
 
 
+def detail_rows(best: pd.DataFrame) -> tuple[list[str], list[list[Any]]]:
+    """One row per (task, T, mixer): chosen lr, seeds, test mean, interval, seed spread, val mean."""
+    columns = ["task", "T", "mixer", "lr", "seeds", "test %", "± 95%", "spread", "val %", "tokens/s", "status"]
+    rows = []
+    for _, r in best.iterrows():
+        ok = r["status"] == "ok"
+        rows.append([r["task"], int(r["T"]), r["label"], f"{r['lr']:g}" if ok else "–", int(r["n"]),
+                     _pct(r["test_mean"]) if ok else "–",
+                     _pct(r["test_ci"]) if ok and r["test_ci"] is not None and pd.notna(r["test_ci"]) else "–",
+                     _pct(r["test_spread"]) if ok else "–", _pct(r["val_mean"]) if ok else "–",
+                     f"{r['tokens_per_s']:,.0f}" if ok and pd.notna(r["tokens_per_s"]) else "–",
+                     r["status"] if ok else f"{r['status']}: {r['reason']}"])
+    return columns, rows
+
+
 def plot_pareto(points: pd.DataFrame, title: str = ""):
     """Test accuracy against training throughput (log x), bubble area ~ peak memory, the Pareto
     frontier (higher accuracy and throughput) drawn as a step line, chance as a dotted line."""
@@ -279,6 +298,7 @@ def add_quality_section(doc, quality: pd.DataFrame, cells: pd.DataFrame | None, 
     for i, j in bold:
         rows[i][j] = Bold(str(rows[i][j]))
     doc.frame(Frame(columns, rows, caption="test accuracy (%), lr chosen on validation"))
+    doc.frame(Frame(*detail_rows(best), caption="per result: chosen lr, seeds, interval and seed spread (points)"))
     joined = join_cost(best, cells)
     n_profile = int((joined["cost_source"] == "profile").sum())
     doc.p(f"Cost joined from profile records for {n_profile} of {len(joined)} (mixer, task, T) results (train mode, "

@@ -756,6 +756,8 @@ def build_report(
     from reports.quality import add_quality_section, read_quality  # quality records (`zoo quality`)
 
     quality = read_quality(p.path for p in profiles)
+    for p in profiles:  # quality records are read here, not "of a kind this reader does not know"
+        p.ignored -= quality.attrs.get("counts", {}).get(str(p.path), 0)
     if not runs_p and not fidelity_frames and quality.empty:
         names = ", ".join(str(p.path) for p in profiles)
         raise ReportError(f"{names}: no cell, fidelity or quality records (only headers: an interrupted or empty sweep?)")

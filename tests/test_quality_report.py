@@ -103,6 +103,7 @@ def test_compare_report_has_the_quality_section(profile_cells, tmp_path):
     assert "## Quality next to cost" in md and "**98.0 ±" in md and "| chance | 6.2 |" in md
     assert (tmp_path / "out" / "figures" / "quality-mqar-64.png").stat().st_size > 1000
     assert "<b>98.0 ±" in report.files["html"].read_text()
+    assert "does not know" not in md and "| mqar | 64 | softmax | 0.003 | 2 | 98.0 |" in md
     alone = build_report([quality], tmp_path / "alone", formats="md")  # a quality file on its own
     assert "## Quality next to cost" in alone.files["md"].read_text()
     assert len(read_quality([quality])) == len(RECORDS)
