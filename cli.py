@@ -204,6 +204,7 @@ def quality_cmd(
     budget: Optional[str] = typer.Option(None, help="per cell: steps (150) or wall clock (30s, 5m) [default: 150 steps]"),
     lrs: Optional[str] = typer.Option(None, help="learning-rate grid, chosen on validation [default: 1e-3,3e-3]"),
     batch: Optional[int] = typer.Option(None, help="sequences per step [default: 16]"),
+    task_settings: Optional[str] = typer.Option(None, "--task-settings", help="generator settings: mqar.num_kv=4,mqar.num_keys=16"),
     preset: Optional[str] = typer.Option(None, help="default | quick (CI, minutes) | lra (LRA ListOps model settings, GPU-sized)"),
     quick: bool = typer.Option(False, "--quick", help="the quick preset (CI-sized; checks the pipeline)"),
     listops_dir: Optional[Path] = typer.Option(None, help="folder with the LRA ListOps TSVs (or pickles) to use instead of generated ListOps"),
@@ -224,7 +225,7 @@ def quality_cmd(
     settings = resolve_settings(
         "quick" if quick else preset, tasks=parse_tasks(tasks) if tasks is not None else None, mixers=mixers,
         lengths=lengths, dim=dim, depth=depth, heads=heads, seeds=seeds, budget=budget,
-        lrs=parse_lrs(lrs) if lrs is not None else None, batch=batch, threads=threads,
+        lrs=parse_lrs(lrs) if lrs is not None else None, batch=batch, threads=threads, task_settings=task_settings,
         listops_dir=str(listops_dir) if listops_dir else None, allow_pickle=allow_pickle or None,
     )
     records = run_quality(settings, out=out, resume=resume, overwrite=overwrite, progress=not quiet,

@@ -96,6 +96,9 @@ def test_a_failing_cell_is_an_error_record(tmp_path, monkeypatch):
     (dict(lrs="1e-3,-1"), "lrs: expected positive"),
     (dict(dim=30, heads=4), "heads: expected a divisor of dim=30"),
     (dict(mixers="sofmax"), "Did you mean 'softmax'"),
+    (dict(tasks="mqar", task_settings="mqar.num_pairs=3"), "unknown setting 'num_pairs'"),
+    (dict(tasks="mqar", task_settings="mqar.num_kv"), "expected task.key=value"),
+    (dict(tasks="ends", task_settings="mqar.num_kv=2"), "for tasks not in the run: mqar"),
 ])
 def test_bad_input_raises_before_writing(tmp_path, kw, message):
     out = tmp_path / "q.jsonl"

@@ -29,7 +29,7 @@ from profiler.records import RecordWriter, check_writable, environment, now_iso,
 from zoo.errors import ZooValueError
 
 __all__ = ["QualitySettings", "QualityCell", "parse_budget", "parse_tasks", "parse_lrs", "plan_quality",
-           "resolve_settings", "run_quality", "SCHEMA"]
+           "resolve_settings", "run_quality", "parse_task_settings", "SCHEMA"]
 
 SCHEMA = 1
 _D = PRESETS["default"]  # the dataclass defaults are the default preset (one source of truth)
@@ -123,6 +123,27 @@ def parse_lrs(text: str | tuple[float, ...] | list[float]) -> tuple[float, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def parse_task_settings(text: str | dict) -> dict[str, dict[str, Any]]:
+    """``"mqar.num_kv=4,mqar.num_keys=16"`` -> ``{"mqar": {"num_kv": 4, "num_keys": 16}}``."""
+    if isinstance(text, dict):
+        return text
+    out: dict[str, dict[str, Any]] = {}
+    for item in (i.strip() for i in text.split(",")):
+        m = re.fullmatch(r"([a-z_]+)\.([a-z_]+)=([-+.\w]+)", item)
+        if not m:
+            raise ZooValueError(f"task settings: expected task.key=value items like mqar.num_kv=4, got {item!r}")
+        task, key, raw = m.groups()
+        try:
+            value: Any = int(raw)
+        except ValueError:
+            try:
+                value = float(raw)
+            except ValueError:
+                raise ZooValueError(f"task settings: {task}.{key}: expected a number, got {raw!r}") from None
+        out.setdefault(task, {})[key] = value
+    return out
+
+
 def resolve_settings(preset: str | None = None, **given: Any) -> QualitySettings:
     """A preset's values, then every option that was given (None = not given)."""
     name = preset or "default"
@@ -138,7 +159,7 @@ def resolve_settings(preset: str | None = None, **given: Any) -> QualitySettings
 
     if "lengths" in values:
         values["lengths"] = tuple(parse_lengths(values["lengths"]))
-    for key, parse in (("tasks", parse_tasks), ("lrs", parse_lrs)):
+    for key, parse in (("tasks", parse_tasks), ("lrs", parse_lrs), ("task_settings", parse_task_settings)):
         if key in values:
             values[key] = parse(values[key])
     settings = QualitySettings(**values, preset=name)
