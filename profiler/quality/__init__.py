@@ -1,8 +1,8 @@
 """Quality next to cost: train every mixer on synthetic long-range tasks (``zoo quality``).
 
 ``tasks`` (generators and chance levels) · ``lra`` (loaders for the real LRA ListOps data) ·
-``train`` (one run: AdamW, warm-up, budget, determinism) · ``sweep`` (cells, lr grid, seeds,
-records, resume) · ``presets``. Records: ``docs/QUALITY.md``.
+``train`` (one run: AdamW, warm-up, budget, determinism) · ``options`` (option parsers) ·
+``sweep`` (cells, lr grid, seeds, records, resume) · ``presets``. Records: ``docs/QUALITY.md``.
 """
 
 from profiler.quality.sweep import QualitySettings, plan_quality, resolve_settings, run_quality
