@@ -247,8 +247,10 @@ def plot_pareto(points: pd.DataFrame, title: str = ""):
         ax.scatter(row["throughput"], y, s=size, color=color, alpha=0.55 if has_mem else 0.9,
                    edgecolors="black" if row["cost_source"] == "profile" else color, linewidths=0.8, zorder=3,
                    marker="o" if has_mem else "s")
-        if err is not None and pd.notna(err):
-            ax.errorbar(row["throughput"], y, yerr=100 * err, color=color, lw=1, capsize=2, zorder=2)
+        if err is not None and pd.notna(err):  # the interval, clipped to what an accuracy can be
+            lo, hi = min(y, 100 * err), min(100.0 - y, 100 * err)
+            ax.errorbar(row["throughput"], y, yerr=[[max(lo, 0.0)], [max(hi, 0.0)]], color=color, lw=1, capsize=2,
+                        zorder=2)
     for k, (_, row) in enumerate(ok.sort_values("throughput").iterrows()):  # alternate label offsets
         ax.annotate(row["label"], (row["throughput"], 100 * row["test_mean"]), xytext=(5, 4 if k % 2 else -11),
                     textcoords="offset points", fontsize=8)
@@ -263,8 +265,9 @@ def plot_pareto(points: pd.DataFrame, title: str = ""):
         ax.axhline(100 * chance.mean(), color="#888888", ls=":", lw=1, label=f"chance {100 * chance.mean():.1f}%")
     if len(ok):
         ax.set_xscale("log")
+    ax.set_ylim(-3, 103)
     ax.set_xlabel("training throughput (tokens/s, log scale)")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel("test accuracy (%), 95% interval over seeds")
     note = "bubble area ∝ peak memory" + (f" (largest {format_bytes(mmax)})" if mem.notna().any() else ": no profile joined")
     ax.set_title((title + "\n" if title else "") + note, loc="left", fontsize=10)
     missing = sorted(set(points["label"]) - set(ok["label"]))
