@@ -231,6 +231,49 @@ def _threads(text: str | None) -> int | str | None:
     return int(text) if text.strip().isdigit() else text
 
 
+@app.command("quality")
+@_user_errors
+def quality_cmd(
+    tasks: Optional[str] = typer.Option(None, help="comma list of mqar, selective_copy, listops, ends [default: all four]"),
+    mixers: Optional[str] = typer.Option(None, help="as in `zoo profile`: 'softmax[impl=eager],ponet', '*former' [default: all]"),
+    lengths: Optional[str] = typer.Option(None, help="sequence lengths: 256,1k or 64..512 [default: 64]"),
+    dim: Optional[int] = typer.Option(None, help="model width D [default: 64]"),
+    depth: Optional[int] = typer.Option(None, help="encoder blocks [default: 2]"),
+    heads: Optional[int] = typer.Option(None, help="heads per mixer [default: 2]"),
+    seeds: Optional[int] = typer.Option(None, help="seeds per (mixer, task, T, lr) [default: 2]"),
+    budget: Optional[str] = typer.Option(None, help="per cell: steps (150) or wall clock (30s, 5m) [default: 150 steps]"),
+    lrs: Optional[str] = typer.Option(None, help="learning-rate grid, chosen on validation [default: 1e-3,3e-3]"),
+    batch: Optional[int] = typer.Option(None, help="sequences per step [default: 16]"),
+    task_settings: Optional[str] = typer.Option(None, "--task-settings", help="generator settings: mqar.num_kv=4,mqar.num_keys=16"),
+    preset: Optional[str] = typer.Option(None, help="default | quick (CI, minutes) | lra (LRA ListOps model settings, GPU-sized)"),
+    quick: bool = typer.Option(False, "--quick", help="the quick preset (CI-sized; checks the pipeline)"),
+    listops_dir: Optional[Path] = typer.Option(None, help="folder with the LRA ListOps TSVs (or pickles) to use instead of generated ListOps"),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="load processed LRA pickles (unpickling runs code: trusted files only)"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads [default: 1]"),
+    out: Path = typer.Option(Path("runs") / "quality.jsonl", "--out", help="JSONL file of records"),
+    resume: bool = typer.Option(False, "--resume", help="run only the cells missing from --out"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it holds records"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> None:
+    """Train every mixer on synthetic long-range tasks; accuracy per (task, T, mixer), one JSON line per run."""
+    from profiler.quality.sweep import parse_lrs, parse_tasks, resolve_settings, run_quality
+    from reports.quality import format_summary, quality_frame, select_best
+    from zoo.errors import ZooValueError
+
+    if quick and preset not in (None, "quick"):
+        raise ZooValueError(f"--quick: conflicts with --preset {preset}")
+    settings = resolve_settings(
+        "quick" if quick else preset, tasks=parse_tasks(tasks) if tasks is not None else None, mixers=mixers,
+        lengths=lengths, dim=dim, depth=depth, heads=heads, seeds=seeds, budget=budget,
+        lrs=parse_lrs(lrs) if lrs is not None else None, batch=batch, threads=threads, task_settings=task_settings,
+        listops_dir=str(listops_dir) if listops_dir else None, allow_pickle=allow_pickle or None,
+    )
+    records = run_quality(settings, out=out, resume=resume, overwrite=overwrite, progress=not quiet,
+                          command=[Path(sys.argv[0]).name, *sys.argv[1:]])
+    typer.echo(format_summary(select_best(quality_frame(records))))
+    typer.echo(f"records in {out}", err=True)
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     app()
 

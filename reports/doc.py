@@ -22,6 +22,13 @@ class Flag:
 
 
 @dataclass
+class Bold:
+    """A table value shown in bold (the best of its column)."""
+
+    text: str
+
+
+@dataclass
 class Frame:
     """A plain table: columns and rows of str / Flag; a 'mixer' column gets colour swatches."""
 

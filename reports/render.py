@@ -24,7 +24,7 @@ import pandas as pd
 
 from reports.cells import is_contended, is_noisy
 from reports.complexity import complexity_section
-from reports.doc import Doc, Figure, Flag, Frame, group_heading, lengths_text, make_figure
+from reports.doc import Bold, Doc, Figure, Flag, Frame, group_heading, lengths_text, make_figure
 from reports.errors import ReportError
 from reports.fit import FLAG_THRESHOLD
 from reports.load import Profile, cell_identity, read_profiles
@@ -413,6 +413,8 @@ def _scaling_section(doc: Doc, runs: list[tuple[str, pd.DataFrame]], cells: pd.D
 def _md_cell(v: Any) -> str:
     if isinstance(v, Flag):
         return f"**⚠ {_md_text(v.text)}**"
+    if isinstance(v, Bold):
+        return f"**{_md_text(v.text)}**"
     return _md_text(str(v))
 
 
@@ -505,6 +507,8 @@ window.addEventListener('load', function () {
 def _html_cell(v: Any, column: str) -> str:
     if isinstance(v, Flag):
         return f'<td><span class="flag">⚠ {html.escape(v.text)}</span></td>'
+    if isinstance(v, Bold):
+        return f"<td><b>{html.escape(v.text)}</b></td>"
     text = html.escape(str(v))
     if column == "mixer" and text not in ("", "–"):
         text = f'<span class="swatch" style="background:{mixer_color(str(v))}"></span>{text}'
@@ -587,9 +591,14 @@ def build_report(
     profiles = read_profiles(paths)
     runs_p = [p for p in profiles if p.has_cells]
     fidelity_frames = [p.fidelity.assign(run=p.name) for p in profiles if not p.fidelity.empty]
-    if not runs_p and not fidelity_frames:
+    from reports.quality import add_quality_section, read_quality  # quality records (`zoo quality`)
+
+    quality = read_quality(p.path for p in profiles)
+    for p in profiles:  # quality records are read here, not "of a kind this reader does not know"
+        p.ignored -= quality.attrs.get("counts", {}).get(str(p.path), 0)
+    if not runs_p and not fidelity_frames and quality.empty:
         names = ", ".join(str(p.path) for p in profiles)
-        raise ReportError(f"{names}: no cell or fidelity records (only headers: an interrupted or empty sweep?)")
+        raise ReportError(f"{names}: no cell, fidelity or quality records (only headers: an interrupted or empty sweep?)")
     baseline = baseline or _default_baseline(profiles)
     runs = [(p.name, p.cells.assign(run=p.name)) for p in runs_p]
     if len(runs) > 1:
@@ -607,6 +616,8 @@ def build_report(
     if runs:
         complexity_section(doc, runs, profiles, declared() if callable(declared) else declared, baseline)
     _fidelity_section(doc, fidelity, figures)
+    if not quality.empty:
+        add_quality_section(doc, quality, cells, figures)
     if runs:
         _fairness_section(doc, runs)
     _environment_section(doc, profiles, cells)

@@ -17,6 +17,10 @@ has that field (those with attention weights: ``softmax``, ``linformer``, ...); 
 as the LRA code applies attention dropout only inside softmax attention. Dropout is active in
 ``train()`` mode only; with both at 0 (the default) the model is deterministic.
 
+``head="token"`` replaces the mean-pool classifier by a per-token one: logits (B, T, classes), and
+``loss`` takes labels (B, T) with -100 at positions that are not scored (token-level tasks such as
+associative recall). A length-reducing mixer cannot give one output per input token: it raises.
+
 A mixer with ``spec.reduces_length`` (e.g. Pyramidion) returns fewer tokens than it reads: its
 block has no residual around the mixer (the shapes differ) and the pooled keep-mask from
 ``forward_with_mask`` is carried to the following blocks and to the mean-pool.
@@ -83,6 +87,7 @@ class Encoder(nn.Module):
         *,
         dropout: float = 0.0,
         attention_dropout: float = 0.0,
+        head: str = "pool",
         device=None,
         dtype=None,
     ):
@@ -92,6 +97,8 @@ class Encoder(nn.Module):
         for name, value in (("dropout", dropout), ("attention_dropout", attention_dropout)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise ZooValueError(f"Encoder: {name}: expected a probability in [0, 1), got {value!r}")
+        if head not in ("pool", "token"):
+            raise ZooValueError(f"Encoder: head: expected 'pool' or 'token', got {head!r}")
         overrides = dict(mixer_overrides or {})
         for key in ("dim", "heads"):
             if key in overrides:
@@ -117,6 +124,9 @@ class Encoder(nn.Module):
             EncoderBlock(create_mixer(mixer, dim=dim, heads=heads, **overrides, **kw), dim, ffn, dropout=dropout, **kw)
             for _ in range(depth)
         )
+        if head == "token" and any(b.mixer.spec.reduces_length for b in self.blocks):
+            raise ZooValueError(f"Encoder: head: 'token' needs one output per token; {mixer!r} reduces the length")
+        self.head = head
         self.norm = nn.LayerNorm(dim, **kw)
         self.classifier = nn.Linear(dim, classes, **kw)
         if device != "meta":
@@ -148,6 +158,8 @@ class Encoder(nn.Module):
         for block in self.blocks:
             h, mask = block(h, mask, causal)  # (B, T_l, D)
         h = self.norm(h)  # (B, T_l, D)
+        if self.head == "token":
+            return self.classifier(h)  # (B, T, classes)
         if mask is None:
             pooled = h.mean(dim=1)  # (B, D)
         else:
@@ -158,6 +170,8 @@ class Encoder(nn.Module):
     def loss(
         self, tokens: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False
     ) -> torch.Tensor:
-        """Mean cross-entropy of the classifier (computed in fp32)."""
-        logits = self(tokens, mask, causal=causal)  # (B, classes)
+        """Mean cross-entropy of the classifier (computed in fp32); token head: over labels != -100."""
+        logits = self(tokens, mask, causal=causal)  # (B, classes) or (B, T, classes)
+        if self.head == "token":
+            return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)  # (B*T, C)
         return F.cross_entropy(logits.float(), labels)
