@@ -1,5 +1,5 @@
-"""Issue 15's targets for the modern mixers (mamba2, retnet, gla; deltanet and gated_deltanet
-when registered) against the peers' pure-PyTorch references, loaded at run time (``peers.py``).
+"""Issue 15's targets for the modern mixers (mamba2, retnet, gla, deltanet, gated_deltanet)
+against the peers' pure-PyTorch references, loaded at run time (``peers.py``).
 
 1. Parity (not timing; fast): causal outputs of each zoo mixer equal the peer's reference within
    1e-4 relative (max |zoo - peer| / max |peer|), fp32, same weights and inputs. Two checks per
@@ -8,8 +8,9 @@ when registered) against the peers' pure-PyTorch references, loaded at run time 
    Peers: mamba2 - ``ssd_minimal_discrete`` (mamba-ssm's minimal SSD listing); retnet -
    ``naive_retention`` (parallel) and ``naive_chunk_simple_gla`` (fla); gla -
    ``naive_recurrent_gla`` (fla); deltanet / gated_deltanet - ``delta_rule_chunkwise`` /
-   ``naive_chunk_gated_delta_rule`` (fla), through the mixer's ``scan`` with the signatures in
-   ``peers.py``, skipped with a message when the mixer or its ``scan`` is absent.
+   ``naive_chunk_gated_delta_rule`` (fla), through the mixer's ``scan`` (``scan(q, k, v, beta,
+   chunk=...)`` and ``scan(q, k, v, beta, log_g, chunk=...)``, q pre-scaled; adapters in
+   ``peers.py``); a pair is skipped with a message when its mixer or ``scan`` is absent.
 2. Timing (the lead runs it on a quiet machine): at T = 16384, D = 256, 4 heads, B = 1, fp32 CPU,
    causal, forward (no_grad) and forward + backward, each zoo mixer is at least as fast as the
    same layer running the peer's chunked pure-PyTorch core (mamba2: ssd_minimal_discrete;

@@ -75,3 +75,16 @@ def test_gated_delta_rule_matches_fla(peer_fn, T):
     err = relative_error(ours, tr(theirs))
     print(f"gated_deltanet vs fla {peer_fn} (T={T}): max relative error {err:.2e}")
     assert err < REL_TOL, f"{peer_fn}: relative error {err:.2e} >= {REL_TOL}"
+
+
+@pytest.mark.parametrize("name", ["deltanet", "gated_deltanet"])
+def test_mixer_scan_is_the_chunked_op_with_prescaled_q(name):
+    """``Mixer.scan`` (the core bench_modern swaps for fla's) takes q already scaled by K^-1/2 and
+    equals the chunked op with its default scale; runs without the peers."""
+    from zoo import get_mixer_class
+
+    q, k, v, beta, g = inputs(45, gated=name == "gated_deltanet", P=8)
+    gates = (beta,) if g is None else (beta, g)
+    got = get_mixer_class(name).scan(q * 8**-0.5, k, v, *gates, chunk=16)
+    want = delta_rule_chunked(q, k, v, beta, g, chunk_size=16)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)

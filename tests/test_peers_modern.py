@@ -19,7 +19,14 @@ from benchmarks import peers
 from benchmarks.bench_modern import PARITY_TOL, parity_case
 
 ROOT = Path(__file__).resolve().parent.parent
-PAIRS = [("mamba2", "ssd_minimal"), ("retnet", "retention"), ("retnet", "simple_gla"), ("gla", "gla")]
+PAIRS = [
+    ("mamba2", "ssd_minimal"),
+    ("retnet", "retention"),
+    ("retnet", "simple_gla"),
+    ("gla", "gla"),
+    ("deltanet", "delta_rule"),
+    ("gated_deltanet", "gated_delta_rule"),
+]
 
 
 def _root_or_skip(peer: str) -> Path:
@@ -56,6 +63,28 @@ def test_swapped_core_is_really_the_peer():
         torch.testing.assert_close(m(x, causal=True), y, atol=1e-5, rtol=1e-4)
         m.scan = lambda q, k, v, log_g, **kw: scan(q, k, v, log_g * 0.5, **kw)
         assert (m(x, causal=True) - y).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name, peer", [("deltanet", "delta_rule"), ("gated_deltanet", "gated_delta_rule")])
+def test_delta_layers_swap_their_core_for_the_peer(name, peer):
+    """The delta-rule layers call their class-level ``scan`` (q pre-scaled) in both directions, so
+    the peer's core gives the same layer output, and a wrong core changes it."""
+    import torch
+
+    from zoo import create_mixer
+
+    scan = peers.peer_scan(peer, _root_or_skip(peer))
+    torch.manual_seed(0)
+    m = create_mixer(name, dim=32, heads=2, chunk_size=8)
+    x = torch.randn(1, 21, 32)
+    with torch.no_grad():
+        for causal in (True, False):
+            y = m(x, causal=causal)
+            m.scan = scan
+            torch.testing.assert_close(m(x, causal=causal), y, atol=1e-5, rtol=1e-4)
+            m.scan = lambda q, *rest, **kw: scan(q * 0.5, *rest, **kw)
+            assert (m(x, causal=causal) - y).abs().max() > 1e-3
+            del m.scan
 
 
 def test_delta_rule_adapters_match_the_peers_recurrences():

@@ -30,6 +30,7 @@ Deviations
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -169,9 +170,19 @@ def rms_norm(z: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def init_short_conv(channels: int, taps: int, device=None, dtype=None) -> nn.Parameter:
-    """Depthwise conv weight (C, 1, taps), PyTorch's Conv1d default init."""
-    conv = nn.Conv1d(channels, channels, taps, groups=channels, bias=False, device=device, dtype=dtype)
-    return conv.weight
+    """An uninitialised depthwise conv weight (C, 1, taps); :func:`reset_short_conv` fills it."""
+    return nn.Parameter(torch.empty(channels, 1, taps, device=device, dtype=dtype))
+
+
+def reset_short_conv(weight: torch.Tensor) -> None:
+    """PyTorch's Conv1d default init of a depthwise weight (C, 1, taps): kaiming-uniform, a = sqrt(5)."""
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+
+
+def delta_rule_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """DeltaNet's swappable causal core: q (already scaled), k (B, H, T, K), v (B, H, T, V), beta
+    (B, H, T) -> o (B, H, T, V); :func:`delta_rule_chunked` with scale 1."""
+    return delta_rule_chunked(q, k, v, beta, None, chunk, scale=1.0)
 
 
 def delta_projections(mixer, x: torch.Tensor, mask: torch.Tensor | None) -> list[torch.Tensor]:
@@ -200,16 +211,18 @@ def delta_scans(
     mixer, x: torch.Tensor, mask: torch.Tensor | None, beta: torch.Tensor, g: torch.Tensor | None, causal: bool
 ) -> torch.Tensor:
     """The forward scan, plus the backward scan over the reversed sequence unless ``causal``
-    (same parameters, outputs summed). beta, g: (B, H, T). Returns (B, H, T, P)."""
-    chunk = mixer.config.chunk_size
+    (same parameters, outputs summed), each through ``mixer.scan`` (q scaled by P^-1/2 here;
+    g is passed after beta when not None). beta, g: (B, H, T). Returns (B, H, T, P)."""
+    chunk, scale = mixer.config.chunk_size, mixer.config.head_dim**-0.5
     projections = delta_projections(mixer, x, mask)  # 3 x (B, T, D), shared by both scans
     q, k, v = delta_qkv(mixer, projections, reverse=False)  # (B, H, T, P)
-    o = delta_rule_chunked(q, k, v, beta, g, chunk)  # (B, H, T, P)
+    gates = (beta,) if g is None else (beta, g)  # (B, H, T) each
+    o = mixer.scan(q * scale, k, v, *gates, chunk=chunk)  # (B, H, T, P)
     if causal:
         return o
     q, k, v = delta_qkv(mixer, projections, reverse=True)  # (B, H, T, P), reversed token order
-    g = None if g is None else g.flip(2)
-    return o + delta_rule_chunked(q, k, v, beta.flip(2), g, chunk).flip(2)
+    gates = tuple(t.flip(2) for t in gates)  # (B, H, T) each, reversed token order
+    return o + mixer.scan(q * scale, k, v, *gates, chunk=chunk).flip(2)
 
 
 def per_head_gate(t: torch.Tensor, mask: torch.Tensor | None, fill: float) -> torch.Tensor:
@@ -273,6 +286,8 @@ class DeltaNetMixer(TokenMixer):
         ),
     )
     Config = DeltaNetConfig
+    # the causal core (q, k, v, beta, chunk=...) -> o, q pre-scaled; a benchmark may swap it on an instance
+    scan = staticmethod(delta_rule_scan)
 
     def __init__(self, config: DeltaNetConfig, *, device=None, dtype=None):
         super().__init__(config)
@@ -285,10 +300,25 @@ class DeltaNetMixer(TokenMixer):
         self.q_conv = init_short_conv(D, config.conv_size, **kw)
         self.k_conv = init_short_conv(D, config.conv_size, **kw)
         self.v_conv = init_short_conv(D, config.conv_size, **kw)
-        self.o_norm = nn.Parameter(torch.ones(config.head_dim, **kw))  # RMSNorm gain, shared by heads
+        self.o_norm = nn.Parameter(torch.empty(config.head_dim, **kw))  # RMSNorm gain, shared by heads
         self.out_proj = nn.Linear(D, D, bias=False, **kw)
+        self._init_weights()
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        for weight in (self.q_conv, self.k_conv, self.v_conv):
+            reset_short_conv(weight)
+        nn.init.ones_(self.o_norm)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False) -> torch.Tensor:
+        """Mix tokens: x (B, T, D) in the module's dtype -> (B, T, D).
+
+        mask: optional bool (B, T), True = real token (None: all real); padded output rows are zero,
+        padded tokens write nothing to the state (beta = 0).
+        causal: True runs the causal delta-rule scan (position i sees j <= i); False (default) sums
+        a forward and a backward scan.
+        Extra inputs: none. Precision: the scans and the output norm run in at least fp32.
+        """
         check_inputs(self, x, mask, causal)
         c = self.config
         dt = compute_dtype(x.dtype)

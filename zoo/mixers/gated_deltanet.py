@@ -43,6 +43,7 @@ from zoo.mixers.deltanet import (
     delta_scans,
     init_short_conv,
     per_head_gate,
+    reset_short_conv,
     rms_norm,
 )
 from zoo.registry import register
@@ -61,6 +62,14 @@ def gated_delta_rule_chunked(
     and beta (B, H, T). Argument order of fla's ``naive_chunk_gated_delta_rule`` (whose layout is
     (B, T, H, .): transpose dims 1 and 2). Returns o (B, H, T, V)."""
     return delta_rule_chunked(q, k, v, beta, g, chunk_size, scale)
+
+
+def gated_delta_rule_scan(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, log_g: torch.Tensor, chunk: int = 64
+) -> torch.Tensor:
+    """Gated DeltaNet's swappable causal core: q (already scaled), k (B, H, T, K), v (B, H, T, V),
+    beta and log_g (B, H, T) -> o (B, H, T, V); the chunked WY form with scale 1."""
+    return delta_rule_chunked(q, k, v, beta, log_g, chunk, scale=1.0)
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,8 @@ class GatedDeltaNetMixer(TokenMixer):
         ),
     )
     Config = GatedDeltaNetConfig
+    # the causal core (q, k, v, beta, log_g, chunk=...) -> o, q pre-scaled; a benchmark may swap it
+    scan = staticmethod(gated_delta_rule_scan)
 
     def __init__(self, config: GatedDeltaNetConfig, *, device=None, dtype=None):
         super().__init__(config)
@@ -120,13 +131,30 @@ class GatedDeltaNetMixer(TokenMixer):
         self.q_conv = init_short_conv(D, config.conv_size, **kw)
         self.k_conv = init_short_conv(D, config.conv_size, **kw)
         self.v_conv = init_short_conv(D, config.conv_size, **kw)
-        A_log, dt_bias = mamba_decay_init(H, device, dtype)
-        self.A_log = nn.Parameter(A_log)
-        self.dt_bias = nn.Parameter(dt_bias)
-        self.o_norm = nn.Parameter(torch.ones(config.head_dim, **kw))  # RMSNorm gain, shared by heads
+        self.A_log = nn.Parameter(torch.empty(H, **kw))  # log(-A), (H,)
+        self.dt_bias = nn.Parameter(torch.empty(H, **kw))  # softplus^-1 of the initial rate, (H,)
+        self.o_norm = nn.Parameter(torch.empty(config.head_dim, **kw))  # RMSNorm gain, shared by heads
         self.out_proj = nn.Linear(D, D, bias=False, **kw)
+        self._init_weights()
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        for weight in (self.q_conv, self.k_conv, self.v_conv):
+            reset_short_conv(weight)
+        A_log, dt_bias = mamba_decay_init(self.config.heads, self.A_log.device, self.A_log.dtype)
+        self.A_log.copy_(A_log)
+        self.dt_bias.copy_(dt_bias)
+        nn.init.ones_(self.o_norm)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False) -> torch.Tensor:
+        """Mix tokens: x (B, T, D) in the module's dtype -> (B, T, D).
+
+        mask: optional bool (B, T), True = real token (None: all real); padded output rows are zero,
+        padded tokens neither write to nor decay the state (beta = 0, log decay 0).
+        causal: True runs the causal gated delta-rule scan (position i sees j <= i); False
+        (default) sums a forward and a backward scan.
+        Extra inputs: none. Precision: the scans, decays and the gated norm run in at least fp32.
+        """
         check_inputs(self, x, mask, causal)
         c = self.config
         dt = compute_dtype(x.dtype)

@@ -133,14 +133,27 @@ class GLAMixer(TokenMixer):
         self.g_proj = nn.Linear(D, D, bias=False, **kw)
         self.gk_down = nn.Linear(D, config.gate_low_rank, bias=False, **kw)
         self.gk_up = nn.Linear(config.gate_low_rank, Kd, bias=True, **kw)
-        self.norm_weight = nn.Parameter(torch.ones(D // config.heads, **kw))
+        self.norm_weight = nn.Parameter(torch.empty(D // config.heads, **kw))  # (V,), shared by heads
         self.out_proj = nn.Linear(D, D, bias=False, **kw)
+        self._init_weights()
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        nn.init.ones_(self.norm_weight)  # the projections keep nn.Linear's default init
 
     def log_decay(self, x: torch.Tensor) -> torch.Tensor:
         """log g (B, T, key width) <= 0 from the low-rank gate projection."""
         return F.logsigmoid(self.gk_up(self.gk_down(x))) / self.config.gate_logit_normalizer
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False) -> torch.Tensor:
+        """Mix tokens: x (B, T, D) in the module's dtype -> (B, T, D).
+
+        mask: optional bool (B, T), True = real token (None: all real); padded output rows are zero,
+        padded tokens pass the state through unchanged.
+        causal: True runs the causal gated scan (position i sees j <= i); False (default) sums a
+        forward and a backward scan.
+        Extra inputs: none. Precision: the scan and the output RMSNorm run in at least fp32.
+        """
         check_inputs(self, x, mask, causal)
         c = self.config
         dt = compute_dtype(x.dtype)  # sums over T run in >= fp32

@@ -118,7 +118,12 @@ class Sin(nn.Module):
 
     def __init__(self, width: int, device=None, dtype=None):
         super().__init__()
-        self.freq = nn.Parameter(torch.ones(width, device=device, dtype=dtype))
+        self.freq = nn.Parameter(torch.empty(width, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.freq)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sin(self.freq * x)
@@ -154,20 +159,31 @@ class HyenaMixer(TokenMixer):
         kw = {"device": device, "dtype": dtype}
         D, N, W = config.dim, config.order, config.filter_width
         self.in_proj = nn.Linear(D, (N + 1) * D, **kw)
-        conv = nn.Conv1d((N + 1) * D, (N + 1) * D, config.short_conv_size, groups=(N + 1) * D, **kw)  # for its init
-        self.short_conv_weight = nn.Parameter(conv.weight.detach()[:, 0])  # ((N+1)·D, taps)
-        self.short_conv_bias = nn.Parameter(conv.bias.detach())  # ((N+1)·D,)
+        self.short_conv_weight = nn.Parameter(torch.empty((N + 1) * D, config.short_conv_size, **kw))  # ((N+1)·D, taps)
+        self.short_conv_bias = nn.Parameter(torch.empty((N + 1) * D, **kw))  # ((N+1)·D,)
         features = 1 + 2 * config.pos_bands
         self.filter_ffn = nn.Sequential(
             nn.Linear(features, W, **kw), Sin(W, **kw), nn.Linear(W, W, **kw), Sin(W, **kw)
         )
         self.filter_forward = nn.Linear(W, N * D, bias=False, **kw)  # taps at lags >= 0
         self.filter_backward = nn.Linear(W, N * D, bias=False, **kw)  # taps at lags <= 0
-        self.skip = nn.Parameter(torch.randn(N, D, **kw))  # per-channel skip b^n of each order
+        self.skip = nn.Parameter(torch.empty(N, D, **kw))  # per-channel skip b^n of each order
         # fixed decay rates of the window, one per filter channel (not trained)
-        lo, hi = math.log(100) / 1.5, math.log(100) / 0.3
-        self.register_buffer("window_rates", torch.linspace(lo, hi, N * D, **kw), persistent=False)
+        self.register_buffer("window_rates", torch.empty(N * D, **kw), persistent=False)  # (N·D,)
         self.out_proj = nn.Linear(D, D, **kw)
+        self._init_weights()
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        # the short conv as PyTorch's depthwise Conv1d default (fan_in = taps); skip ~ N(0, 1);
+        # window rates spread over [log(100)/1.5, log(100)/0.3]
+        nn.init.kaiming_uniform_(self.short_conv_weight, a=math.sqrt(5))
+        bound = self.config.short_conv_size**-0.5
+        nn.init.uniform_(self.short_conv_bias, -bound, bound)
+        nn.init.normal_(self.skip)
+        lo, hi = math.log(100) / 1.5, math.log(100) / 0.3
+        rates = torch.linspace(lo, hi, self.window_rates.numel(), dtype=torch.float64)  # (N·D,)
+        self.window_rates.copy_(rates)
 
     def positional_features(self, T: int, dtype: torch.dtype, device) -> torch.Tensor:
         """pe(t) for lags t = 0 .. T-1: (T, 1 + 2·pos_bands)."""
@@ -192,6 +208,14 @@ class HyenaMixer(TokenMixer):
         return out[0], (out[1] if two_sided else None)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False) -> torch.Tensor:
+        """Mix tokens: x (B, T, D) in the module's dtype -> (B, T, D).
+
+        mask: optional bool (B, T), True = real token (None: all real); padded output rows are zero,
+        padded positions are zeroed before every convolution.
+        causal: True uses the causal filter taps only (position i sees j <= i); False (default) the
+        two-sided filter.
+        Extra inputs: none. Precision: the filters, FFTs and gates run in at least fp32.
+        """
         check_inputs(self, x, mask, causal)
         c = self.config
         B, T, D = x.shape

@@ -126,13 +126,25 @@ class Mamba2Mixer(TokenMixer):
         self.in_proj = nn.Linear(c.dim, 2 * di + 2 * N + H, bias=False, **kw)
         conv_dim = di + 2 * N
         self.conv1d = nn.Conv1d(conv_dim, conv_dim, c.d_conv, groups=conv_dim, padding=c.d_conv - 1, **kw)
-        # dt ~ log-uniform in [dt_min, dt_max], stored as softplus^-1(dt); A ~ uniform in [1, 16]
-        dt = torch.exp(torch.rand(H, device=device) * (math.log(c.dt_max) - math.log(c.dt_min)) + math.log(c.dt_min))
-        self.dt_bias = nn.Parameter((dt + torch.log(-torch.expm1(-dt))).to(dtype or torch.get_default_dtype()))
-        self.A_log = nn.Parameter(torch.log(torch.empty(H, device=device).uniform_(1, 16)).to(dtype or torch.get_default_dtype()))
-        self.D = nn.Parameter(torch.ones(H, **kw))
-        self.norm_weight = nn.Parameter(torch.ones(di, **kw))
+        self.dt_bias = nn.Parameter(torch.empty(H, **kw))  # softplus^-1 of the initial step dt, (H,)
+        self.A_log = nn.Parameter(torch.empty(H, **kw))  # log(-A), (H,)
+        self.D = nn.Parameter(torch.empty(H, **kw))  # skip D x, (H,)
+        self.norm_weight = nn.Parameter(torch.empty(di, **kw))  # gated RMSNorm gain, (di,)
         self.out_proj = nn.Linear(di, c.dim, bias=False, **kw)
+        self._init_weights()
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        # mamba_ssm's Mamba2Simple: dt ~ log-uniform in [dt_min, dt_max], stored as softplus^-1(dt);
+        # A ~ uniform in [1, 16]; D and the norm gain ones. Drawn in fp32, then cast.
+        c = self.config
+        H, device = c.heads, self.A_log.device
+        lo, hi = math.log(c.dt_min), math.log(c.dt_max)
+        dt = torch.exp(torch.rand(H, device=device) * (hi - lo) + lo)  # (H,)
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus(dt_bias) = dt
+        self.A_log.copy_(torch.empty(H, device=device).uniform_(1, 16).log())
+        nn.init.ones_(self.D)
+        nn.init.ones_(self.norm_weight)
 
     def ssd_inputs(self, x: torch.Tensor, mask: torch.Tensor | None):
         """(z, xs, q, k, v, log_g) in the compute dtype: z, xs (B, T, di); q = C, k = B
@@ -154,6 +166,14 @@ class Mamba2Mixer(TokenMixer):
         return z, xs, q, k, v, log_g
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False) -> torch.Tensor:
+        """Mix tokens: x (B, T, D) in the module's dtype -> (B, T, D).
+
+        mask: optional bool (B, T), True = real token (None: all real); padded output rows are zero,
+        padded tokens pass the scan state through unchanged.
+        causal: True runs the causal SSD scan (position i sees j <= i); False (default) sums a
+        forward and a backward scan.
+        Extra inputs: none. Precision: the scan, skip, gate and RMSNorm run in at least fp32.
+        """
         check_inputs(self, x, mask, causal)
         c = self.config
         B, T, _ = x.shape

@@ -114,6 +114,14 @@ class RetNetMixer(TokenMixer):
         self.out_proj = nn.Linear(dv, D, bias=False, **kw)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False) -> torch.Tensor:
+        """Mix tokens: x (B, T, D) in the module's dtype -> (B, T, D).
+
+        mask: optional bool (B, T), True = real token (None: all real); padded output rows are zero,
+        padded tokens pass the retention state through unchanged.
+        causal: True runs causal retention (position i sees j <= i); False (default) sums a forward
+        and a backward scan (weight gamma^|i-j|).
+        Extra inputs: none. Precision: retention and the GroupNorm run in at least fp32.
+        """
         check_inputs(self, x, mask, causal)
         c = self.config
         B, T, _ = x.shape
