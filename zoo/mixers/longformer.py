@@ -28,8 +28,10 @@ Deviations
       output stays causal (leading global tokens then act as always-visible "sink" tokens).
     * With padding, ``num_global`` marks the first real tokens (not the first positions). An explicit
       ``global_mask`` replaces ``num_global``; padded tokens are never global.
-    * No attention dropout; padded output rows are zeroed (C2). Finding the global tokens costs one
-      host sync per call (as in HF).
+    * No attention dropout; padded output rows are zeroed (C2). With ``num_global`` the number of
+      global columns is static (min(num_global, T); unused slots are masked), so the forward has no
+      host sync and compiles with ``fullgraph=True``. An explicit ``global_mask`` costs one host sync
+      per call (its largest count sets the number of global columns; HF does the same).
 """
 
 from __future__ import annotations
@@ -194,7 +196,11 @@ class LongformerMixer(TokenMixer):
         m = keep_mask(x, mask)  # (B, T)
         gm = self.global_tokens(m, global_mask)  # (B, T)
         counts = gm.sum(dim=1)  # (B,)
-        g_max = int(counts.max())  # host sync: the number of global columns
+        if global_mask is None:
+            # static: slots past a sequence's own count are unused (gvalid), so no host sync
+            g_max = min(c.num_global, T)
+        else:
+            g_max = int(counts.max())  # host sync (only here): an explicit global_mask sets the columns
 
         q = split_heads(self.q_proj(x), H)  # (B, H, T, P)
         k = split_heads(self.k_proj(x), H)  # (B, H, T, P)
