@@ -20,9 +20,11 @@ Deviations
     d is per sequence (min(sketch_size, N_b)) instead of min(sketch_size, min_b N_b - 1) for the
     whole batch (the reference's ``.item()`` couples the batch and forbids d = N); pilot rows are
     drawn among the real tokens wherever they are (the reference assumes right padding).
-    Randomness: a module-owned ``torch.Generator`` (seeded by ``seed``) draws one 64-bit key per
-    call in training; in eval the key is fixed by ``seed`` unless ``resample_in_eval=True`` (the
-    reference resamples on every call, eval included). The uniforms are a counter-based hash of
+    Randomness: a module-owned splitmix64 stream (seeded by ``seed``, its state an int64 buffer on
+    the module's device) gives one 64-bit key per call in training; in eval the key is fixed by
+    ``seed`` unless ``resample_in_eval=True`` (the reference resamples on every call, eval
+    included). Keys never leave the device: no host sync and no host-to-device copy per call, and
+    the forward compiles with ``fullgraph=True``. The uniforms are a counter-based hash of
     (key, head, position / slot), so a sequence's draws do not depend on the rest of the batch
     nor on trailing padding; columns are sampled without replacement by the Gumbel-top-k trick
     (same distribution as ``torch.multinomial(replacement=False)``, but never fails when fewer
@@ -104,15 +106,62 @@ def _mix64(x: torch.Tensor) -> torch.Tensor:
     return x ^ _shift_right(x, 31)
 
 
-def counter_uniform(key: int, lane: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Uniform(0, 1) float64 for every (lane, index) pair (broadcast), a pure function of ``key``."""
-    base = _mix64(torch.as_tensor(key, dtype=torch.int64, device=lane.device) + lane * _GOLDEN)
+def _wrap64(x: int) -> int:
+    """A Python int reduced to the signed int64 range (two's complement)."""
+    x &= (1 << 64) - 1
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+def _mix64_int(x: int) -> int:
+    """:func:`_mix64` on a Python int (host side, for constants)."""
+    x &= (1 << 64) - 1
+    x = ((x ^ (x >> 30)) * (_MIX1 & ((1 << 64) - 1))) & ((1 << 64) - 1)
+    x = ((x ^ (x >> 27)) * (_MIX2 & ((1 << 64) - 1))) & ((1 << 64) - 1)
+    return _wrap64(x ^ (x >> 31))
+
+
+# The hash relies on wrapping int64 arithmetic, which inductor does not preserve (it folds
+# ``arange * GOLDEN`` into index expressions: an OverflowError for a Python-int constant, silently
+# wrong draws otherwise). Custom ops keep it opaque: torch.compile calls the eager kernels, with no
+# graph break, and fake tensors (the profiler's prediction) only see the output shapes.
+
+
+@torch.library.custom_op("zoo::counter_uniform", mutates_args=())
+def _counter_uniform_op(key: torch.Tensor, lane: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    base = _mix64(key + lane * _GOLDEN)
     x = _mix64(base + (index + 1) * _GOLDEN)
     return (_shift_right(x, 11).to(torch.float64) + 0.5) * 2.0**-53
 
 
+@_counter_uniform_op.register_fake
+def _(key, lane, index):
+    return lane.new_empty(torch.broadcast_shapes(key.shape, lane.shape, index.shape), dtype=torch.float64)
+
+
+@torch.library.custom_op("zoo::splitmix_next", mutates_args=())
+def _splitmix_next_op(state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One splitmix64 step: (state + GOLDEN, mix64(state + GOLDEN))."""
+    nxt = state + _GOLDEN
+    return nxt, _mix64(nxt)
+
+
+@_splitmix_next_op.register_fake
+def _(state):
+    return torch.empty_like(state), torch.empty_like(state)
+
+
+def counter_uniform(key: int | torch.Tensor, lane: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Uniform(0, 1) float64 for every (lane, index) pair (broadcast), a pure function of ``key``.
+
+    ``key``: a Python int or a 0-d int64 tensor on lane's device (no host round trip).
+    """
+    if not isinstance(key, torch.Tensor):
+        key = torch.full((), _wrap64(key), dtype=torch.int64, device=lane.device)
+    return _counter_uniform_op(key, lane, index)
+
+
 def _fixed_key(seed: int) -> int:
-    return int(_mix64(torch.tensor(seed, dtype=torch.int64) + 0x5EED))
+    return _mix64_int(seed + 0x5EED)
 
 
 @register
@@ -149,16 +198,30 @@ class SkeinformerMixer(TokenMixer):
         self.k_proj = nn.Linear(D, D, **kw)
         self.v_proj = nn.Linear(D, D, **kw)
         self.out_proj = nn.Linear(D, D, **kw)
-        self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
+        # draw state on the module's device (non-persistent buffers: follow .to(), not in state_dict)
+        self.register_buffer("draw_state", torch.zeros((), dtype=torch.int64, device=device), persistent=False)
+        self.register_buffer("eval_key", torch.zeros((), dtype=torch.int64, device=device), persistent=False)
+        self.reset_draws()
+
+    def reset_draws(self) -> None:
+        """(Re)initialise the draw buffers from ``config.seed`` (also after ``to_empty``)."""
+        self.reseed(self.config.seed)
+        with torch.no_grad():
+            self.eval_key.fill_(_fixed_key(self.config.seed))
 
     def reseed(self, seed: int) -> None:
         """Restart the training-time draws from ``seed`` (eval draws follow ``config.seed``)."""
-        self.generator.manual_seed(seed)
+        with torch.no_grad():
+            self.draw_state.fill_(_mix64_int(seed))
 
-    def _call_key(self) -> int:
+    def _call_key(self) -> torch.Tensor:
+        """0-d int64 key of this call's draws, on the module's device (splitmix64: state += GOLDEN)."""
         if self.training or self.config.resample_in_eval:
-            return int(torch.randint(-(2**63), 2**63 - 1, (), generator=self.generator))
-        return _fixed_key(self.config.seed)
+            nxt, key = _splitmix_next_op(self.draw_state)
+            with torch.no_grad():
+                self.draw_state.copy_(nxt)
+            return key
+        return self.eval_key
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False) -> torch.Tensor:
         check_inputs(self, x, mask, causal)
@@ -340,14 +403,14 @@ def skein_attention(
     k: torch.Tensor,
     v: torch.Tensor,
     mask: torch.Tensor | None,
-    key: int,
+    key: int | torch.Tensor,
     sketch_size: int | None,
     scale: float = 1.0,
 ) -> tuple[torch.Tensor, SkeinDraw]:
     """Skeinformer's estimate of softmax(scale · q k^T) v for q, k, v (B, H, T, P).
 
     ``mask`` bool (B, T) over keys (True = real) or None; ``key`` the 64-bit key of this call's
-    draws. Every draw is a counter-based function of (key, head, position or slot), so sequence b's
+    draws (a Python int or a 0-d int64 tensor on q's device). Every draw is a counter-based function of (key, head, position or slot), so sequence b's
     result depends only on its own tokens and mask. Returns (o (B, H, T, P), the draws); o is a
     view of a (B, T, H, P) buffer.
     """
