@@ -162,9 +162,27 @@ class _ExclusiveCumsum(torch.autograd.Function):
         return dx
 
 
-def exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
-    """Exclusive prefix sum along dim 2 of a (B, H, N, ...) tensor (differentiable)."""
-    return _ExclusiveCumsum.apply(x)
+def prefer_scan(device: torch.device) -> bool:
+    """True where a prefix sum should be one scan kernel rather than a loop of small kernels.
+
+    On a GPU a loop of N slice additions is N launches (launch-bound for N in the hundreds); on the
+    CPU the copy-speed loop is faster than ``torch.cumsum`` along a middle axis.
+    """
+    return device.type != "cpu"
+
+
+def exclusive_cumsum(x: torch.Tensor, scan: bool | None = None) -> torch.Tensor:
+    """Exclusive prefix sum along dim 2 of a (B, H, N, ...) tensor (differentiable).
+
+    ``scan``: True = ``torch.cumsum`` (one kernel), False = the slice loop; None picks by device
+    (:func:`prefer_scan`). Both give the same sums (up to rounding).
+    """
+    if scan is None:
+        scan = prefer_scan(x.device)
+    if not scan:
+        return _ExclusiveCumsum.apply(x)
+    pad = [0, 0] * (x.dim() - 3) + [1, 0]  # one zero slice in front along dim 2
+    return F.pad(torch.cumsum(x.narrow(2, 0, x.shape[2] - 1), dim=2), pad)  # (B, H, N, ...)
 
 
 def causal_linear_attention(
