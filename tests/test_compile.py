@@ -35,10 +35,19 @@ GRAPH_BREAKS: dict[tuple[str, str], tuple[int, str]] = {
         "follows the shortest, read on the host (.tolist())",
     ),
 }
-# mixer -> why a new T recompiles under dynamic=True (none so far)
-RECOMPILES_ON_NEW_T: dict[str, str] = {}
+# mixer -> why a new T recompiles under dynamic=True
+RECOMPILES_ON_NEW_T: dict[str, str] = {
+    "longformer": "the band's block and padding sizes are Python ints of T (min(window, T - 1), ...)",
+    "poolingformer": "band and pooled-window sizes are Python ints of T; query-block chunks are a Python loop",
+    "skeinformer": "sample width min(sketch_size, T) and the tile loops are Python ints of T",
+}
+# mixer -> backend for the gradient check where aot_eager itself fails (inductor is slower to build)
+GRAD_BACKEND: dict[str, tuple[str, str]] = {
+    "transnormer": ("inductor", "torch 2.13 aot_eager's backward emits aten.view on a permuted gradient"),
+}
 
 F32 = tol(torch.float32)
+GRAD_TOL = dict(atol=1e-4, rtol=1e-3)  # fp32 gradients summed in a different order by the compiled graph
 
 
 def build(name: str, train: bool = False) -> torch.nn.Module:
@@ -48,7 +57,7 @@ def build(name: str, train: bool = False) -> torch.nn.Module:
     return create_mixer(name, **fields).train(train)
 
 
-def inputs(m: torch.nn.Module, path: str, T: int = 16, B: int = 2) -> tuple[torch.Tensor, torch.Tensor | None]:
+def inputs(m: torch.nn.Module, path: str, T: int = 21, B: int = 2) -> tuple[torch.Tensor, torch.Tensor | None]:
     x = torch.randn(B, T, m.dim)
     if path == "plain":
         return x, None
@@ -59,6 +68,15 @@ def inputs(m: torch.nn.Module, path: str, T: int = 16, B: int = 2) -> tuple[torc
 
 def call(m, x, mask):
     return m.forward_with_mask(x, mask)[0] if m.spec.reduces_length else m(x, mask)
+
+
+def compiled(m, **kwargs):
+    """torch.compile of the mixer's call (forward, or forward_with_mask for length reducers)."""
+
+    def fn(x, mask):
+        return call(m, x, mask)
+
+    return torch.compile(fn, **kwargs)
 
 
 def fullgraph(name: str, path: str) -> bool:
@@ -127,12 +145,12 @@ def test_no_host_read_in_forward(name, path, train):
         assert reads.count > 0, f"{name} ({path}) is declared in GRAPH_BREAKS but reads nothing: remove it"
 
 
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("name", MIXERS)
-def test_graph_break_count_is_declared(name, path):
+@pytest.mark.parametrize("name,path", sorted(GRAPH_BREAKS))
+def test_declared_graph_break_count(name, path):
+    # undeclared paths compile with fullgraph=True in the tests below (zero breaks)
     m = build(name)
     x, mask = inputs(m, path)
-    explained = dynamo.explain(m.forward_with_mask if m.spec.reduces_length else m)(x, mask)
+    explained = dynamo.explain(lambda x, mask: call(m, x, mask))(x, mask)
     want = GRAPH_BREAKS.get((name, path), (0, ""))[0]
     reasons = [str(r.reason).splitlines()[0] for r in explained.break_reasons]
     assert explained.graph_break_count == want, f"{name} ({path}): {reasons}"
@@ -147,28 +165,28 @@ def test_compiled_forward_backward_equal_eager(name, path):
     x.requires_grad_(True)
     params = [x] + [p for p in m.parameters() if p.requires_grad]
     saved = buffers(m)
-    compiled = torch.compile(m, backend="aot_eager", fullgraph=fullgraph(name, path))
-    y_c = call(compiled, x, mask) if not m.spec.reduces_length else compiled.forward_with_mask(x, mask)[0]
+    backend = GRAD_BACKEND.get(name, ("aot_eager", ""))[0]
+    y_c = compiled(m, backend=backend, fullgraph=fullgraph(name, path))(x, mask)
+    g = torch.randn_like(y_c)
+    grads_c = torch.autograd.grad((y_c * g).sum(), params, allow_unused=True)  # before buffers are restored
     restore(m, saved)
     y_e = call(m, x, mask)
     torch.testing.assert_close(y_c, y_e, **F32)
-    g = torch.randn_like(y_e)
-    grads_c = torch.autograd.grad((y_c * g).sum(), params, allow_unused=True)
     grads_e = torch.autograd.grad((y_e * g).sum(), params, allow_unused=True)
     for a, b in zip(grads_c, grads_e):
         assert (a is None) == (b is None)
         if a is not None:
-            torch.testing.assert_close(a, b, **F32)
+            torch.testing.assert_close(a, b, **GRAD_TOL)
 
 
 @pytest.mark.parametrize("name", MIXERS)
 def test_dynamic_new_length_does_not_recompile(name):
     m = build(name)
     counter = CompileCounter()  # counts compiled frames, runs them eagerly
-    compiled = torch.compile(m, backend=counter, dynamic=True, fullgraph=fullgraph(name, "plain"))
-    for T in (16, 24, 37):
+    fn = compiled(m, backend=counter, dynamic=True, fullgraph=fullgraph(name, "plain"))
+    for T in (21, 29, 43):  # none equal to a config size: duck sizing would tie T to it
         x, _ = inputs(m, "plain", T=T)
-        torch.testing.assert_close(call(compiled, x, None), call(m, x, None), **F32)
+        torch.testing.assert_close(fn(x, None), call(m, x, None), **F32)
     if name in RECOMPILES_ON_NEW_T:
         assert counter.frame_count > 1, f"{name} is declared in RECOMPILES_ON_NEW_T but compiled once: remove it"
     else:
@@ -180,6 +198,6 @@ def test_dynamic_new_length_does_not_recompile(name):
 def test_inductor_forward_equals_eager(name):
     m = build(name)
     x, mask = inputs(m, "mask")
-    compiled = torch.compile(m, fullgraph=fullgraph(name, "mask"))
+    fn = compiled(m, fullgraph=fullgraph(name, "mask"))
     with torch.no_grad():
-        torch.testing.assert_close(call(compiled, x, mask), call(m, x, mask), **F32)
+        torch.testing.assert_close(fn(x, mask), call(m, x, mask), **F32)
