@@ -193,8 +193,23 @@ def test_dynamic_new_length_does_not_recompile(name):
         assert counter.frame_count == 1, f"{name}: {counter.frame_count} compiles for 3 lengths with dynamic=True"
 
 
+# mixer -> why inductor (CPU) cannot build it; recorded as a strict xfail, so a fixed torch shows up
+INDUCTOR_CPU_FAILS: dict[str, str] = {
+    "bigbird": "torch 2.13 inductor CPU codegen: C++ compile error (VecMask<long> vs VecMask<float> operands "
+    "of ?:) in a fused where; eager, aot_eager and dynamo (fullgraph) are fine",
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", MIXERS)
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.xfail(reason=INDUCTOR_CPU_FAILS[n], strict=True))
+        if n in INDUCTOR_CPU_FAILS
+        else n
+        for n in MIXERS
+    ],
+)
 def test_inductor_forward_equals_eager(name):
     m = build(name)
     x, mask = inputs(m, "mask")
