@@ -252,10 +252,18 @@ def module_dtype(module: nn.Module) -> torch.dtype | None:
     return None
 
 
+def autocast_on(device_type: str) -> bool:
+    """Whether autocast is on for a device type; False for types autocast does not know (meta)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # "unknown device type for autocast"
+        return False
+
+
 def output_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype a mixer returns: x's, or autocast's lower precision when autocast is on for x's device
     (what a mixer whose last op is a Linear returns under autocast)."""
-    if torch.is_autocast_enabled(x.device.type):
+    if autocast_on(x.device.type):
         return torch.get_autocast_dtype(x.device.type)
     return x.dtype
 
@@ -272,7 +280,7 @@ def check_inputs(mixer: TokenMixer, x: Any, mask: Any = None, causal: bool = Fal
     if not x.is_floating_point():
         raise ZooTypeError(f"{name}: x: expected a floating-point tensor, got dtype {x.dtype}")
     expected = module_dtype(mixer)
-    if expected is not None and x.dtype != expected and not torch.is_autocast_enabled(x.device.type):
+    if expected is not None and x.dtype != expected and not autocast_on(x.device.type):
         raise ZooTypeError(
             f"{name}: x: expected dtype {expected} (the module's; cast x or the module, or run under "
             f"torch.autocast), got {x.dtype}"

@@ -169,9 +169,27 @@ class _ExclusiveCumsum(torch.autograd.Function):
         return dx
 
 
-def exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
-    """Exclusive prefix sum along dim 2 of a (B, H, N, ...) tensor (differentiable)."""
-    return _ExclusiveCumsum.apply(x)
+def prefer_scan(device: torch.device) -> bool:
+    """True where a prefix sum should be one scan kernel rather than a loop of small kernels.
+
+    On a GPU a loop of N slice additions is N launches (launch-bound for N in the hundreds); on the
+    CPU the copy-speed loop is faster than ``torch.cumsum`` along a middle axis.
+    """
+    return device.type != "cpu"
+
+
+def exclusive_cumsum(x: torch.Tensor, scan: bool | None = None) -> torch.Tensor:
+    """Exclusive prefix sum along dim 2 of a (B, H, N, ...) tensor (differentiable).
+
+    ``scan``: True = ``torch.cumsum`` (one kernel), False = the slice loop; None picks by device
+    (:func:`prefer_scan`). Both give the same sums (up to rounding).
+    """
+    if scan is None:
+        scan = prefer_scan(x.device)
+    if not scan:
+        return _ExclusiveCumsum.apply(x)
+    pad = [0, 0] * (x.dim() - 3) + [1, 0]  # one zero slice in front along dim 2
+    return F.pad(torch.cumsum(x.narrow(2, 0, x.shape[2] - 1), dim=2), pad)  # (B, H, N, ...)
 
 
 def causal_linear_attention(
@@ -666,9 +684,11 @@ def _band_attention(
         qt = F.pad(qt, (0, 0, 0, 0, 0, Tq - T))  # (B, Tq, H, P)
     qb = qt.reshape(B * nb, c, H, P).transpose(1, 2)  # (B*nb, H, c, P)
     # key windows: position n*c - left + s for slot s of block n (a strided view of the padded keys)
-    kw = F.pad(k.transpose(1, 2), (0, 0, 0, 0, left, right)).unfold(1, S, c)  # (B, nb, H, P, S)
-    vw = F.pad(v.transpose(1, 2), (0, 0, 0, 0, left, right)).unfold(1, S, c)  # (B, nb, H, P, S)
-    kw, vw = kw.reshape(B * nb, H, P, S), vw.reshape(B * nb, H, P, S)  # (B*nb, H, P, S)
+    # P stays the unit-stride axis: when B > 1 the reshape copies, and a copy in (.., P, S) order
+    # would hand SDPA keys with a strided last dim (the fused CPU/CUDA kernels then fall back to math)
+    kw = F.pad(k.transpose(1, 2), (0, 0, 0, 0, left, right)).unfold(1, S, c).transpose(-1, -2)  # (B, nb, H, S, P)
+    vw = F.pad(v.transpose(1, 2), (0, 0, 0, 0, left, right)).unfold(1, S, c).transpose(-1, -2)  # (B, nb, H, S, P)
+    kw, vw = kw.reshape(B * nb, H, S, P), vw.reshape(B * nb, H, S, P)  # (B*nb, H, S, P)
     if mask is None:
         mask = torch.ones(B, T, dtype=torch.bool, device=device)
     real = F.pad(mask, (left, right), value=False).unfold(1, S, c).reshape(B * nb, S)  # (B*nb, S)
@@ -688,18 +708,15 @@ def _band_attention(
         # fused kernel; an additive finite bias keeps rows without any allowed key finite
         bias = torch.zeros(allowed.shape, dtype=q.dtype, device=device)  # (B*nb, c, S)
         bias.masked_fill_(~allowed, neg_value(q.dtype))
-        out = F.scaled_dot_product_attention(
-            qb, kw.transpose(-1, -2), vw.transpose(-1, -2), attn_mask=bias[:, None], scale=scale
-        )  # (B*nb, H, c, P)
-        if not bool(has_any.all()):
-            out = out * has_any[:, None, :, None].to(out.dtype)
+        out = F.scaled_dot_product_attention(qb, kw, vw, attn_mask=bias[:, None], scale=scale)  # (B*nb, H, c, P)
+        out = out * has_any[:, None, :, None].to(out.dtype)  # rows without a key: 0 (no host sync)
         return unblock(out), None
 
-    scores = torch.matmul(qb, kw).to(fdt) * scale  # (B*nb, H, c, S)
+    scores = torch.matmul(qb, kw.transpose(-1, -2)).to(fdt) * scale  # (B*nb, H, c, S)
     scores = scores.masked_fill(~allowed[:, None], neg_value(fdt))
     lse = torch.logsumexp(scores, dim=-1)  # (B*nb, H, c)
     probs = torch.exp(scores - lse.unsqueeze(-1)) * has_any[:, None, :, None]  # (B*nb, H, c, S)
-    out = torch.matmul(probs.to(v.dtype), vw.transpose(-1, -2))  # (B*nb, H, c, P)
+    out = torch.matmul(probs.to(v.dtype), vw)  # (B*nb, H, c, P)
     lse = lse.masked_fill(~has_any[:, None], neg_value(fdt))
     return unblock(out), unblock(lse.unsqueeze(-1)).squeeze(-1)
 

@@ -19,15 +19,19 @@ Mechanism
     kernels accumulate the softmax in fp32.
 
 Deviations
-    * Randomness: a module-owned ``torch.Generator`` (seeded by ``seed``) draws a fresh pattern per
-      call and per head in training (``resample_in_train=True``); in eval the pattern is a fixed
-      function of (seed, n), so outputs are deterministic (the reference uses NumPy's global RNG;
+    * Randomness: counter-based uniforms on the input's device (``zoo.rng``: a splitmix64 stream
+      whose state is a module buffer, seeded by ``seed``) draw a fresh pattern per call and per head
+      in training (``resample_in_train=True``); in eval the pattern is a fixed function of
+      (seed, n), so outputs are deterministic (the reference uses NumPy's global RNG;
       recent transformers versions point every eval random block at block 0, duplicating it).
       Sequences of equal n in a batch share the pattern, as all sequences do in the reference.
     * Blocks are counted up to each sequence's last real token, so the last global block is the
       last block holding a real token and padding never changes real outputs (C3). The reference
       uses the padded length (its last "global" block may be padding).
-    * The full-attention fallback is decided per sequence on that real length.
+    * The full-attention fallback is decided per sequence on that real length. No host sync: the
+      code path depends on T only (with a mask and T > (5 + 2r) b every sequence runs the sparse
+      path and the short ones also full attention over their first (5 + 2r) b positions, selected
+      per sequence), so the forward compiles with ``fullgraph=True``.
     * ``attention_dropout`` (default 0) drops attention weights in training; not causal; padded
       output rows are zeroed (C2).
 """
@@ -56,13 +60,14 @@ from zoo.base import (
 from zoo.errors import ZooValueError
 from zoo.functional import linear_flops, merge_heads, neg_value, sdpa_attention, split_heads
 from zoo.registry import register
+from zoo.rng import counter_uniform, fixed_key, next_key, stream_start
 
 
 @dataclass(frozen=True)
 class BigBirdConfig(MixerConfig):
     block_size: int = cfg(64, "block size b (tokens per block)")
     num_random_blocks: int = cfg(3, "random key blocks r per query block (per head)")
-    seed: int = cfg(0, "seed of the module's generator and of the fixed eval pattern")
+    seed: int = cfg(0, "seed of the training draws and of the fixed eval pattern")
     resample_in_train: bool = cfg(True, "draw a fresh random pattern every training call (False: the eval pattern)")
     attention_dropout: float = attention_dropout_field()
 
@@ -95,42 +100,50 @@ def bigbird_flops(c: BigBirdConfig, B: int, T: int, causal: bool = False) -> flo
     return flops
 
 
-def sample_random_blocks(n: int, r: int, heads: int, generator: torch.Generator) -> torch.Tensor:
-    """(heads, n, r) int64: for query block j in 1..n-2, r distinct blocks outside {0, j-1, j, j+1, n-1}.
+def random_blocks_from_uniforms(u: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """Random key blocks from uniforms, on u's device with no host sync.
 
-    Rows 0 and n-1 (global) are -1. Needs n >= 5 + r. Each draw is uniform over the allowed
-    blocks without replacement: the t-th value is uniform on the C - t blocks still free, mapped
-    to the free blocks in increasing order by skipping the taken and excluded ones (O(n r^2)).
+    u (B, H, J, r) float64 in [0, 1): slot t of query block j of row b; n (B,) int64 blocks of
+    each row. Returns (B, H, J, r) int64: for query block j in 1..n-2, r distinct blocks outside
+    {0, j-1, j, j+1, n-1}; -1 for rows 0, n-1 and beyond. Needs n >= 5 + r (rows that break it
+    get clamped, meaningless ids). The t-th value is uniform on the C - t blocks still free, mapped
+    to the free blocks in increasing order by skipping the taken and excluded ones (O(J r^2)).
     """
-    out = torch.full((heads, n, r), -1, dtype=torch.long)
-    if n < 3 or r == 0:
-        return out
-    j = torch.arange(1, n - 1)  # (J,) the non-global query blocks
-    excluded = torch.stack([torch.zeros_like(j), j - 1, j, j + 1, torch.full_like(j, n - 1)], dim=1)  # (J, 5)
-    excluded = excluded.sort(dim=1).values
+    B, H, J, r = u.shape
+    j = torch.arange(J, device=u.device)[None, :]  # (1, J)
+    nn = n[:, None]  # (B, 1)
+    zero = torch.zeros_like(j).expand(B, J)
+    excluded = torch.stack([zero, (j - 1).expand(B, J), j.expand(B, J), (j + 1).expand(B, J),
+                            (nn - 1).expand(B, J)], dim=-1)  # (B, J, 5)
+    excluded = excluded.sort(dim=-1).values
     dup = torch.zeros_like(excluded, dtype=torch.bool)
-    dup[:, 1:] = excluded[:, 1:] == excluded[:, :-1]  # j = 1 and j = n-2 exclude only 4 blocks
-    excluded = excluded.masked_fill(dup, n + 1)  # a sentinel no value reaches
-    free = n - (~dup).sum(dim=1)  # (J,) allowed blocks per row
-    if int(free.min()) < r:
-        raise ValueError(f"sample_random_blocks: n={n} blocks leave fewer than r={r} free blocks")
-    u = torch.rand(heads, j.numel(), r, generator=generator, dtype=torch.float64)  # (H, J, r)
-    taken = torch.empty(heads, j.numel(), 0, dtype=torch.long)  # (H, J, t) sorted
+    dup[..., 1:] = excluded[..., 1:] == excluded[..., :-1]  # j = 1 and j = n-2 exclude only 4 blocks
+    excluded = excluded.masked_fill(dup, J + 2)  # a sentinel no value reaches
+    free = (nn - (~dup).sum(dim=-1)).clamp_min(r)[:, None]  # (B, 1, J) allowed blocks per row
+    blocks = torch.zeros(B, H, J, 0, dtype=torch.long, device=u.device)  # (B, H, J, t), sorted
     for t in range(r):
-        x = (u[..., t] * (free - t)).long().clamp_max(free - t - 1)  # (H, J) uniform in [0, free - t)
+        x = torch.minimum((u[..., t] * (free - t)).long(), free - t - 1)  # (B, H, J) uniform in [0, free - t)
         for s in range(t):  # the x-th index in [0, free) not yet taken
-            x = x + (x >= taken[..., s]).long()
-        taken = torch.cat([taken, x[..., None]], dim=-1).sort(dim=-1).values  # (H, J, t + 1)
-    blocks = taken
-    for e in range(excluded.shape[1]):  # index among the free blocks -> block id
-        blocks = blocks + (blocks >= excluded[None, :, e, None]).long()
-    out[:, 1 : n - 1] = blocks
-    return out
+            x = x + (x >= blocks[..., s]).long()
+        blocks = torch.cat([blocks, x[..., None]], dim=-1).sort(dim=-1).values  # (B, H, J, t + 1)
+    for e in range(excluded.shape[-1]):  # index among the free blocks -> block id
+        blocks = blocks + (blocks >= excluded[:, None, :, e, None]).long()
+    rows = (j >= 1) & (j <= nn - 2)  # (B, J)
+    return blocks.masked_fill(~rows[:, None, :, None], -1)
 
 
-def _fixed_generator(seed: int, n: int) -> torch.Generator:
-    # the eval pattern depends on (seed, n) only: never on call history or batch composition
-    return torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + n)
+def sample_random_blocks(n: int, r: int, heads: int, generator: torch.Generator) -> torch.Tensor:
+    """(heads, n, r) int64 from a CPU generator: :func:`random_blocks_from_uniforms` for one sequence.
+
+    Rows 0 and n-1 (global) are -1. Needs n >= 5 + r.
+    """
+    if n < 3 or r == 0:
+        return torch.full((heads, n, r), -1, dtype=torch.long)
+    if n - 5 < r:
+        raise ValueError(f"sample_random_blocks: n={n} blocks leave fewer than r={r} free blocks")
+    u = torch.zeros(1, heads, n, r, dtype=torch.float64)
+    u[0, :, 1 : n - 1] = torch.rand(heads, n - 2, r, generator=generator, dtype=torch.float64)  # (H, J, r)
+    return random_blocks_from_uniforms(u, torch.tensor([n]))[0]
 
 
 @register
@@ -149,7 +162,7 @@ class BigBirdMixer(TokenMixer):
         stochastic=True,
         approximates_softmax=True,
         deviations=(
-            "seeded torch generator (fresh pattern per call in training, fixed in eval); blocks counted "
+            "seeded counter-based draws on the device (fresh pattern per call in training, fixed in eval); blocks counted "
             "up to the last real token (padding invariant); per-sequence fallback; attention dropout off by default"
         ),
     )
@@ -163,14 +176,17 @@ class BigBirdMixer(TokenMixer):
         self.k_proj = nn.Linear(D, D, **kw)
         self.v_proj = nn.Linear(D, D, **kw)
         self.out_proj = nn.Linear(D, D, **kw)
-        self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
+        # splitmix64 state of the training draws, on the module's device (not in the state_dict)
+        self.register_buffer("draw_state", torch.zeros((), dtype=torch.int64, device=device), persistent=False)
+        self._init_weights()
 
     def _init_weights(self) -> None:
-        self.generator.manual_seed(self.config.seed)  # training draws restart as after construction
+        self.reseed(self.config.seed)  # training draws restart as after construction (also after to_empty)
 
     def reseed(self, seed: int) -> None:
         """Restart the training-time draws from ``seed`` (the eval pattern follows ``config.seed``)."""
-        self.generator.manual_seed(seed)
+        with torch.no_grad():
+            self.draw_state.fill_(stream_start(seed))
 
     def num_blocks(self, mask: torch.Tensor) -> torch.Tensor:
         """(B,) int64: blocks up to the last real token of each sequence (0 when fully padded)."""
@@ -181,23 +197,25 @@ class BigBirdMixer(TokenMixer):
     def random_blocks(self, n_blocks: torch.Tensor, total_blocks: int) -> torch.Tensor:
         """(B, H, total_blocks, r) int64 random key blocks per query block; -1 where none.
 
-        Sequences with n blocks share one pattern per head: the fixed one of (seed, n) in eval (or
-        with ``resample_in_train=False``), else a fresh draw from ``self.generator``. Sequences that
-        use full attention (n <= 5 + 2r) get none. Calling it again with the generator in the same
-        state returns what ``forward`` used.
+        Drawn on n_blocks' device from counter-based uniforms of (key, head, query block, slot):
+        the key is fixed by ``seed`` in eval (or with ``resample_in_train=False``), else the next
+        key of the module's stream (``draw_state``). Sequences with the same n share the pattern,
+        a pure function of (key, n); sequences that use full attention (n <= 5 + 2r) get none.
+        Calling it again with ``draw_state`` restored returns what ``forward`` used.
         """
         c = self.config
         B, H, r = n_blocks.shape[0], c.heads, c.num_random_blocks
-        out = torch.full((B, H, total_blocks, r), -1, dtype=torch.long)
-        fresh = self.training and c.resample_in_train
-        for n in sorted(set(n_blocks.tolist())):
-            if n <= c.full_attention_blocks:
-                continue
-            gen = self.generator if fresh else _fixed_generator(c.seed, n)
-            pattern = sample_random_blocks(n, r, H, gen)  # (H, n, r)
-            rows = (n_blocks == n).nonzero().flatten().cpu()
-            out[rows, :, :n] = pattern
-        return out.to(n_blocks.device)
+        dev = n_blocks.device
+        if self.training and c.resample_in_train:
+            key = next_key(self.draw_state)  # (,) on the module's device
+        else:
+            key = torch.full((), fixed_key(c.seed), dtype=torch.int64, device=dev)
+        lane = torch.arange(H, device=dev)[:, None] * (1 << 32) + torch.arange(total_blocks, device=dev)  # (H, J)
+        u = counter_uniform(key, lane[..., None], torch.arange(r, device=dev))  # (H, J, r)
+        sparse = n_blocks > c.full_attention_blocks  # (B,)
+        n_safe = torch.where(sparse, n_blocks, c.full_attention_blocks + 1)  # valid input for every row
+        blocks = random_blocks_from_uniforms(u.expand(B, H, total_blocks, r), n_safe)  # (B, H, J, r)
+        return blocks.masked_fill(~sparse[:, None, None, None], -1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False) -> torch.Tensor:
         """Mix tokens: x (B, T, D) in the module's dtype -> (B, T, D).
@@ -208,39 +226,28 @@ class BigBirdMixer(TokenMixer):
         """
         check_inputs(self, x, mask, causal)
         B, T, D = x.shape
-        H = self.config.heads
+        H, b = self.config.heads, self.config.block_size
+        full = self.config.full_attention_blocks
         m = keep_mask(x, mask)  # (B, T)
-        n_blocks = self.num_blocks(m)  # (B,)
         q = split_heads(self.q_proj(x), H)  # (B, H, T, P)
         k = split_heads(self.k_proj(x), H)  # (B, H, T, P)
         v = split_heads(self.v_proj(x), H)  # (B, H, T, P)
 
+        # No host sync: the code path depends on T only. Every sequence is short when T <= (5 + 2r) b;
+        # otherwise all run the block-sparse path, and with a mask the sequences whose real tokens
+        # end within (5 + 2r) b positions take full attention over that span instead (a select).
         p = attention_dropout_p(self)
-        short = n_blocks <= self.config.full_attention_blocks  # (B,) full-attention sequences
-        n_short = int(short.sum())  # host sync: picks the code paths
-        if n_short == B:
-            # every real token lies in the first (5 + 2r) b positions: attend there only
-            Ts = min(T, self.config.full_attention_blocks * self.config.block_size)
-            o = sdpa_attention(q[:, :, :Ts], k[:, :, :Ts], v[:, :, :Ts], None if mask is None else mask[:, :Ts], dropout_p=p)
-            o = F.pad(o, (0, 0, 0, T - Ts))  # (B, H, T, P)
+        nb = -(-T // b)
+        Ts = min(T, full * b)
+        if nb <= full:
+            o = sdpa_attention(q, k, v, mask, dropout_p=p)  # (B, H, T, P)
         else:
-            nb = -(-T // self.config.block_size)
-            if n_short == 0:
-                o = self._block_sparse(q, k, v, m, n_blocks, self.random_blocks(n_blocks, nb))  # (B, H, T, P)
-            else:
-                long_rows = (~short).nonzero().flatten()  # (B_l,)
-                rand = self.random_blocks(n_blocks[long_rows], nb)
-                o_long = self._block_sparse(
-                    q[long_rows], k[long_rows], v[long_rows], m[long_rows], n_blocks[long_rows], rand
-                )  # (B_l, H, T, P)
-                short_rows = short.nonzero().flatten()  # (B_s,)
-                Ts = min(T, self.config.full_attention_blocks * self.config.block_size)  # their real span
-                o_short = sdpa_attention(
-                    q[short_rows, :, :Ts], k[short_rows, :, :Ts], v[short_rows, :, :Ts], m[short_rows, :Ts], dropout_p=p
-                )  # (B_s, H, Ts, P)
-                o = q.new_zeros(B, H, T, q.shape[-1])  # (B, H, T, P)
-                o = o.index_put((long_rows,), o_long)
-                o = o.index_put((short_rows,), F.pad(o_short, (0, 0, 0, T - Ts)))
+            n_blocks = self.num_blocks(m)  # (B,)
+            o = self._block_sparse(q, k, v, m, n_blocks, self.random_blocks(n_blocks, nb))  # (B, H, T, P)
+            if mask is not None:
+                o_short = sdpa_attention(q[:, :, :Ts], k[:, :, :Ts], v[:, :, :Ts], m[:, :Ts], dropout_p=p)  # (B, H, Ts, P)
+                short = (n_blocks <= full)[:, None, None, None]  # (B, 1, 1, 1)
+                o = torch.where(short, F.pad(o_short, (0, 0, 0, T - Ts)), o)  # (B, H, T, P)
         y = self.out_proj(merge_heads(o))  # (B, T, D)
         return zero_padded(y, mask)
 
@@ -303,8 +310,9 @@ class BigBirdMixer(TokenMixer):
         o = (o * has_any.to(o.dtype)).reshape(B, H, Tp, P)  # rows without keys (global, padding) are zero
 
         # global query blocks 0 and n-1: full rows over every real key
+        last = (n - 1).clamp_min(0)  # (B, 1); rows with n = 0 are discarded by the caller
         pos = torch.cat([torch.arange(b, device=device)[None, :].expand(B, b),
-                         (n - 1) * b + torch.arange(b, device=device)[None, :]], dim=1)  # (B, 2b)
+                         last * b + torch.arange(b, device=device)[None, :]], dim=1)  # (B, 2b)
         take = pos[:, None, :, None].expand(B, H, 2 * b, P)  # (B, H, 2b, P)
         og = sdpa_attention(q.gather(2, take), k, v, mp, dropout_p=p)  # (B, H, 2b, P)
         o = o.scatter(2, take, og)  # (B, H, Tp, P)

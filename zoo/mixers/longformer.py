@@ -33,8 +33,10 @@ Deviations
       ``global_mask`` replaces ``num_global``; padded tokens are never global.
     * A call without global tokens adds an exact zero computed from q/k/v_global, so those
       projections get zero gradients instead of none (plain DDP needs every parameter used).
-    * No attention dropout; padded output rows are zeroed (C2). Finding the global tokens costs one
-      host sync per call (as in HF).
+    * No attention dropout; padded output rows are zeroed (C2). With ``num_global`` the number of
+      global columns is static (min(num_global, T); unused slots are masked), so the forward has no
+      host sync and compiles with ``fullgraph=True``. An explicit ``global_mask`` costs one host sync
+      per call (its largest count sets the number of global columns; HF does the same).
 """
 
 from __future__ import annotations
@@ -206,7 +208,11 @@ class LongformerMixer(TokenMixer):
         m = keep_mask(x, mask)  # (B, T)
         gm = self.global_tokens(m, global_mask)  # (B, T)
         counts = gm.sum(dim=1)  # (B,)
-        g_max = int(counts.max())  # host sync: the number of global columns
+        if global_mask is None:
+            # static: slots past a sequence's own count are unused (gvalid), so no host sync
+            g_max = min(c.num_global, T)
+        else:
+            g_max = int(counts.max())  # host sync (only here): an explicit global_mask sets the columns
 
         q = split_heads(self.q_proj(x), H)  # (B, H, T, P)
         k = split_heads(self.k_proj(x), H)  # (B, H, T, P)

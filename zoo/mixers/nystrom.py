@@ -119,7 +119,8 @@ def landmark_weights(keys: torch.Tensor, num_landmarks: int, dtype: torch.dtype)
     rank = keys.long().cumsum(-1) - 1  # (B, T)
     n_real = keys.long().sum(-1, keepdim=True).clamp_min(1)  # (B, 1)
     run = torch.where(keys, rank * M // n_real, torch.full_like(rank, M))  # (B, T); pads -> run M
-    onehot = F.one_hot(run, M + 1)[..., :M].to(dtype)  # (B, T, M)
+    # a comparison, not F.one_hot (which reads the largest id on the host: a device sync)
+    onehot = (run[..., None] == torch.arange(M, device=run.device)).to(dtype)  # (B, T, M)
     counts = onehot.sum(dim=1, keepdim=True)  # (B, 1, M)
     return onehot / counts.clamp_min(1.0), counts.squeeze(1) == 0
 

@@ -52,7 +52,7 @@ from zoo.base import (
     zero_padded,
 )
 from zoo.errors import ZooTypeError
-from zoo.functional import linear_flops, merge_heads, neg_value, safe_key_mask, split_heads
+from zoo.functional import linear_flops, merge_heads, neg_value, prefer_scan, safe_key_mask, split_heads
 from zoo.registry import register
 
 
@@ -164,10 +164,34 @@ def favor_attention(
     return num / den
 
 
+def _decayed_prefix_scan(u: torch.Tensor, m_end: torch.Tensor) -> torch.Tensor:
+    """S_c = sum_{c' <= c} u_c' exp(M_c' - M_c) for u (B, H, N, R, X), M = m_end (B, H, N) non-decreasing.
+
+    Hillis-Steele doubling: ceil(log2 N) steps of whole-tensor ops (a few kernels each instead of N
+    small ones); every factor exp(M_c' - M_c) <= 1, so nothing overflows.
+    """
+    N = u.shape[2]
+    s, step = u, 1
+    while step < N:
+        w = torch.exp(m_end[..., :-step] - m_end[..., step:])[..., None, None]  # (B, H, N - step, 1, 1)
+        s = torch.cat([s[:, :, :step], s[:, :, step:] + s[:, :, :-step] * w], dim=2)  # (B, H, N, R, X)
+        step *= 2
+    return s
+
+
 def _causal_favor(
-    phi_q: torch.Tensor, a: torch.Tensor, v: torch.Tensor, keys: torch.Tensor | None, chunk: int, eps: float
+    phi_q: torch.Tensor,
+    a: torch.Tensor,
+    v: torch.Tensor,
+    keys: torch.Tensor | None,
+    chunk: int,
+    eps: float,
+    scan: bool | None = None,
 ) -> torch.Tensor:
     """Causal FAVOR+ with a running-max key stabiliser, chunked (O(T) memory).
+
+    Across chunks the states are a loop on the CPU (``scan=False``) and a doubling scan elsewhere
+    (``scan=True``, :func:`_decayed_prefix_scan`); None picks by device (``prefer_scan``).
 
     psi_j = exp(a_j - m_j) with m the running max, so for j <= i
     phi_q_i·(exp(a_j - m_i) + eps) = (phi_q_i·psi_j) exp(m_j - m_i) + eps·sum(phi_q_i): every
@@ -213,12 +237,19 @@ def _causal_favor(
     updates = torch.matmul(to_end.transpose(-1, -2), vm1).unbind(dim=2)  # N x (B, H, R, P+1)
     m_prev = F.pad(m_end[..., :-1], (1, 0))  # (B, H, N): M_{c-1} (c = 0 reads a zero state)
     reads = (phi_q * torch.exp((m_prev.unsqueeze(-1) - m).clamp_max(0.0)).unsqueeze(-1)).unbind(dim=2)
-    decays = torch.exp(m_end[..., :-1] - m_end[..., 1:])[..., None, None].unbind(dim=2)  # N-1 x (B, H, 1, 1)
-    inter = [torch.zeros_like(out[:, :, 0])]  # chunk 0 has no past
-    for c in range(1, N):
-        state = updates[0] if c == 1 else state * decays[c - 2] + updates[c - 1]  # S_{c-1}
-        inter.append(torch.matmul(reads[c], state))  # (B, H, C, P+1)
-    out = out + torch.stack(inter, dim=2)  # (B, H, N, C, P+1)
+    if scan is None:
+        scan = prefer_scan(a.device)
+    if scan:
+        states = _decayed_prefix_scan(torch.stack(updates, dim=2), m_end)  # (B, H, N, R, P+1): S_c
+        past = F.pad(states[:, :, :-1], (0, 0, 0, 0, 1, 0))  # (B, H, N, R, P+1): S_{c-1}, zero for c = 0
+        out = out + torch.matmul(torch.stack(reads, dim=2), past)  # (B, H, N, C, P+1)
+    else:
+        decays = torch.exp(m_end[..., :-1] - m_end[..., 1:])[..., None, None].unbind(dim=2)  # N-1 x (B, H, 1, 1)
+        inter = [torch.zeros_like(out[:, :, 0])]  # chunk 0 has no past
+        for c in range(1, N):
+            state = updates[0] if c == 1 else state * decays[c - 2] + updates[c - 1]  # S_{c-1}
+            inter.append(torch.matmul(reads[c], state))  # (B, H, C, P+1)
+        out = out + torch.stack(inter, dim=2)  # (B, H, N, C, P+1)
     num, den = out[..., :-1], out[..., -1:]
 
     num = num.reshape(B, H, N * chunk, -1)[:, :, :T] + num_eps  # (B, H, T, P)

@@ -35,7 +35,11 @@ Deviations
       not masked in place.
     * The HF pretraining version's special-token isolation (``clsgsepg``) is not implemented: it
       needs token ids, which a token mixer does not see; pass sentence ``segment_ids`` instead.
-    * With a mask, segment lengths are read on the host (one device sync per call).
+    * Host syncs: none without a mask, with ``segment_len`` or with ``faithful_segments`` (the
+      forward then compiles with ``fullgraph=True``). With a mask and ``num_segments`` the segment
+      lengths depend on each sequence's real length, and the number of segments (a shape) on the
+      shortest: one host read per call (``.tolist()``); explicit ``segment_ids`` are range-checked
+      on the host (one read). These are data-dependent shapes, so they stay.
 """
 
 from __future__ import annotations
@@ -167,10 +171,17 @@ class PoNetMixer(TokenMixer):
         return [max(1, ceil_div(int(n), c.num_segments)) for n in real]
 
     def segment_ids(self, T: int, mask: torch.Tensor | None = None, batch: int = 1) -> torch.Tensor:
-        """(B, T) fixed-size segment ids used when ``forward`` gets no ``segment_ids``."""
-        lengths = self.segment_lengths(T, mask, batch)
-        device = None if mask is None else mask.device
-        return segment_ids_fixed(torch.tensor(lengths), T, len(lengths), device)
+        """(B, T) fixed-size segment ids used when ``forward`` gets no ``segment_ids``.
+
+        Built on the mask's device from the mask itself (no host round trip, no host-to-device copy).
+        """
+        c = self.config
+        if mask is None or c.segment_len is not None or c.faithful_segments:
+            lengths = self.segment_lengths(T, mask, batch)  # static: reads no mask values
+            return segment_ids_fixed(lengths[0], T, len(lengths), None if mask is None else mask.device)
+        real = mask.sum(dim=1)  # (B,) real tokens
+        seg_len = torch.div(real + c.num_segments - 1, c.num_segments, rounding_mode="floor").clamp_min(1)  # (B,)
+        return segment_ids_fixed(seg_len, T, mask.shape[0], mask.device)
 
     def _check_segment_ids(self, ids, B: int, T: int, device) -> int:
         name = self.spec.name
@@ -222,8 +233,7 @@ class PoNetMixer(TokenMixer):
                     "ponet: segment_backend: 'contiguous' needs fixed-size segments (num_segments or "
                     "segment_len), got explicit segment_ids; use 'auto' or 'scatter'"
                 )
-        # An all-real mask is no mask: skip the masked copies (one host sync, needed anyway below).
-        pad_mask = None if mask is None or bool(mask.all()) else mask
+        pad_mask = mask  # an all-real mask takes the masked path too: deciding would cost a host sync
 
         # GA first: at inference its Q and K are freed before the other projections exist.
         g = self._global_aggregation(self.q_proj(x), self.k_proj(x), pad_mask, H, P).to(x.dtype)  # (B, 1, D)
@@ -263,7 +273,7 @@ class PoNetMixer(TokenMixer):
                         f"sequence, got lengths {sorted(set(lengths))} (num_segments={self.config.num_segments} "
                         "over different real lengths); use 'auto' or 'scatter', or set segment_len"
                     )
-                ids = segment_ids_fixed(torch.tensor(lengths), T, B, x.device)  # (B, T)
+                ids = self.segment_ids(T, pad_mask, B)  # (B, T) on x's device
                 n_seg = ceil_div(T, min(lengths))
             else:
                 ids, n_seg = segment_ids.long(), num_ids

@@ -21,9 +21,11 @@ Deviations
     d is per sequence (min(sketch_size, N_b)) instead of min(sketch_size, min_b N_b - 1) for the
     whole batch (the reference's ``.item()`` couples the batch and forbids d = N); pilot rows are
     drawn among the real tokens wherever they are (the reference assumes right padding).
-    Randomness: a module-owned ``torch.Generator`` (seeded by ``seed``) draws one 64-bit key per
-    call in training; in eval the key is fixed by ``seed`` unless ``resample_in_eval=True`` (the
-    reference resamples on every call, eval included). The uniforms are a counter-based hash of
+    Randomness: a module-owned splitmix64 stream (seeded by ``seed``, its state an int64 buffer on
+    the module's device) gives one 64-bit key per call in training; in eval the key is fixed by
+    ``seed`` unless ``resample_in_eval=True`` (the reference resamples on every call, eval
+    included). Keys never leave the device: no host sync and no host-to-device copy per call, and
+    the forward compiles with ``fullgraph=True``. The uniforms are a counter-based hash of
     (key, head, position / slot), so a sequence's draws do not depend on the rest of the batch
     nor on trailing padding; columns are sampled without replacement by the Gumbel-top-k trick
     (same distribution as ``torch.multinomial(replacement=False)``, but never fails when fewer
@@ -57,6 +59,7 @@ from zoo.base import (
 from zoo.errors import ZooValueError
 from zoo.functional import compute_dtype, linear_flops, merge_heads, neg_value, split_heads
 from zoo.registry import register
+from zoo.rng import counter_uniform, fixed_key, next_key, stream_start
 
 
 @dataclass(frozen=True)
@@ -84,36 +87,6 @@ def skeinformer_flops(c: SkeinformerConfig, B: int, T: int, causal: bool = False
     d = sketch_width(c.sketch_size, T)
     # pilot rows Q_pil K^T and Ppil V, sampled Q K_S^T and E V_S: 4 x (2 B H d T P)
     return linear_flops(B, T, c.dim, c.dim, count=4) + 8.0 * B * T * d * c.dim
-
-
-# --- counter-based uniforms: value depends only on (key, lane, index), not on tensor shapes ---
-
-_GOLDEN = 0x9E3779B97F4A7C15 - 2**64  # int64 views of the splitmix64 constants
-_MIX1 = 0xBF58476D1CE4E5B9 - 2**64
-_MIX2 = 0x94D049BB133111EB - 2**64
-
-
-def _shift_right(x: torch.Tensor, s: int) -> torch.Tensor:
-    """Logical right shift of int64 (torch's >> is arithmetic)."""
-    return (x >> s) & ((1 << (64 - s)) - 1)
-
-
-def _mix64(x: torch.Tensor) -> torch.Tensor:
-    """splitmix64 finaliser on int64 tensors (wrapping arithmetic)."""
-    x = (x ^ _shift_right(x, 30)) * _MIX1
-    x = (x ^ _shift_right(x, 27)) * _MIX2
-    return x ^ _shift_right(x, 31)
-
-
-def counter_uniform(key: int, lane: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Uniform(0, 1) float64 for every (lane, index) pair (broadcast), a pure function of ``key``."""
-    base = _mix64(torch.as_tensor(key, dtype=torch.int64, device=lane.device) + lane * _GOLDEN)
-    x = _mix64(base + (index + 1) * _GOLDEN)
-    return (_shift_right(x, 11).to(torch.float64) + 0.5) * 2.0**-53
-
-
-def _fixed_key(seed: int) -> int:
-    return int(_mix64(torch.tensor(seed, dtype=torch.int64) + 0x5EED))
 
 
 @register
@@ -150,19 +123,30 @@ class SkeinformerMixer(TokenMixer):
         self.k_proj = nn.Linear(D, D, **kw)
         self.v_proj = nn.Linear(D, D, **kw)
         self.out_proj = nn.Linear(D, D, **kw)
-        self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
+        # draw state on the module's device (non-persistent buffers: follow .to(), not in state_dict)
+        self.register_buffer("draw_state", torch.zeros((), dtype=torch.int64, device=device), persistent=False)
+        self.register_buffer("eval_key", torch.zeros((), dtype=torch.int64, device=device), persistent=False)
+        self._init_weights()
+
+    def reset_draws(self) -> None:
+        """(Re)initialise the draw buffers from ``config.seed`` (also after ``to_empty``)."""
+        self.reseed(self.config.seed)
+        with torch.no_grad():
+            self.eval_key.fill_(fixed_key(self.config.seed))
 
     def _init_weights(self) -> None:
-        self.generator.manual_seed(self.config.seed)  # training draws restart as after construction
+        self.reset_draws()  # training draws restart as after construction (also after to_empty)
 
     def reseed(self, seed: int) -> None:
         """Restart the training-time draws from ``seed`` (eval draws follow ``config.seed``)."""
-        self.generator.manual_seed(seed)
+        with torch.no_grad():
+            self.draw_state.fill_(stream_start(seed))
 
-    def _call_key(self) -> int:
+    def _call_key(self) -> torch.Tensor:
+        """0-d int64 key of this call's draws, on the module's device (splitmix64: state += GOLDEN)."""
         if self.training or self.config.resample_in_eval:
-            return int(torch.randint(-(2**63), 2**63 - 1, (), generator=self.generator))
-        return _fixed_key(self.config.seed)
+            return next_key(self.draw_state)
+        return self.eval_key
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False) -> torch.Tensor:
         """Mix tokens: x (B, T, D) in the module's dtype -> (B, T, D).
@@ -350,14 +334,14 @@ def skein_attention(
     k: torch.Tensor,
     v: torch.Tensor,
     mask: torch.Tensor | None,
-    key: int,
+    key: int | torch.Tensor,
     sketch_size: int | None,
     scale: float = 1.0,
 ) -> tuple[torch.Tensor, SkeinDraw]:
     """Skeinformer's estimate of softmax(scale · q k^T) v for q, k, v (B, H, T, P).
 
     ``mask`` bool (B, T) over keys (True = real) or None; ``key`` the 64-bit key of this call's
-    draws. Every draw is a counter-based function of (key, head, position or slot), so sequence b's
+    draws (a Python int or a 0-d int64 tensor on q's device). Every draw is a counter-based function of (key, head, position or slot), so sequence b's
     result depends only on its own tokens and mask. Returns (o (B, H, T, P), the draws); o is a
     view of a (B, T, H, P) buffer.
     """

@@ -9,8 +9,11 @@ Mechanism
     ``impl`` picks the kernel: ``sdpa`` (torch's fused kernels, O(T) extra memory on the flash
     and memory-efficient backends), ``eager`` (the T x T matrix materialised, softmax in fp32:
     the "Transformer" row of the efficient-attention papers' tables) or ``xformers``
-    (``memory_efficient_attention``; CUDA with xformers installed). ``attention_dropout`` drops
-    attention weights in training (SDPA's ``dropout_p``; 0 by default, never in eval).
+    (``memory_efficient_attention``; CUDA with xformers installed: no bias or
+    ``LowerTriangularMask`` without a mask, a ``BlockDiagonalMask`` over packed real keys with a
+    key mask, so memory stays O(T) and any T works; causal with a mask uses an 8-aligned bias).
+    ``attention_dropout`` drops attention weights in training (SDPA's ``dropout_p``, xformers'
+    ``p``; 0 by default, never in eval).
 
     Precision: ``sdpa``/``xformers`` accumulate the softmax in fp32 inside the kernel; ``eager``
     computes it in fp32.
@@ -42,7 +45,15 @@ from zoo.base import (
     zero_padded,
 )
 from zoo.errors import ZooValueError
-from zoo.functional import eager_attention, linear_flops, merge_heads, safe_key_mask, sdpa_attention, split_heads
+from zoo.functional import (
+    eager_attention,
+    linear_flops,
+    merge_heads,
+    neg_value,
+    safe_key_mask,
+    sdpa_attention,
+    split_heads,
+)
 from zoo.registry import register
 
 IMPLS = ("sdpa", "eager", "xformers")
@@ -74,25 +85,59 @@ def xformers_available() -> bool:
     return True
 
 
-def _xformers_attention(q, k, v, mask, causal, dropout_p=0.0):
-    """xformers memory-efficient attention; q, k, v (B, H, T, P)."""
-    import xformers.ops as xops
+def packed_keys(mask: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """Keys to keep for a padded batch, packed for xformers' ``BlockDiagonalMask``.
 
-    B, H, T, _ = q.shape
+    mask (B, T) bool. Returns (index (N,) into the flattened (B*T) key rows, in order, and the
+    per-sequence key counts [N_b]). A fully padded sequence keeps all T keys (it attends uniformly,
+    then its rows are zeroed), so no block is empty. The counts are read on the host (one sync: the
+    xformers mask needs Python ints).
+    """
+    keys = safe_key_mask(mask)  # (B, T)
+    index = keys.reshape(-1).nonzero().squeeze(-1)  # (N,) rows of the (B*T, H, P) keys
+    return index, keys.sum(dim=1).tolist()
+
+
+def aligned_bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive bias (B, 1, T, T) from a bool (B, 1, T, T), as a slice of a buffer whose rows are
+    a multiple of 8 elements long (xformers rejects a bias whose row stride is not 8-aligned)."""
+    B, _, T, _ = allowed.shape
+    T8 = -(-T // 8) * 8
+    buf = torch.zeros(B, 1, T, T8, dtype=dtype, device=allowed.device)  # (B, 1, T, T8)
+    bias = buf[..., :T]  # (B, 1, T, T), row stride T8
+    bias.masked_fill_(~allowed, neg_value(dtype))
+    return bias
+
+
+def _xformers_attention(q, k, v, mask, causal, dropout_p=0.0):
+    """xformers ``memory_efficient_attention``; q, k, v (B, H, T, P) -> (B, H, T, P).
+
+    No mask: no bias, or ``LowerTriangularMask`` when causal (O(T) memory, flash-capable). A key
+    mask: the real keys of every sequence are packed into one row of blocks and a
+    ``BlockDiagonalMask`` pairs each sequence's T queries with its keys (O(T) memory). Causal with
+    a mask: an 8-aligned dense bias (O(T^2), broadcast over heads).
+    """
+    import xformers.ops as xops
+    from xformers.ops.fmha.attn_bias import BlockDiagonalMask, LowerTriangularMask
+
+    B, H, T, P = q.shape
     # (B, H, T, P) -> (B, T, H, P): xformers' layout
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-    bias = None
-    if mask is not None or causal:
-        allowed = torch.ones(B, 1, T, T, dtype=torch.bool, device=q.device)
-        if mask is not None:
-            allowed = allowed & safe_key_mask(mask)[:, None, None, :]
-        if causal:
-            allowed = (allowed & torch.ones(T, T, dtype=torch.bool, device=q.device).tril()) | torch.eye(
-                T, dtype=torch.bool, device=q.device
-            )
-        bias = torch.zeros(B, H, T, T, dtype=q.dtype, device=q.device)  # (B, H, T, T)
-        bias.masked_fill_(~allowed, float("-inf"))
-    out = xops.memory_efficient_attention(q, k, v, attn_bias=bias, p=dropout_p)  # (B, T, H, P)
+    if mask is None:
+        bias = LowerTriangularMask() if causal else None
+        out = xops.memory_efficient_attention(q, k, v, attn_bias=bias, p=dropout_p)  # (B, T, H, P)
+    elif not causal:
+        index, counts = packed_keys(mask)
+        kp = k.reshape(B * T, H, P).index_select(0, index)[None]  # (1, N, H, P)
+        vp = v.reshape(B * T, H, P).index_select(0, index)[None]  # (1, N, H, P)
+        bias = BlockDiagonalMask.from_seqlens(q_seqlen=[T] * B, kv_seqlen=counts)
+        out = xops.memory_efficient_attention(q.reshape(1, B * T, H, P), kp, vp, attn_bias=bias, p=dropout_p)  # (1, B*T, H, P)
+        out = out.reshape(B, T, H, P)
+    else:
+        allowed = safe_key_mask(mask)[:, None, None, :] & torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+        allowed = allowed | torch.eye(T, dtype=torch.bool, device=q.device)  # (B, 1, T, T): self always seen
+        bias = aligned_bias(allowed, q.dtype).expand(B, H, T, T)  # (B, H, T, T), no copy over heads
+        out = xops.memory_efficient_attention(q, k, v, attn_bias=bias, p=dropout_p)  # (B, T, H, P)
     return out.transpose(1, 2)  # (B, H, T, P)
 
 
