@@ -142,3 +142,24 @@ def test_kv_cache_grows_by_doubling_and_keeps_its_entries():
     assert cap == 33 and state.tensors["k"].shape[2] == 66
     k_ref = m.k_proj(x).reshape(1, 40, m.heads, -1).transpose(1, 2)
     torch.testing.assert_close(state.tensors["k"][:, :, :40], k_ref.detach())
+
+
+@pytest.mark.parametrize(
+    "name,overrides",
+    [
+        ("longformer", dict(dilation=2, num_global=0)),
+        ("longformer", dict(dilation=3, num_global=3, window=2)),
+        ("transnormer", dict(urpe=False, variant="t2")),
+        ("transnormer_diag", dict(variant="t2")),
+        ("performer", dict(chunk_size=3)),
+    ],
+)
+def test_config_variants_equal_causal_forward(name, overrides):
+    m = build(name, **overrides)
+    x = torch.randn(2, 31, m.dim, dtype=torch.float64)
+    mask = torch.ones(2, 31, dtype=torch.bool)
+    mask[0, :5] = False
+    with torch.no_grad():
+        ref = m(x, mask, causal=True)
+    y, _ = generate(m, x, mask, 11, 4)
+    torch.testing.assert_close(y, ref, **EXACT[torch.float64])
