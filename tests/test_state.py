@@ -163,3 +163,22 @@ def test_config_variants_equal_causal_forward(name, overrides):
         ref = m(x, mask, causal=True)
     y, _ = generate(m, x, mask, 11, 4)
     torch.testing.assert_close(y, ref, **EXACT[torch.float64])
+
+
+@pytest.mark.parametrize("name", CAUSAL)
+def test_snapshot_restore_rolls_a_step_back(name):
+    """The profiler times steps at a fixed context by rolling back: a step after a restore must
+    equal the same step on a state that never saw the rolled-back token (no in-place updates)."""
+    m = build(name)
+    x = torch.randn(2, 21, m.dim, dtype=torch.float64)
+    a, b = torch.randn(2, 1, m.dim, dtype=torch.float64), torch.randn(2, 1, m.dim, dtype=torch.float64)
+    with torch.no_grad():
+        _, s1 = m.prefill(x, m.init_state(2), chunk_size=8)
+        snap = s1.snapshot()
+        m.step(a, s1)
+        s1.restore(snap)
+        y1, s1 = m.step(b, s1)
+        _, s2 = m.prefill(x, m.init_state(2), chunk_size=8)
+        y2, s2 = m.step(b, s2)
+    torch.testing.assert_close(y1, y2, atol=0, rtol=0)
+    assert s1.position == s2.position == 22

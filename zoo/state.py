@@ -10,7 +10,9 @@ and the outputs equal ``m(x, mask, causal=True)`` on the concatenated sequence. 
 implements two hooks, ``_state_tensors(batch, device, dtype) -> dict`` (the empty state) and
 ``_advance(x, mask, state) -> y`` (consume a chunk of n >= 1 tokens that start at
 ``state.position``, update ``state.tensors`` and return the chunk's outputs); the base checks
-inputs, cuts the prompt into chunks and advances ``state.position``.
+inputs, cuts the prompt into chunks and advances ``state.position``. ``_advance`` replaces the
+tensors it updates (never changes one in place, except writing cache slots past the current
+position), so :meth:`MixerState.snapshot` / :meth:`MixerState.restore` roll a state back for free.
 
 Mask semantics (one rule for every mixer): ``mask`` is bool (B, n), True = real token, exactly
 as in ``forward``. A padded token adds nothing to the state's content (no key, value or
@@ -79,6 +81,19 @@ class MixerState:
     def nbytes(self) -> int:
         """Bytes of memory held by the state's tensors (each storage counted once)."""
         return state_bytes(self.tensors)
+
+    def snapshot(self) -> tuple[int, dict[str, torch.Tensor]]:
+        """What :meth:`restore` needs to undo later calls: the position and the tensor dict.
+
+        Cheap (no copy) because ``_advance`` never changes a tensor of the state in place, except
+        to write cache slots past the current position (which the restored position ignores).
+        """
+        return self.position, dict(self.tensors)
+
+    def restore(self, snap: tuple[int, dict[str, torch.Tensor]]) -> None:
+        """Roll back to a :meth:`snapshot` (the profiler times decode steps at a fixed context)."""
+        self.position, tensors = snap
+        self.tensors = dict(tensors)
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k}={tuple(v.shape)}" for k, v in self.tensors.items())

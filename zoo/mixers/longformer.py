@@ -309,16 +309,16 @@ class LongformerMixer(TokenMixer):
         return self.out_proj(merge_heads(o))  # (B, n, D)
 
     def _store_globals(self, x, k, v, gm, rank, p0, t) -> None:
-        """Write this chunk's global tokens into their slots (slot = rank - 1)."""
-        H = self.config.heads
+        """Put this chunk's global tokens into their slots (slot = rank - 1), out of place."""
+        H, G = self.config.heads, self.config.num_global
         kG, vG = split_heads(self.k_global(x), H), split_heads(self.v_global(x), H)  # (B, H, n, P)
+        slots = torch.arange(G, device=x.device)
+        onehot = gm[:, :, None] & (rank[:, :, None] - 1 == slots)  # (B, n, G): token -> its slot
+        has = onehot.any(dim=1)  # (B, G)
+        pick = onehot.transpose(1, 2).unsqueeze(1)  # (B, 1, G, n)
+        for name, src in (("gk", k), ("gv", v), ("gK", kG), ("gV", vG)):
+            new = torch.matmul(pick.to(src.dtype), src)  # (B, H, G, P): a copy (one 1 per used slot)
+            t[name] = torch.where(has[:, None, :, None], new, t[name])
         pos = torch.arange(p0, p0 + x.shape[1], device=x.device)
-        for slot in range(self.config.num_global):
-            sel = gm & (rank == slot + 1)  # (B, n): at most one token per row
-            has = sel.any(dim=1)  # (B,)
-            idx = sel.to(torch.uint8).argmax(dim=1)  # (B,)
-            take = idx[:, None, None, None].expand(-1, H, 1, k.shape[-1])  # (B, H, 1, P)
-            for name, src in (("gk", k), ("gv", v), ("gK", kG), ("gV", vG)):
-                t[name][:, :, slot : slot + 1] = torch.where(has[:, None, None, None], src.gather(2, take), t[name][:, :, slot : slot + 1])
-            t["gpos"][:, slot] = torch.where(has, pos[idx], t["gpos"][:, slot])
-            t["gvalid"][:, slot] |= has
+        t["gpos"] = torch.where(has, (onehot * pos[None, :, None]).sum(dim=1), t["gpos"])
+        t["gvalid"] = t["gvalid"] | has

@@ -178,7 +178,7 @@ class TransNormerMixer(TokenMixer):
         return {"S": torch.zeros(batch, H, P, P, device=device, dtype=compute_dtype(dtype))}  # (B, H, P, P)
 
     def _advance(self, x, mask, state):
-        c, S = self.config, state.tensors["S"]
+        c, S = self.config, state.tensors["S"]  # updated out of place (a snapshot stays valid)
         n = x.shape[1]
         dt = S.dtype
         qf = feature_map(split_heads(self.q_proj(x), c.heads).to(dt), c.variant)  # (B, H, n, P)
@@ -194,7 +194,7 @@ class TransNormerMixer(TokenMixer):
         future = torch.ones(n, n, dtype=torch.bool, device=x.device).triu(1)
         scores = torch.matmul(qf, kf.transpose(-1, -2)).masked_fill_(future, 0.0)  # (B, H, n, n)
         o = torch.matmul(scores, v) + torch.matmul(qf, S)  # (B, H, n, P)
-        S.add_(torch.matmul(kf.transpose(-1, -2), v))  # (B, H, P, P)
+        state.tensors["S"] = S + torch.matmul(kf.transpose(-1, -2), v)  # (B, H, P, P)
         return self.out_proj(simple_rms_norm(merge_heads(o)).to(x.dtype))  # (B, n, D)
 
 
