@@ -20,7 +20,8 @@ from reports.load import SERIES_KEYS, series_id
 __all__ = ["METRICS", "MIN_FIT_LENGTHS", "fit_records"]
 
 # metric -> (cell field, field with raw samples or None)
-METRICS = {"time": ("time_median_s", "time_samples"), "memory": ("mem_peak_bytes", None)}
+# (decode cells: time is per generated token, and "state" the bytes held by the generation state)
+METRICS = {"time": ("time_median_s", "time_samples"), "memory": ("mem_peak_bytes", None), "state": ("state_bytes", None)}
 MIN_FIT_LENGTHS = 3  # fewer distinct lengths say nothing about an exponent
 
 
@@ -60,7 +61,7 @@ def fit_records(
             if fit is None:
                 continue
             classes = (declared or {}).get(meta["label"]) or (declared or {}).get(mixer) or {}
-            k_declared = classes.get(metric)
+            k_declared = classes.get(f"decode_{metric}" if meta["mode"] == "decode" else metric)
             verdict = exponent_verdict(fit, k_declared)
             shape = {k: meta[k] for k in ("label", "scope", "mode", "batch", "dim", "heads", "dtype", "device",
                                           "causal", "pad_fraction", "compile")}

@@ -203,7 +203,7 @@ def plan_profile(
     declared = {}
     for c in cells:
         if c.label not in declared and not c.unsupported:
-            declared[c.label] = declared_classes(c.mixer, {k: v for k, v in c.config.items()})
+            declared[c.label] = declared_classes(c.mixer, {k: v for k, v in c.config.items()}, decode="decode" in mode_tuple)
     info = {"lengths": length_list, "mixers": [c.label for c in choices], "modes": list(mode_tuple), **shape,
             "dtype": dtype_name, "device": dev, "causal": bool(causal), "pad_fraction": pad, "compile": backend, "preset": preset}
     threads = threads if threads is not None else p.get("threads")
