@@ -1,0 +1,71 @@
+"""``zoo profile --mode decode``: planning, records, fits, the terminal table and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from profiler.cases import parse_modes
+from profiler.settings import plan_profile
+from profiler.sweep import run_sweep
+from zoo import ZooError
+
+
+def _records(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def test_parse_modes_accepts_decode_and_names_it_in_errors():
+    assert parse_modes("decode") == ("decode",)
+    assert parse_modes("forward,decode") == ("forward", "decode")
+    with pytest.raises(ZooError, match="mode: expected forward, train, both or decode, got 'decodee'"):
+        parse_modes("decodee")
+
+
+def test_decode_cells_are_causal_and_unsupported_without_a_state(tmp_path):
+    cells, settings = plan_profile(mixers="softmax,fnet", lengths="64,128", modes="decode,forward",
+                                   dim=16, heads=2, out=tmp_path / "p.jsonl")
+    decode = {(c.label, c.T): c for c in cells if c.mode == "decode"}
+    assert all(c.causal for c in decode.values())
+    assert decode[("softmax", 64)].unsupported is None
+    assert "no causal variant" in decode[("fnet", 64)].unsupported
+    forward = [c for c in cells if c.mode == "forward"]
+    assert not any(c.causal or c.unsupported for c in forward)  # other modes untouched
+    assert settings.declared["softmax"]["decode_time"] == 1.0
+    assert settings.declared["softmax"]["decode_state"] == 1.0
+
+
+def test_decode_sweep_records_and_fits(tmp_path):
+    out = tmp_path / "d.jsonl"
+    cells, settings = plan_profile(mixers="softmax,transnormer,ponet", lengths="32,64,128", modes="decode",
+                                   dim=16, heads=2, out=out, isolate=False, threads=1, time_budget=0.05)
+    run_sweep(cells, settings)
+    recs = _records(out)
+    cell = {(r["label"], r["T"]): r for r in recs if r["kind"] == "cell"}
+    for T in (32, 64, 128):
+        soft, lin = cell[("softmax", T)], cell[("transnormer", T)]
+        assert soft["status"] == lin["status"] == "ok", (soft["reason"], lin["reason"])
+        assert soft["mode"] == "decode" and soft["causal"] is True
+        assert soft["state_class"] == "O(T)" and lin["state_class"] == "O(1)"
+        assert soft["time_median_s"] > 0 and soft["prefill_s"] > 0 and soft["context"] == T + 1
+        assert cell[("ponet", T)]["status"] == "unsupported"
+    # a KV cache grows with T, a recurrent state does not
+    assert cell[("softmax", 32)]["state_bytes"] < cell[("softmax", 64)]["state_bytes"] < cell[("softmax", 128)]["state_bytes"]
+    assert len({cell[("transnormer", T)]["state_bytes"] for T in (32, 64, 128)}) == 1
+    fits = {(r["label"], r["metric"]): r for r in recs if r["kind"] == "fit"}
+    assert fits[("softmax", "state")]["declared"] == 1.0
+    assert fits[("softmax", "state")]["k"] == pytest.approx(1.0, abs=0.05)
+    assert fits[("transnormer", "state")]["declared"] == 0.0
+    assert fits[("transnormer", "state")]["k"] == pytest.approx(0.0, abs=1e-9)
+    assert fits[("transnormer", "time")]["declared"] == 0.0  # per-token time follows the state, not spec.time
+
+
+def test_cli_profile_decode_bad_mode_is_one_line(tmp_path):
+    from cli import app
+
+    res = CliRunner().invoke(app, ["profile", "--mode", "generate", "--mixers", "softmax", "--lengths", "64",
+                                   "--out", str(tmp_path / "x.jsonl")])
+    assert res.exit_code == 2
+    assert "mode: expected forward, train, both or decode, got 'generate'" in res.output
