@@ -37,12 +37,17 @@ def test_decode_cells_are_causal_and_unsupported_without_a_state(tmp_path):
     assert settings.declared["softmax"]["decode_state"] == 1.0
 
 
-def test_decode_sweep_records_and_fits(tmp_path):
-    out = tmp_path / "d.jsonl"
+@pytest.fixture(scope="module")
+def decode_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("decode") / "d.jsonl"
     cells, settings = plan_profile(mixers="softmax,transnormer,ponet", lengths="32,64,128", modes="decode",
                                    dim=16, heads=2, out=out, isolate=False, threads=1, time_budget=0.05)
     run_sweep(cells, settings)
-    recs = _records(out)
+    return out
+
+
+def test_decode_sweep_records_and_fits(decode_run):
+    recs = _records(decode_run)
     cell = {(r["label"], r["T"]): r for r in recs if r["kind"] == "cell"}
     for T in (32, 64, 128):
         soft, lin = cell[("softmax", T)], cell[("transnormer", T)]
@@ -69,3 +74,25 @@ def test_cli_profile_decode_bad_mode_is_one_line(tmp_path):
                                    "--out", str(tmp_path / "x.jsonl")])
     assert res.exit_code == 2
     assert "mode: expected forward, train, both or decode, got 'generate'" in res.output
+
+
+def test_report_generation_section(decode_run, tmp_path):
+    from reports.render import build_report
+
+    report = build_report([decode_run], tmp_path / "rep", formats="md")
+    md = report.files["md"].read_text()
+    section = md[md.index("## Generation"):]
+    assert "| mixer | state | T=32 | T=64 | T=128 | k ms/token | k state | faster than softmax from | less state than softmax from |" in section
+    row = next(line for line in section.splitlines() if line.startswith("| transnormer |"))
+    assert "| O(1) |" in row and "| 0.00 |" in row  # constant state: k = 0
+    assert "cheaper at every measured length" in row  # less state than the KV cache at every T
+    assert next(line for line in section.splitlines() if line.startswith("| ponet |")).count("n/a") == 3
+    assert any(p.name.startswith("generation-") for p in report.figures)
+
+
+def test_report_without_decode_cells_has_no_generation_section():
+    import pandas as pd
+
+    from reports.generation import generation_tables
+
+    assert generation_tables(pd.DataFrame({"mode": ["forward"], "label": ["softmax"], "T": [64]})) == []
