@@ -13,7 +13,8 @@ import math
 from collections import defaultdict
 from typing import Any, Iterable
 
-from reports.fit import exponent_verdict, fit_scaling
+from reports.fit import Fit, exponent_verdict, fit_scaling
+from reports.generation import decode_exponent
 from reports.load import SCHEMA_VERSION as SCHEMA
 from reports.load import SERIES_KEYS, series_id
 
@@ -57,7 +58,8 @@ def fit_records(
                 continue
             samples = [r.get(samples_field) for r in pts] if samples_field else None
             boot = {} if n_boot is None else {"n_boot": n_boot}
-            fit = fit_scaling([r["T"] for r in pts], [float(r[field]) for r in pts], samples, **boot)
+            fit = (_decode_fit if meta["mode"] == "decode" else fit_scaling)(
+                [r["T"] for r in pts], [float(r[field]) for r in pts], samples, **boot)
             if fit is None:
                 continue
             classes = (declared or {}).get(meta["label"]) or (declared or {}).get(mixer) or {}
@@ -70,6 +72,20 @@ def fit_records(
                         "lengths": fit.lengths, "declared": k_declared, "flagged": verdict == "flagged",
                         "verdict": verdict})
     return out
+
+
+def _decode_fit(lengths, values, samples=None, n_boot: int = 200) -> Fit | None:
+    """Decode series: :func:`reports.generation.decode_exponent` (log-log slope over the longer
+    contexts) as a power-law Fit, so the record and the verdict read like every other fit."""
+    got = decode_exponent(lengths, values, samples, n_boot=n_boot)
+    if got is None:
+        return None
+    k, lo, hi = got
+    b = math.exp(sum(math.log(v) - k * math.log(T) for T, v in zip(lengths, values)) / len(values))
+    import numpy as np
+
+    return Fit(k=k, k_lo=lo, k_hi=hi, a=0.0, b=b, model="decode-slope", lengths=[int(T) for T in sorted(lengths)],
+               boot=np.empty((0, 3)))
 
 
 def _positive(v: Any) -> bool:

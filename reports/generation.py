@@ -16,10 +16,18 @@ from typing import Any
 
 import pandas as pd
 
-from reports.fit import find_crossover, fit_scaling
+from reports.fit import find_crossover
 from reports.metrics import GROUP_COLUMNS, Metric, format_length, group_cells, group_title, mixer_color
 
-__all__ = ["DECODE_TIME", "STATE", "GENERATION_NOTE", "decode_cells", "generation_tables", "plot_generation"]
+__all__ = [
+    "DECODE_TIME",
+    "STATE",
+    "GENERATION_NOTE",
+    "decode_cells",
+    "decode_exponent",
+    "generation_tables",
+    "plot_generation",
+]
 
 DECODE_TIME = Metric("time", "time_median_s")  # seconds per generated token in decode cells
 STATE = Metric("memory", "state_bytes")  # bytes held by the generation state
@@ -28,9 +36,43 @@ GENERATION_NOTE = (
     "tokens is prefilled, then one new token is timed at context T + 1 (the state rolled back after "
     "each timed step, so the context does not grow). ms/token is the median over the timed steps; "
     "state MB is what the state's tensors hold at context T + 1 (a KV cache's doubled capacity "
-    "included). k = fitted exponent in T (0 = independent of T, 1 = linear). Crossover: the context "
+    "included). k = decode exponent: the log-log slope over the longer half of the measured contexts "
+    "(0 = independent of T, 1 = linear). Crossover: the context "
     "from which the mixer is cheaper than the baseline and stays so."
 )
+
+
+def decode_exponent(
+    lengths: list[float], values: list[float], samples: list[list[float] | None] | None = None, n_boot: int = 200
+) -> tuple[float, float, float] | None:
+    """(k, k_lo, k_hi): the decode exponent of a cost in the context length, the least-squares
+    log-log slope over the lengths at or above the geometric middle of the measured range (where
+    the fixed per-token overhead no longer hides the growth), with a 95% bootstrap interval over
+    the raw timing samples when given (else the point itself). None with < 2 such lengths.
+
+    The report's ``a + b T^k`` fit is ill-posed here: a flat series (a constant state) has no
+    identifiable k, and the decode question is exactly whether the series is flat.
+    """
+    import numpy as np
+
+    pts = sorted((float(T), float(v), s) for T, v, s in zip(lengths, values, samples or [None] * len(lengths))
+                 if T > 0 and v is not None and math.isfinite(v) and v > 0)
+    if len({p[0] for p in pts}) < 2:
+        return None
+    middle = math.sqrt(pts[0][0] * pts[-1][0])
+    upper = [p for p in pts if p[0] >= middle * (1 - 1e-9)]
+    if len({p[0] for p in upper}) < 2:
+        upper = pts[-2:]
+    x = np.log([p[0] for p in upper])
+    k = float(np.polyfit(x, np.log([p[1] for p in upper]), 1)[0])
+    raw = [np.asarray(p[2], dtype=float) for p in upper if isinstance(p[2], list) and len(p[2]) >= 3]
+    if len(raw) != len(upper):
+        return k, k, k
+    rng = np.random.default_rng(0)
+    boot_y = np.stack([np.median(rng.choice(r, size=(n_boot, len(r))), axis=1) for r in raw], axis=1)  # (n_boot, n)
+    ks = np.polyfit(x, np.log(boot_y).T, 1)[0]  # (n_boot,)
+    lo, hi = np.percentile(ks, [2.5, 97.5])
+    return k, float(min(lo, k)), float(max(hi, k))
 
 
 def decode_cells(cells: pd.DataFrame) -> pd.DataFrame:
@@ -49,8 +91,8 @@ def _series(part: pd.DataFrame, label: str, metric: Metric) -> dict[int, float]:
 def _k(series: dict[int, float]) -> str:
     if len(series) < 3:
         return "–"
-    fit = fit_scaling(sorted(series), [series[T] for T in sorted(series)])
-    return "–" if fit is None else f"{fit.k:.2f}"
+    fit = decode_exponent(sorted(series), [series[T] for T in sorted(series)])
+    return "–" if fit is None else f"{round(fit[0], 2) + 0.0:.2f}"  # + 0.0: no "-0.00"
 
 
 def _crossover(series: dict[int, float], base: dict[int, float]) -> str:
