@@ -96,3 +96,44 @@ def test_report_without_decode_cells_has_no_generation_section():
     from reports.generation import generation_tables
 
     assert generation_tables(pd.DataFrame({"mode": ["forward"], "label": ["softmax"], "T": [64]})) == []
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--mixers", "ponnet"], "error: mixer: unknown name 'ponnet'"),
+        (["--lengths", "1k..x"], "error: lengths: expected a length like 512"),
+        (["--time-budget", "0"], "error: time budget: expected a positive number"),
+    ],
+)
+def test_bench_decode_bad_input_is_one_line(args, expected):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "benchmarks/bench_decode.py", *args], cwd=root, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(expected), lines
+
+
+def _decode_record(label, T, seconds, state_bytes, state_class):
+    return {"kind": "cell", "mode": "decode", "label": label, "T": T, "status": "ok", "time_median_s": seconds,
+            "time_samples": None, "state_bytes": state_bytes, "state_class": state_class}
+
+
+def test_bench_decode_targets_pass_and_fail():
+    from benchmarks.bench_decode import check_range_targets, targets_from_records
+
+    Ts = [1024 * 2**i for i in range(7)]
+    good = [_decode_record("softmax", T, 1e-4 + 2e-7 * T, 1024 * T, "O(T)") for T in Ts]  # overhead + cache
+    good += [_decode_record("transnormer", T, 1e-4 * (1.01 if i % 2 else 1.0), 8192, "O(1)") for i, T in enumerate(Ts)]
+    assert check_range_targets(targets_from_records(good)) == 0
+    # a "constant-state" mixer that secretly recomputes the prefix: time and state grow with T
+    bad = good[:7] + [_decode_record("transnormer", T, 1e-4 + 1e-9 * T, 8192 + T, "O(1)") for T in Ts]
+    got = {what: value for what, value, *_ in targets_from_records(bad)}
+    assert got["transnormer [O(1)] ms/token T=65536 / T=1024"] > 1.2
+    assert got["transnormer [O(1)] state bytes max/min over T"] > 1.0
+    assert check_range_targets(targets_from_records(bad)) == 1
