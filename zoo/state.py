@@ -44,6 +44,9 @@ __all__ = [
     "causal_allowed",
     "cached_attention",
     "block_segments",
+    "conv_with_tail",
+    "decayed_attention_step",
+    "delta_rule_step",
 ]
 
 
@@ -166,3 +169,82 @@ def block_segments(position: int, n: int, block: int) -> list[tuple[int, int, in
         out.append((s, e, r))
         s = e
     return out
+
+
+def conv_with_tail(tail: torch.Tensor, u: torch.Tensor, conv) -> tuple[torch.Tensor, torch.Tensor]:
+    """A causal depthwise conv over a chunk u (B, n, C) that continues a sequence whose last
+    taps - 1 inputs are ``tail`` (B, taps - 1, C): (outputs (B, n, C), the new tail).
+
+    ``conv`` is the mixer's own causal conv of a (B, L, C) sequence (zeros before its start); run
+    on tail + chunk, its last n outputs read only real inputs, so they equal the full sequence's.
+    """
+    full = torch.cat([tail, u], dim=1)  # (B, taps - 1 + n, C)
+    return conv(full)[:, -u.shape[1] :], full[:, full.shape[1] - tail.shape[1] :]
+
+
+def decayed_attention_step(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_g: torch.Tensor, S: torch.Tensor, piece: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal decayed linear attention continuing from state S: ``S_t = diag(g_t) S_{t-1} +
+    k_t^T v_t``, ``o_t = q_t S_t``, over n new tokens, ``piece`` tokens at a time.
+
+    q, k (B, H or 1, n, K); v (B, H, n, V); log_g (B, H, n) (a scalar per head) or (B, H, n, K)
+    (per key channel), <= 0; S (B, H, K, V). Returns (o (B, H, n, V), the new S). Every exponent
+    taken is <= 0.
+    """
+    outs = []
+    for s in range(0, v.shape[2], piece):
+        qs, ks, vs, gs = q[:, :, s : s + piece], k[:, :, s : s + piece], v[:, :, s : s + piece], log_g[:, :, s : s + piece]
+        m = vs.shape[2]
+        future = torch.ones(m, m, dtype=torch.bool, device=v.device).triu(1)  # [i, j]: j > i
+        G = gs.cumsum(2)  # (B, H, m) or (B, H, m, K): log decay from the piece's start, inclusive
+        if G.dim() == 3:  # scalar decay: an m x m matrix of decays
+            decay = (G[..., :, None] - G[..., None, :]).masked_fill(future, float("-inf")).exp()  # (B, H, m, m)
+            scores = torch.matmul(qs, ks.transpose(-1, -2)) * decay  # (B, H, m, m)
+            G_end, G = G[..., -1:, None], G[..., None]  # (B, H, 1, 1), (B, H, m, 1)
+            carry = G_end.exp()  # (B, H, 1, 1): the state's decay over the piece
+        else:  # per-channel decay: the m x m x K decays
+            gap = (G[:, :, :, None, :] - G[:, :, None, :, :]).masked_fill(future[..., None], float("-inf")).exp()
+            scores = torch.einsum("bhik,bhjk,bhijk->bhij", qs, ks, gap)  # (B, H, m, m)
+            G_end = G[:, :, -1:]  # (B, H, 1, K)
+            carry = G_end.exp().transpose(-1, -2)  # (B, H, K, 1)
+        o = torch.matmul(scores, vs) + torch.matmul(qs * G.exp(), S)  # (B, H, m, V)
+        S = S * carry + torch.matmul((ks * (G_end - G).exp()).transpose(-1, -2), vs)  # (B, H, K, V)
+        outs.append(o)
+    return torch.cat(outs, dim=2), S
+
+
+def delta_rule_step(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, g: torch.Tensor | None,
+    S: torch.Tensor, chunk: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (gated) delta rule continuing from state S, ``chunk`` tokens at a time (WY form):
+    ``S_t = exp(g_t) S_{t-1} + beta_t k_t^T (v_t - exp(g_t) k_t S_{t-1})``, ``o_t = q_t S_t``.
+
+    q (already scaled), k (B, H, n, K); v (B, H, n, V); beta (B, H, n); g (B, H, n) log decay or
+    None; S (B, H, K, V). Returns (o (B, H, n, V), the new S).
+    """
+    outs = []
+    for s in range(0, v.shape[2], chunk):
+        qc, kc, vc = q[:, :, s : s + chunk], k[:, :, s : s + chunk], v[:, :, s : s + chunk]
+        bc = beta[:, :, s : s + chunk, None]  # (B, H, m, 1)
+        m = vc.shape[2]
+        future = torch.ones(m, m, dtype=torch.bool, device=v.device).triu(1)  # j > i
+        kk = torch.matmul(kc, kc.transpose(-1, -2))  # (B, H, m, m)
+        qk = torch.matmul(qc, kc.transpose(-1, -2))  # (B, H, m, m)
+        kw, k_end, q_in, carry = kc, kc, qc, None
+        if g is not None:
+            G = g[:, :, s : s + chunk].cumsum(-1)  # (B, H, m)
+            gamma = (G[..., :, None] - G[..., None, :]).masked_fill(future, float("-inf")).exp()  # (B, H, m, m)
+            kk, qk = kk * gamma, qk * gamma
+            kw, q_in = kc * G.exp()[..., None], qc * G.exp()[..., None]  # seen from the piece's start
+            k_end = kc * (G[..., -1:] - G).exp()[..., None]  # seen from the piece's end
+            carry = G[..., -1:].exp()[..., None]  # (B, H, 1, 1)
+        system = (kk * bc).tril(-1) + torch.eye(m, dtype=v.dtype, device=v.device)  # (B, H, m, m): I + strictly lower
+        uw = torch.linalg.solve_triangular(system, torch.cat([vc, kw], dim=-1) * bc, upper=False,
+                                           unitriangular=True)  # (B, H, m, V + K)
+        u, w = uw.split([vc.shape[-1], kc.shape[-1]], dim=-1)
+        new = u - torch.matmul(w, S)  # (B, H, m, V): corrected values
+        outs.append(torch.matmul(q_in, S) + torch.matmul(qk.masked_fill(future, 0.0), new))  # (B, H, m, V)
+        S = (S if carry is None else S * carry) + torch.matmul(k_end.transpose(-1, -2), new)  # (B, H, K, V)
+    return torch.cat(outs, dim=2), S
