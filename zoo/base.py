@@ -219,7 +219,8 @@ class TokenMixer(nn.Module):
         spec = self._state_spec("init_state")
         check_positive_int("batch", batch)
         ref = next(iter(self.parameters()), None)
-        device = torch.device(device) if device is not None else (ref.device if ref is not None else torch.device("cpu"))
+        device = ref.device if device is None and ref is not None else torch.device(device or "cpu")
+        device = torch.empty(0, device=device).device  # "cuda" -> "cuda:0", as tensors report it
         dtype = dtype if dtype is not None else (ref.dtype if ref is not None else torch.get_default_dtype())
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise ZooTypeError(f"{spec.name}: dtype: expected a floating torch.dtype, got {dtype!r}")
