@@ -194,6 +194,9 @@ def plan_profile(
     dtype_name = canonical_dtype(dtype)
     pad = _pad_fraction(pad_fraction)
     backend = _compile_backend(compile)
+    if "decode" in mode_tuple and (shape["scope"] != "mixer" or backend):
+        got = f"--scope {shape['scope']}" if shape["scope"] != "mixer" else f"--compile {backend}"
+        raise ZooValueError(f"mode: decode runs the mixer's state API eagerly in mixer scope, got {got}")
     choices = parse_mixers(mixers if mixers is not None else p.get("mixers"),
                            allow_unregistered=mixers is None and preset is not None)
     if not choices:

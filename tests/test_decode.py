@@ -137,3 +137,9 @@ def test_bench_decode_targets_pass_and_fail():
     assert got["transnormer [O(1)] ms/token T=65536 / T=1024"] > 1.2
     assert got["transnormer [O(1)] state bytes max/min over T"] > 1.0
     assert check_range_targets(targets_from_records(bad)) == 1
+
+
+@pytest.mark.parametrize("extra, got", [({"scope": "model"}, "--scope model"), ({"compile": True}, "--compile inductor")])
+def test_decode_refuses_model_scope_and_compile(tmp_path, extra, got):
+    with pytest.raises(ZooError, match=f"mode: decode runs the mixer's state API eagerly in mixer scope, got {got}"):
+        plan_profile(mixers="softmax", lengths="64", modes="decode", out=tmp_path / "p.jsonl", **extra)
