@@ -282,8 +282,10 @@ class TokenMixer(nn.Module):
         raise NotImplementedError(f"{self.spec.name}: _state_tensors is not implemented")
 
     def _advance(self, x: torch.Tensor, mask: torch.Tensor | None, state: MixerState) -> torch.Tensor:
-        """Hook: consume x (B, n, D) starting at ``state.position``, update ``state.tensors`` in
-        place and return the n outputs (B, n, D); the base zeroes padded rows and moves the position."""
+        """Hook: consume x (B, n, D) starting at ``state.position``, replace the entries of
+        ``state.tensors`` it updates (never change a tensor in place, except cache slots past the
+        position: ``MixerState.snapshot`` relies on it) and return the n outputs (B, n, D); the base
+        zeroes padded rows and moves the position."""
         raise NotImplementedError(f"{self.spec.name}: _advance is not implemented")
 
     def extra_repr(self) -> str:
