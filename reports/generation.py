@@ -35,7 +35,7 @@ GENERATION_NOTE = (
     "Generation through each causal mixer's state API (`zoo profile --mode decode`): a prompt of T "
     "tokens is prefilled, then one new token is timed at context T + 1 (the state rolled back after "
     "each timed step, so the context does not grow). ms/token is the median over the timed steps; "
-    "state MB is what the state's tensors hold at context T + 1 (a KV cache's doubled capacity "
+    "state MB is what the state's tensors hold at context T + 1 (a KV cache's spare capacity, <= 1/8, "
     "included). k = decode exponent: the log-log slope over the longer half of the measured contexts "
     "(0 = independent of T, 1 = linear). Crossover: the context "
     "from which the mixer is cheaper than the baseline and stays so."

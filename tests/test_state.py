@@ -130,16 +130,17 @@ def test_state_api_bad_inputs_name_the_argument():
     assert isinstance(state, MixerState) and state.position == 0  # failed calls consumed nothing
 
 
-def test_kv_cache_grows_by_doubling_and_keeps_its_entries():
+def test_kv_cache_grows_by_an_eighth_and_keeps_its_entries():
     m = build("softmax")
     x = torch.randn(1, 40, m.dim, dtype=torch.float64)
     state = m.init_state(1)
     with torch.no_grad():
         _, state = m.prefill(x[:, :33], state)
-        cap = state.tensors["k"].shape[2]
+        caps = [state.tensors["k"].shape[2]]
         for t in range(33, 40):
             _, state = m.step(x[:, t : t + 1], state)
-    assert cap == 33 and state.tensors["k"].shape[2] == 66
+            caps.append(state.tensors["k"].shape[2])
+    assert caps == [33, 37, 37, 37, 37, 41, 41, 41]  # 33 + 33 // 8, then 37 + 37 // 8
     k_ref = m.k_proj(x).reshape(1, 40, m.heads, -1).transpose(1, 2)
     torch.testing.assert_close(state.tensors["k"][:, :, :40], k_ref.detach())
 

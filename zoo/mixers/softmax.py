@@ -142,7 +142,7 @@ class SoftmaxMixer(TokenMixer):
     def _state_tensors(self, batch, device, dtype):
         H, P = self.config.heads, self.config.head_dim
         kv = dict(device=device, dtype=dtype)
-        # growable caches (capacity doubles); the first state.position entries are filled
+        # growable caches (capacity grows by 1/8); the first state.position entries are filled
         return {
             "k": torch.zeros(batch, H, 0, P, **kv),  # (B, H, cap, P)
             "v": torch.zeros(batch, H, 0, P, **kv),  # (B, H, cap, P)
