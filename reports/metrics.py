@@ -170,15 +170,18 @@ def group_slug(group: dict[str, Any]) -> str:
 
 
 # --- style: a colour per mixer, from its name alone ---------------------------------------------
-# Ten strong colours (tab10 without its grey, the guide slopes' colour, plus black) and six light
-# companions. The salt was picked once so that the zoo's fourteen mixers get distinct colours and
-# the PoNet-table set (softmax, performer, nystrom, fnet, ponet) strong ones. A new name may share
-# a colour with an old one; its marker (from the full label) still tells the lines apart.
+# Ten strong colours (tab10 without its grey, the guide slopes' colour, plus black), then light and
+# dark companions (tab20, tab20b). The salt was picked once so that the zoo's twenty mixers (with
+# issue 15's mamba2, retnet, gla, deltanet, gated_deltanet, hyena) get distinct colours and the
+# PoNet-table set (softmax, performer, nystrom, fnet, ponet) strong ones. A new name may share a
+# colour with an old one; its marker (from the full label) still tells the lines apart.
 PALETTE = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
     "#bcbd22", "#000000", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
+    "#f7b6d2", "#dbdb8d", "#9edae5", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173",
+    "#5254a3", "#8ca252", "#bd9e39", "#ad494a", "#a55194", "#6b6ecf", "#b5cf6b", "#e7ba52",
 )
-_SALT = "197767"
+_SALT = "1849095"
 MARKERS = ("o", "s", "^", "D", "v", "P", "<", ">", "p", "h", "*", "d")
 
 

@@ -14,3 +14,6 @@ from zoo.mixers import nystrom  # noqa: F401
 from zoo.mixers import linformer  # noqa: F401
 from zoo.mixers import longformer  # noqa: F401
 from zoo.mixers import bigbird  # noqa: F401
+from zoo.mixers import mamba2  # noqa: F401
+from zoo.mixers import retnet  # noqa: F401
+from zoo.mixers import gla  # noqa: F401
