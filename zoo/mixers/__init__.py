@@ -17,3 +17,6 @@ from zoo.mixers import bigbird  # noqa: F401
 from zoo.mixers import mamba2  # noqa: F401
 from zoo.mixers import retnet  # noqa: F401
 from zoo.mixers import gla  # noqa: F401
+from zoo.mixers import deltanet  # noqa: F401
+from zoo.mixers import gated_deltanet  # noqa: F401
+from zoo.mixers import hyena  # noqa: F401
