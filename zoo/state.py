@@ -39,6 +39,7 @@ __all__ = [
     "StateSize",
     "MixerState",
     "append_time",
+    "grown_capacity",
     "keep_last",
     "state_bytes",
     "causal_allowed",
@@ -113,6 +114,12 @@ def state_bytes(tensors: dict[str, Any]) -> int:
     return sum(seen.values())
 
 
+def grown_capacity(cap: int, needed: int) -> int:
+    """The capacity a growable cache of ``cap`` slots takes when it needs ``needed``: 1/8 more (at
+    least one slot), or ``needed`` if that is more."""
+    return max(needed, cap + max(cap // 8, 1))
+
+
 def append_time(buf: torch.Tensor, new: torch.Tensor, length: int, axis: int) -> torch.Tensor:
     """Write ``new`` after the first ``length`` entries of ``buf`` along ``axis`` (a growable
     cache): returns ``buf`` itself when it has room, else a larger buffer holding the old entries.
@@ -123,7 +130,7 @@ def append_time(buf: torch.Tensor, new: torch.Tensor, length: int, axis: int) ->
     cap = buf.shape[axis]
     if length + n > cap:
         shape = list(buf.shape)
-        shape[axis] = max(length + n, cap + max(cap // 8, 1))
+        shape[axis] = grown_capacity(cap, length + n)
         grown = buf.new_zeros(shape)
         grown.narrow(axis, 0, length).copy_(buf.narrow(axis, 0, length))
         buf = grown

@@ -50,7 +50,7 @@ from zoo.base import (
 )
 from zoo.functional import compute_dtype, linear_flops
 from zoo.registry import register
-from zoo.state import StateSize, conv_with_tail
+from zoo.state import StateSize, conv_with_tail, grown_capacity
 
 
 @dataclass(frozen=True)
@@ -232,8 +232,8 @@ class HyenaMixer(TokenMixer):
         c, t = self.config, state.tensors
         B, n, D = x.shape
         L, cd = state.position, t["z"].dtype
-        if t["taps"].shape[-1] < L + n:  # the filters depend on the lag only: extend (doubling)
-            t["taps"] = self.filters(max(L + n, 2 * t["taps"].shape[-1]), cd, two_sided=False)[0]
+        if t["taps"].shape[-1] < L + n:  # the filters depend on the lag only: extend them
+            t["taps"] = self.filters(grown_capacity(t["taps"].shape[-1], L + n), cd, two_sided=False)[0]
         u = self.in_proj(x)  # (B, n, (N+1)·D)
         if mask is not None:
             u = u.masked_fill(~mask.unsqueeze(-1), 0.0)
@@ -261,7 +261,7 @@ class HyenaMixer(TokenMixer):
         """Write order i's new inputs z (B, D, n) after position L of history (B, N, D, cap)."""
         n = z.shape[-1]
         if history.shape[-1] < L + n:
-            grown = history.new_zeros(*history.shape[:3], max(L + n, 2 * history.shape[-1]))
+            grown = history.new_zeros(*history.shape[:3], grown_capacity(history.shape[-1], L + n))
             grown[..., :L] = history[..., :L]
             history = grown
         history[:, i, :, L : L + n] = z
