@@ -175,7 +175,7 @@ def build_peer(mode: str, name: str, peer: str, T: int, peers_root: str):
 
 
 def run_timing(root: Path, T: int, lengths: list[int], reps: int, threads: int | None) -> tuple[dict, bool]:
-    from benchmarks.harness import Case, compare, fit_exponent, print_results, ratio
+    from profiler.compare import Case, compare, fit_exponent, print_results, ratio
 
     check_peers(root, timed_only=True)
     ok, out = True, {}
@@ -241,7 +241,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from benchmarks.harness import save_results
+    from profiler.compare import save_results
 
     args = parse(argv)
     out: dict = {"config": {k: str(v) for k, v in vars(args).items()}}
