@@ -175,7 +175,7 @@ def profile_cmd(
         None, help="comma list, overrides in brackets: 'softmax[impl=eager],ponet', wildcards ('*former') [default: all]"
     ),
     lengths: Optional[str] = typer.Option(None, help="1k..16k (doubling), 1k..16k:x1.5, 512,2048,3000; k/m suffixes [default: 1k..16k]"),
-    mode: Optional[str] = typer.Option(None, "--mode", help="forward | train | both [default: both]"),
+    mode: Optional[str] = typer.Option(None, "--mode", help="forward | train | both | decode (generation: time per new token after a prompt of T) [default: both]"),
     scope: Optional[str] = typer.Option(None, help="mixer (the mixer alone) | model (LRA-style encoder + loss + optimizer)"),
     preset: Optional[str] = typer.Option(None, help="default | quick | ponet-table2 (explicit options override it)"),
     batch: Optional[int] = typer.Option(None, help="batch size B [default: 1]"),

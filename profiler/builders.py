@@ -24,7 +24,7 @@ import torch
 
 from profiler.cases import DTYPES, Cell
 
-__all__ = ["Step", "build_step", "load_ref", "load_builder", "torch_dtype", "check_tensor", "padding_mask", "compiled"]
+__all__ = ["Step", "Decoder", "build_step", "build_decoder", "load_ref", "load_builder", "torch_dtype", "check_tensor", "padding_mask", "compiled"]
 
 
 @dataclass
@@ -42,6 +42,23 @@ class Step:
     flops_analytic: float | None = None
     check: Callable[[Any], None] | None = None
     reset: Callable[[], None] | None = None
+
+
+@dataclass
+class Decoder:
+    """What :func:`build_decoder` returns for a ``mode="decode"`` cell (generation at context T).
+
+    ``prefill()`` -> (outputs (B, T, D), a fresh state holding the prompt); ``step(state)`` -> the
+    output (B, 1, D) of one new token, the state advanced in place; ``state_bytes(state)`` -> bytes
+    held by the state's tensors; ``state_class`` is the spec's declared size ("O(1)", "O(w)", "O(T)").
+    """
+
+    prefill: Callable[[], Any]
+    step: Callable[[Any], Any]
+    state_bytes: Callable[[Any], int]
+    state_class: str
+    params: int = 0
+    check: Callable[[Any, tuple], None] | None = None
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -204,10 +221,41 @@ def load_builder(ref: str | None) -> Callable[[Cell, torch.device, torch.dtype],
     return build_step if not ref else load_ref(ref)
 
 
-def declared_classes(mixer: str, config: dict[str, Any]) -> dict[str, float]:
-    """{"time": k, "memory": k} a mixer declares for this config (``TokenMixer.spec_for``)."""
+def build_decoder(cell: Cell, device: torch.device, dtype: torch.dtype) -> Decoder:
+    """The registry's decode builder: the mixer's state API on a random prompt of T tokens
+    (padded as ``cell.pad_fraction`` says), inputs built here, outside every timed region."""
+    from zoo.registry import create_mixer
+
+    module = create_mixer(cell.mixer, dim=cell.dim, heads=cell.heads, device=device, dtype=dtype, **_overrides(cell)).eval()
+    B, T, D = cell.batch, cell.T, cell.dim
+    gen = torch.Generator(device=device).manual_seed(0)
+    prompt = torch.randn(B, T, D, generator=gen, device=device, dtype=dtype)  # (B, T, D)
+    x_t = torch.randn(B, 1, D, generator=gen, device=device, dtype=dtype)  # (B, 1, D): the new token
+    mask = padding_mask(B, T, cell.pad_fraction, device)  # (B, T) or None
+
+    def prefill():
+        with torch.inference_mode():
+            return module.prefill(prompt, module.init_state(B, device=device, dtype=dtype), mask)
+
+    def step(state):
+        with torch.inference_mode():
+            return module.step(x_t, state)[0]
+
+    spec = type(module).spec_for(module.config)
+    return Decoder(prefill, step, lambda state: state.nbytes(), str(spec.state),
+                   sum(p.numel() for p in module.parameters()), lambda y, shape: check_tensor("output", y, shape))
+
+
+def declared_classes(mixer: str, config: dict[str, Any], *, decode: bool = False) -> dict[str, float | None]:
+    """{"time": k, "memory": k} a mixer declares for this config (``TokenMixer.spec_for``); with
+    ``decode`` also "decode_time" and "decode_state" (per-token time and state bytes against the
+    context length, both following ``spec.state``; None without a state API)."""
     from zoo.registry import get_config, get_mixer_class
 
     cls = get_mixer_class(mixer)
     spec = cls.spec_for(get_config(mixer, **config))
-    return {"time": spec.time.exponent, "memory": spec.memory.exponent}
+    out: dict[str, float | None] = {"time": spec.time.exponent, "memory": spec.memory.exponent}
+    if decode:
+        k_state = None if spec.state is None else spec.state.exponent
+        out.update(decode_time=k_state, decode_state=k_state)
+    return out

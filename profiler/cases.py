@@ -36,6 +36,8 @@ __all__ = [
     "PRESETS",
     "DTYPES",
     "MODES",
+    "ALL_MODES",
+    "DECODE",
     "SCOPES",
     "parse_lengths",
     "parse_size",
@@ -46,6 +48,8 @@ __all__ = [
 ]
 
 MODES = ("forward", "train")
+DECODE = "decode"  # generation: prefill T tokens, then time per new token (profiler/decode.py)
+ALL_MODES = (*MODES, DECODE)
 SCOPES = ("mixer", "model")
 # user spelling -> torch dtype attribute name
 DTYPES = {
@@ -66,12 +70,12 @@ def parse_modes(modes: str | Iterable[str]) -> tuple[str, ...]:
     for m in items:
         if m == "both":
             out.extend(MODES)
-        elif m in MODES:
+        elif m in ALL_MODES:
             out.append(m)
         else:
-            raise ZooValueError(f"mode: expected forward, train or both, got {m!r}")
+            raise ZooValueError(f"mode: expected forward, train, both or decode, got {m!r}")
     if not out:
-        raise ZooValueError("mode: expected forward, train or both, got nothing")
+        raise ZooValueError("mode: expected forward, train, both or decode, got nothing")
     return tuple(dict.fromkeys(out))
 
 
@@ -328,6 +332,7 @@ def plan_cells(
     from zoo.registry import get_config, get_spec
 
     configs: dict[str, tuple[dict, str | None]] = {}
+    no_state: dict[str, str | None] = {}  # label -> why it cannot decode (None: it can)
     for c in choices:
         if not c.registered:
             configs[c.label] = ({**dict(c.overrides), "dim": dim, "heads": heads}, f"{c.name}: not a registered mixer in this build")
@@ -337,6 +342,10 @@ def plan_cells(
         spec = get_spec(c.name)
         if causal and not spec.causal:
             unsupported = f"{c.name}: no causal variant (spec.causal=False)"
+        if not spec.causal:
+            no_state[c.label] = f"{c.name}: no causal variant, so no generation state (spec.causal=False)"
+        elif spec.state is None:
+            no_state[c.label] = f"{c.name}: no generation state declared (spec.state=None)"
         configs[c.label] = (_jsonable(dataclasses.asdict(config)), unsupported)
     cells = []
     for T in lengths:
@@ -358,9 +367,9 @@ def plan_cells(
                         depth=depth if scope == "model" else None,
                         dtype=dtype,
                         device=device,
-                        causal=causal,
+                        causal=causal or mode == DECODE,  # generation is causal
                         model=model if scope == "model" else None,
-                        unsupported=unsupported,
+                        unsupported=unsupported or (no_state.get(c.label) if mode == DECODE else None),
                         pad_fraction=float(pad_fraction),
                         compile=compile or None,
                     )

@@ -270,6 +270,11 @@ def measure_cell(cell: Cell, opts: dict[str, Any], emit: Callable[[dict], None] 
     try:
         device, dtype = torch.device(cell.device), torch_dtype(cell.dtype)
         managed, memory_heap = _set_up(run, device)
+        if cell.mode == "decode":  # generation through the state API: its own protocol
+            from profiler.decode import measure_decode
+
+            measure_decode(run, device, dtype, managed)
+            return run.result
         builder = load_builder(opts.get("builder"))
         if _predict(run, builder, device, dtype):
             return run.result

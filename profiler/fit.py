@@ -14,14 +14,16 @@ from collections import defaultdict
 from typing import Any, Iterable
 
 from reports.cells import is_clean
-from reports.fit import MIN_FIT_LENGTHS, fit_series, judge_exponent
+from reports.fit import MIN_FIT_LENGTHS, Fit, SeriesFit, fit_series, judge_exponent
+from reports.generation import decode_exponent
 from reports.load import SCHEMA_VERSION as SCHEMA
 from reports.cells import SERIES_FIELDS, series_identity
 
 __all__ = ["METRICS", "MIN_FIT_LENGTHS", "fit_records"]
 
 # metric -> (cell field, field with raw samples or None)
-METRICS = {"time": ("time_median_s", "time_samples"), "memory": ("mem_peak_bytes", None)}
+# (decode cells: time is per generated token, and "state" the bytes held by the generation state)
+METRICS = {"time": ("time_median_s", "time_samples"), "memory": ("mem_peak_bytes", None), "state": ("state_bytes", None)}
 
 
 def fit_records(
@@ -58,12 +60,16 @@ def fit_records(
             samples = [r.get(samples_field) for r in pts] if samples_field else None
             clean = [is_clean(r) for r in pts] if samples_field else None  # memory readings are always clean
             boot = {} if n_boot is None else {"n_boot": n_boot}
-            series_fit = fit_series([r["T"] for r in pts], [float(r[field]) for r in pts], clean, samples, **boot)
-            fit = series_fit.fit
+            if meta["mode"] == "decode":  # the decode slope over the longer contexts (reports.generation)
+                fit = _decode_fit([r["T"] for r in pts], [float(r[field]) for r in pts], samples, **boot)
+                series_fit = SeriesFit(fit, all(clean) if clean else True, fit.lengths if fit else [], [])
+            else:
+                series_fit = fit_series([r["T"] for r in pts], [float(r[field]) for r in pts], clean, samples, **boot)
+                fit = series_fit.fit
             if fit is None:
                 continue
             classes = (declared or {}).get(meta["label"]) or (declared or {}).get(mixer) or {}
-            k_declared = classes.get(metric)
+            k_declared = classes.get(f"decode_{metric}" if meta["mode"] == "decode" else metric)
             verdict = judge_exponent(series_fit, k_declared).status
             shape = {k: meta[k] for k in ("label", "scope", "mode", "batch", "dim", "heads", "dtype", "device",
                                           "causal", "pad_fraction", "compile", "threads")}
@@ -72,6 +78,20 @@ def fit_records(
                         "lengths": fit.lengths, "declared": k_declared, "flagged": verdict == "flagged",
                         "verdict": verdict, "clean": series_fit.clean})
     return out
+
+
+def _decode_fit(lengths, values, samples=None, n_boot: int = 200) -> Fit | None:
+    """Decode series: :func:`reports.generation.decode_exponent` (log-log slope over the longer
+    contexts) as a power-law Fit, so the record and the verdict read like every other fit."""
+    got = decode_exponent(lengths, values, samples, n_boot=n_boot)
+    if got is None:
+        return None
+    k, lo, hi = got
+    b = math.exp(sum(math.log(v) - k * math.log(T) for T, v in zip(lengths, values)) / len(values))
+    import numpy as np
+
+    return Fit(k=k, k_lo=lo, k_hi=hi, a=0.0, b=b, model="decode-slope", lengths=[int(T) for T in sorted(lengths)],
+               boot=np.empty((0, 3)))
 
 
 def _positive(v: Any) -> bool:

@@ -204,6 +204,9 @@ def plan_profile(
     dtype_name = canonical_dtype(dtype)
     pad = _pad_fraction(pad_fraction)
     backend = _compile_backend(compile)
+    if "decode" in mode_tuple and (shape["scope"] != "mixer" or backend):
+        got = f"--scope {shape['scope']}" if shape["scope"] != "mixer" else f"--compile {backend}"
+        raise ZooValueError(f"mode: decode runs the mixer's state API eagerly in mixer scope, got {got}")
     choices = parse_mixers(mixers if mixers is not None else p.get("mixers"),
                            allow_unregistered=mixers is None and preset is not None)
     if not choices:
@@ -213,7 +216,7 @@ def plan_profile(
     declared = {}
     for c in cells:
         if c.label not in declared and not c.unsupported:
-            declared[c.label] = declared_classes(c.mixer, {k: v for k, v in c.config.items()})
+            declared[c.label] = declared_classes(c.mixer, {k: v for k, v in c.config.items()}, decode="decode" in mode_tuple)
     info = {"lengths": length_list, "mixers": [c.label for c in choices], "modes": list(mode_tuple), **shape,
             "dtype": dtype_name, "device": dev, "causal": bool(causal), "pad_fraction": pad, "compile": backend, "preset": preset}
     threads = threads if threads is not None else p.get("threads")

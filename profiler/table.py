@@ -4,7 +4,7 @@ time ratio to the baseline. Formatting and failure texts are the report's
 
 from __future__ import annotations
 
-from profiler.cases import MODES
+from profiler.cases import ALL_MODES
 from reports.metrics import failure_text, format_bytes, format_time
 from reports.tables import resolve_baseline
 
@@ -14,7 +14,8 @@ __all__ = ["print_table"]
 def _text(r: dict, base: dict | None) -> str:
     if r["status"] != "ok":
         return failure_text(r)
-    text = f"{format_time(r.get('time_median_s'))} · {format_bytes(r.get('mem_peak_bytes'))}"
+    held = r.get("state_bytes") if r.get("mode") == "decode" else r.get("mem_peak_bytes")  # decode: the state
+    text = f"{format_time(r.get('time_median_s'))} · {format_bytes(held)}"
     if base is not None and base is not r and base["status"] == "ok" and base.get("time_median_s") and r.get("time_median_s"):
         text += f" ({r['time_median_s'] / base['time_median_s']:.2f}x)"
     if r.get("noisy"):
@@ -31,11 +32,12 @@ def print_table(records: list[dict], baseline: str | None, console) -> None:
     if not cells:
         return
     lengths = sorted({r["T"] for r in cells})
-    for mode in [m for m in MODES if any(r["mode"] == m for r in cells)]:
+    for mode in [m for m in ALL_MODES if any(r["mode"] == m for r in cells)]:
         by = {(r["label"], r["T"]): r for r in cells if r["mode"] == mode}
         labels = list(dict.fromkeys(r["label"] for r in cells if r["mode"] == mode))
         base_label = resolve_baseline(labels, baseline) if baseline else None
-        title = f"{mode}: median time · peak memory" + (f" (time ratio to {escape(base_label)})" if base_label else "")
+        what = "time per token · state held" if mode == "decode" else "median time · peak memory"
+        title = f"{mode}: {what}" + (f" (time ratio to {escape(base_label)})" if base_label else "")
         table = Table(title=title, title_justify="left")
         table.add_column("mixer", no_wrap=True, min_width=max(len(l) for l in labels))
         for T in lengths:

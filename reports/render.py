@@ -409,6 +409,22 @@ def _scaling_section(doc: Doc, runs: list[tuple[str, pd.DataFrame]], cells: pd.D
                 doc.figure(figures[-1])
 
 
+def _generation_section(doc: Doc, cells: pd.DataFrame, figures: list[Figure], baseline: str) -> None:
+    """Decode cells (``reports/generation.py``): ms/token and state MB against T, crossovers."""
+    from reports.generation import GENERATION_NOTE, decode_cells, generation_tables, plot_generation
+
+    tables = generation_tables(cells, baseline)
+    if not tables:
+        return
+    doc.h2("Generation", "generation")
+    doc.p(GENERATION_NOTE)
+    for (title, columns, rows), (group, part) in zip(tables, group_cells(decode_cells(cells))):
+        doc.frame(Frame(columns, rows, caption=title))
+        figures.append(_figure(plot_generation(part), f"generation-{group_slug(group)}",
+                               f"ms per generated token and state held against the context length: {title}."))
+        doc.figure(figures[-1])
+
+
 # --- renderers ----------------------------------------------------------------------------------
 def _md_cell(v: Any) -> str:
     if isinstance(v, Flag):
@@ -615,6 +631,8 @@ def build_report(
     _scaling_section(doc, runs, cells, figures, warnings, baseline)
     if runs:
         complexity_section(doc, runs, profiles, declared() if callable(declared) else declared, baseline)
+    if runs:
+        _generation_section(doc, cells, figures, baseline)
     _fidelity_section(doc, fidelity, figures)
     if not quality.empty:
         add_quality_section(doc, quality, cells, figures)

@@ -28,10 +28,13 @@ import torch
 from torch import nn
 
 from zoo.errors import ZooTypeError, ZooValueError
+from zoo.state import MixerState, StateSize
 
 __all__ = [
     "Complexity",
     "MixerSpec",
+    "MixerState",
+    "StateSize",
     "MixerConfig",
     "TokenMixer",
     "cfg",
@@ -88,12 +91,16 @@ class MixerSpec:
     # config overrides for the fidelity panel: branches that are not part of the softmax
     # approximation (e.g. Nystrom's conv skip) are switched off there, and the label says so
     fidelity_overrides: tuple[tuple[str, Any], ...] = ()
+    # generation state (init_state / prefill / step) of a causal mixer: its size in the context
+    # length T (constant, O(w), O(T)); None = no state API (every non-causal mixer)
+    state: StateSize | None = None
 
     def summary(self) -> dict[str, Any]:
         """A flat dict for tables (no callables)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "flops"}
         out["time"] = str(self.time)
         out["memory"] = str(self.memory)
+        out["state"] = None if self.state is None else str(self.state)
         return out
 
 
@@ -238,6 +245,83 @@ class TokenMixer(nn.Module):
 
     def _init_weights(self) -> None:
         """The mixer's own initialisation after its submodules' defaults (``__init__`` calls it too)."""
+
+    # -- generation: the recurrent-state API (zoo/state.py documents the mask semantics) --------
+
+    def init_state(self, batch: int, device=None, dtype=None) -> MixerState:
+        """The empty generation state for ``batch`` sequences (device/dtype default to the
+        parameters'). Raises for a mixer without a causal variant or a declared state."""
+        spec = self._state_spec("init_state")
+        check_positive_int("batch", batch)
+        ref = next(iter(self.parameters()), None)
+        device = ref.device if device is None and ref is not None else torch.device(device or "cpu")
+        device = torch.empty(0, device=device).device  # "cuda" -> "cuda:0", as tensors report it
+        dtype = dtype if dtype is not None else (ref.dtype if ref is not None else torch.get_default_dtype())
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ZooTypeError(f"{spec.name}: dtype: expected a floating torch.dtype, got {dtype!r}")
+        state = MixerState(mixer=spec.name, batch=batch, device=device, dtype=dtype)
+        state.tensors = self._state_tensors(batch, device, dtype)
+        return state
+
+    def prefill(
+        self, x: torch.Tensor, state: MixerState, mask: torch.Tensor | None = None, *, chunk_size: int = 1024
+    ) -> tuple[torch.Tensor, MixerState]:
+        """Consume a prompt x (B, T, D) after what ``state`` holds, ``chunk_size`` tokens at a
+        time: (outputs (B, T, D) equal to the causal forward's on the whole sequence, state)."""
+        self._check_state_call("prefill", x, state, mask)
+        check_positive_int("chunk_size", chunk_size)
+        outs = []
+        for s in range(0, x.shape[1], chunk_size):
+            xs = x[:, s : s + chunk_size]  # (B, n, D)
+            ms = None if mask is None else mask[:, s : s + chunk_size]  # (B, n)
+            y = self._advance(xs, ms, state)  # (B, n, D)
+            state.position += xs.shape[1]
+            outs.append(zero_padded(y, ms))
+        return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)), state
+
+    def step(
+        self, x_t: torch.Tensor, state: MixerState, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, MixerState]:
+        """One new token x_t (B, 1, D) (mask (B, 1) optional): (its output (B, 1, D), state)."""
+        name = self.spec.name
+        if isinstance(x_t, torch.Tensor) and (x_t.dim() != 3 or x_t.shape[1] != 1):
+            raise ZooValueError(f"{name}: x_t: expected shape (B, 1, D) (one new token), got {tuple(x_t.shape)}")
+        return self.prefill(x_t, state, mask)
+
+    def _state_spec(self, what: str) -> MixerSpec:
+        spec = type(self).spec_for(self.config)
+        if not spec.causal:
+            raise ZooValueError(
+                f"{spec.name}: {what}: generation needs a causal mixer; this one has no causal "
+                "variant (spec.causal=False)"
+            )
+        if spec.state is None:
+            raise ZooValueError(f"{spec.name}: {what}: this mixer declares no generation state (spec.state=None)")
+        return spec
+
+    def _check_state_call(self, what: str, x: Any, state: Any, mask: Any) -> None:
+        spec = self._state_spec(what)
+        check_inputs(self, x, mask, causal=True)
+        if not isinstance(state, MixerState):
+            raise ZooTypeError(f"{spec.name}: state: expected a MixerState from init_state(), got {type(state).__name__}")
+        if state.mixer != spec.name:
+            raise ZooValueError(f"{spec.name}: state: expected a state made by {spec.name}.init_state(), got one of {state.mixer}")
+        if x.shape[0] != state.batch or x.dtype != state.dtype or x.device != state.device:
+            raise ZooValueError(
+                f"{spec.name}: x: expected batch {state.batch}, dtype {state.dtype} and device {state.device} "
+                f"(the state's), got batch {x.shape[0]}, dtype {x.dtype}, device {x.device}"
+            )
+
+    def _state_tensors(self, batch: int, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """Hook: the empty state's tensors (a mixer with ``spec.state`` overrides it)."""
+        raise NotImplementedError(f"{self.spec.name}: _state_tensors is not implemented")
+
+    def _advance(self, x: torch.Tensor, mask: torch.Tensor | None, state: MixerState) -> torch.Tensor:
+        """Hook: consume x (B, n, D) starting at ``state.position``, replace the entries of
+        ``state.tensors`` it updates (never change a tensor in place, except cache slots past the
+        position: ``MixerState.snapshot`` relies on it) and return the n outputs (B, n, D); the base
+        zeroes padded rows and moves the position."""
+        raise NotImplementedError(f"{self.spec.name}: _advance is not implemented")
 
     def extra_repr(self) -> str:
         fields = ", ".join(f"{f.name}={getattr(self.config, f.name)!r}" for f in dataclasses.fields(self.config))

@@ -51,6 +51,7 @@ from zoo.base import (
 )
 from zoo.functional import compute_dtype, linear_flops, merge_heads, split_heads
 from zoo.registry import register
+from zoo.state import StateSize, conv_with_tail, delta_rule_step
 
 # --- the op: gated delta rule, chunked (the ungated rule is g = None) --------------------------
 
@@ -284,6 +285,7 @@ class DeltaNetMixer(TokenMixer):
             "bidirectional = forward + backward scan with shared parameters, summed before the norm "
             "(fla has none); padded tokens get beta = 0 and zero conv inputs; no output gate (fla default)"
         ),
+        state=StateSize.CONSTANT,  # the p x p delta-rule state per head and the short convs' last inputs
     )
     Config = DeltaNetConfig
     # the causal core (q, k, v, beta, chunk=...) -> o, q pre-scaled; a benchmark may swap it on an instance
@@ -327,3 +329,39 @@ class DeltaNetMixer(TokenMixer):
         o = rms_norm(o, self.o_norm.to(dt), c.norm_eps)  # (B, H, T, P)
         y = self.out_proj(merge_heads(o).to(x.dtype))  # (B, T, D)
         return zero_padded(y, mask)
+
+    # -- generation: the p x p delta-rule state per head and the short convs' last inputs --------
+
+    def _state_tensors(self, batch, device, dtype):
+        return delta_state_tensors(self, batch, device, dtype)
+
+    def _advance(self, x, mask, state):
+        c = self.config
+        dt = state.tensors["S"].dtype
+        beta = per_head_gate(torch.sigmoid(self.b_proj(x).to(dt)), mask, 0.0)  # (B, H, n)
+        o = rms_norm(delta_state_step(self, x, mask, state, beta, None), self.o_norm.to(dt), c.norm_eps)  # (B, H, n, P)
+        return self.out_proj(merge_heads(o).to(x.dtype))  # (B, n, D)
+
+
+def delta_state_tensors(mixer, batch, device, dtype) -> dict:
+    """The generation state of deltanet / gated_deltanet: the p x p state per head and the last
+    conv_size - 1 projections of q, k, v (padded ones zero) for the short convolutions."""
+    c = mixer.config
+    cd, P = compute_dtype(dtype), c.head_dim
+    return {
+        "S": torch.zeros(batch, c.heads, P, P, device=device, dtype=cd),  # (B, H, K, V)
+        "conv": torch.zeros(batch, c.conv_size - 1, 3 * c.dim, device=device, dtype=cd),  # (B, w - 1, 3D)
+    }
+
+
+def delta_state_step(mixer, x, mask, state, beta, g) -> torch.Tensor:
+    """q, k, v through the short convs (continuing from the state's tail), then the (gated)
+    delta rule continuing from S; beta, g (B, H, n). Returns o (B, H, n, P)."""
+    c, t = mixer.config, state.tensors
+    qkv = torch.cat(delta_projections(mixer, x, mask), dim=-1)  # (B, n, 3D)
+    weight = torch.cat([mixer.q_conv, mixer.k_conv, mixer.v_conv]).to(qkv.dtype)  # (3D, 1, w): depthwise
+    qkv, t["conv"] = conv_with_tail(t["conv"], qkv, lambda u: short_conv(u, weight))  # (B, n, 3D)
+    q, k, v = (split_heads(z, c.heads) for z in qkv.split(c.dim, dim=-1))  # (B, H, n, P) each
+    q, k = l2_normalize(q), l2_normalize(k)
+    o, t["S"] = delta_rule_step(q * c.head_dim**-0.5, k, v, beta, g, t["S"], c.chunk_size)
+    return o  # (B, H, n, P)

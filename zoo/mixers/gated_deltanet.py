@@ -41,12 +41,15 @@ from zoo.mixers.deltanet import (
     delta_flops,
     delta_rule_chunked,
     delta_scans,
+    delta_state_step,
+    delta_state_tensors,
     init_short_conv,
     per_head_gate,
     reset_short_conv,
     rms_norm,
 )
 from zoo.registry import register
+from zoo.state import StateSize
 
 
 def gated_delta_rule_chunked(
@@ -113,6 +116,7 @@ class GatedDeltaNetMixer(TokenMixer):
             "norm (fla has none); padded tokens get beta = 0 and log decay 0; k and v heads dim/heads "
             "wide (fla: expand_v=2, 256-wide heads)"
         ),
+        state=StateSize.CONSTANT,  # the p x p gated delta-rule state per head and the short convs' last inputs
     )
     Config = GatedDeltaNetConfig
     # the causal core (q, k, v, beta, log_g, chunk=...) -> o, q pre-scaled; a benchmark may swap it
@@ -166,3 +170,18 @@ class GatedDeltaNetMixer(TokenMixer):
         o = rms_norm(o, self.o_norm.to(dt), c.norm_eps) * gate  # (B, H, T, P)
         y = self.out_proj(merge_heads(o).to(x.dtype))  # (B, T, D)
         return zero_padded(y, mask)
+
+    # -- generation: deltanet's state (p x p per head, short-conv tails), with the decay ---------
+
+    def _state_tensors(self, batch, device, dtype):
+        return delta_state_tensors(self, batch, device, dtype)
+
+    def _advance(self, x, mask, state):
+        c = self.config
+        dt = state.tensors["S"].dtype
+        beta = per_head_gate(torch.sigmoid(self.b_proj(x).to(dt)), mask, 0.0)  # (B, H, n)
+        rate = F.softplus(self.a_proj(x).to(dt) + self.dt_bias.to(dt))  # (B, n, H)
+        g = per_head_gate(-self.A_log.to(dt).exp() * rate, mask, 0.0)  # (B, H, n) log decay
+        gate = F.silu(split_heads(self.g_proj(x).to(dt), c.heads))  # (B, H, n, P)
+        o = rms_norm(delta_state_step(self, x, mask, state, beta, g), self.o_norm.to(dt), c.norm_eps) * gate
+        return self.out_proj(merge_heads(o).to(x.dtype))  # (B, n, D)

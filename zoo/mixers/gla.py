@@ -47,6 +47,7 @@ from zoo.base import (
 from zoo.errors import ZooValueError
 from zoo.functional import compute_dtype, linear_flops, merge_heads, split_heads
 from zoo.registry import register
+from zoo.state import StateSize, decayed_attention_step
 from zoo.scan import bidirectional_scan, chunked_channel_decay_attention, mask_scan_inputs
 
 
@@ -118,6 +119,7 @@ class GLAMixer(TokenMixer):
             "bidirectional = forward + backward scan with shared weights; padded tokens: k = v = 0, "
             "decay 1; no feature map or gate clamp (fla defaults)"
         ),
+        state=StateSize.CONSTANT,  # the K x V state per head
     )
     Config = GLAConfig
     # the causal core (q, k, v, log_g, chunk=..., sub_chunk=...) -> o; a benchmark may swap it
@@ -172,3 +174,23 @@ class GLAMixer(TokenMixer):
         o = merge_heads(o).to(x.dtype)  # (B, T, D)
         y = self.out_proj(F.silu(self.g_proj(x)) * o)  # (B, T, D)
         return zero_padded(y, mask)
+
+    # -- generation: the K x V state per head, decayed per key channel --------------------------
+
+    def _state_tensors(self, batch, device, dtype):
+        c = self.config
+        K, V = c.key_dim // c.heads, c.dim // c.heads
+        return {"S": torch.zeros(batch, c.heads, K, V, device=device, dtype=compute_dtype(dtype))}  # (B, H, K, V)
+
+    def _advance(self, x, mask, state):
+        c, S = self.config, state.tensors["S"]
+        dt = S.dtype
+        q = split_heads(self.q_proj(x), c.heads).to(dt) * S.shape[-2] ** -0.5  # (B, H, n, K)
+        k = split_heads(self.k_proj(x), c.heads).to(dt)  # (B, H, n, K)
+        v = split_heads(self.v_proj(x), c.heads).to(dt)  # (B, H, n, V)
+        log_g = split_heads(self.log_decay(x), c.heads).to(dt)  # (B, H, n, K)
+        k, v, log_g = mask_scan_inputs(mask, k, v, log_g)
+        o, state.tensors["S"] = decayed_attention_step(q, k, v, log_g, S, piece=c.sub_chunk)  # (B, H, n, V)
+        o = o * torch.rsqrt(o.square().mean(-1, keepdim=True) + c.norm_eps) * self.norm_weight.to(dt)
+        o = merge_heads(o).to(x.dtype)  # (B, n, D)
+        return self.out_proj(F.silu(self.g_proj(x)) * o)  # (B, n, D)

@@ -50,6 +50,7 @@ from zoo.base import (
 )
 from zoo.functional import compute_dtype, linear_flops
 from zoo.registry import register
+from zoo.state import StateSize, conv_with_tail, grown_capacity
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,7 @@ class HyenaMixer(TokenMixer):
             "order N = the paper's N long filters (safari's order=2 has one); padded positions zeroed "
             "before every convolution; one head"
         ),
+        state=StateSize.LINEAR,  # every past input of each long convolution (the filter spans the whole history)
     )
     Config = HyenaConfig
 
@@ -236,3 +238,55 @@ class HyenaMixer(TokenMixer):
             z = gates[n] * (conv + self.skip[n].to(dt)[:, None] * z)  # (B, D, T)
         y = self.out_proj(z.transpose(1, 2).to(x.dtype))  # (B, T, D)
         return zero_padded(y, mask)
+
+    # -- generation: the long convolutions read the whole history, so the state keeps every past
+    # input of each order (O(T)) and the causal filter taps computed so far (they depend on the lag
+    # only); a step costs O(T·D) per order (a direct sum), a prefill chunk one FFT over the history --
+
+    def _state_tensors(self, batch, device, dtype):
+        c = self.config
+        cd, D, N = compute_dtype(dtype), c.dim, c.order
+        return {
+            "conv": torch.zeros(batch, c.short_conv_size - 1, (N + 1) * D, device=device, dtype=dtype),  # short conv tail
+            "z": torch.zeros(batch, N, D, 0, device=device, dtype=cd),  # (B, N, D, cap): inputs of each long conv
+            "taps": torch.zeros(N, D, 0, device=device, dtype=cd),  # (N, D, cap): causal filter taps by lag
+        }
+
+    def _advance(self, x, mask, state):
+        c, t = self.config, state.tensors
+        B, n, D = x.shape
+        L, cd = state.position, t["z"].dtype
+        if t["taps"].shape[-1] < L + n:  # the filters depend on the lag only: extend them
+            t["taps"] = self.filters(grown_capacity(t["taps"].shape[-1], L + n), cd, two_sided=False)[0]
+        u = self.in_proj(x)  # (B, n, (N+1)·D)
+        if mask is not None:
+            u = u.masked_fill(~mask.unsqueeze(-1), 0.0)
+        conv = lambda s: causal_depthwise_conv(s, self.short_conv_weight, self.short_conv_bias)  # noqa: E731
+        u, t["conv"] = conv_with_tail(t["conv"], u, conv)  # (B, n, (N+1)·D)
+        v, *gates = u.to(cd).transpose(1, 2).split(D, dim=1)  # (B, D, n) each
+        keep = None if mask is None else mask[:, None, :].to(cd)  # (B, 1, n)
+        z, history = v, t["z"]
+        for i in range(c.order):
+            if keep is not None:
+                z = z * keep
+            history = self._append_order(history, i, z, L)
+            seen = history[:, i, :, : L + n]  # (B, D, L + n): this order's inputs so far
+            taps = t["taps"][i, :, : L + n]  # (D, L + n)
+            if n == 1:  # one new token: out_t = sum_s h[t - s] z[s], a direct sum over the history
+                long = (seen * taps.flip(-1)).sum(-1, keepdim=True)  # (B, D, 1)
+            else:
+                long = fft_long_conv(seen, taps, None)[..., L:]  # (B, D, n)
+            z = gates[i] * (long + self.skip[i].to(cd)[:, None] * z)  # (B, D, n)
+        t["z"] = history
+        return self.out_proj(z.transpose(1, 2).to(x.dtype))  # (B, n, D)
+
+    @staticmethod
+    def _append_order(history, i, z, L):
+        """Write order i's new inputs z (B, D, n) after position L of history (B, N, D, cap)."""
+        n = z.shape[-1]
+        if history.shape[-1] < L + n:
+            grown = history.new_zeros(*history.shape[:3], grown_capacity(history.shape[-1], L + n))
+            grown[..., :L] = history[..., :L]
+            history = grown
+        history[:, i, :, L : L + n] = z
+        return history

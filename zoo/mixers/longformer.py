@@ -68,6 +68,7 @@ from zoo.functional import (
     split_heads,
 )
 from zoo.registry import register
+from zoo.state import StateSize, keep_last
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,8 @@ class LongformerMixer(TokenMixer):
             "causal global tokens see only their past; no attention dropout"
         ),
         extra_inputs=("global_mask",),
+        # the last dilation*window positions' keys/values plus the num_global global tokens
+        state=StateSize.WINDOW,
     )
     Config = LongformerConfig
 
@@ -279,3 +282,74 @@ class LongformerMixer(TokenMixer):
         # overwrite the global rows (unused slots point at non-global positions: masked out by gm)
         full = torch.zeros_like(o).scatter(2, take, og.to(o.dtype))  # (B, H, T, P)
         return torch.where(gm[:, None, :, None], full, o.to(q.dtype))  # (B, H, T, P)
+
+    # -- generation: a window buffer of the last dilation*window positions plus the global tokens
+    # (the first num_global real tokens; an explicit global_mask is not part of the state API) --
+
+    def _state_tensors(self, batch, device, dtype):
+        c = self.config
+        H, P, G = c.heads, c.head_dim, c.num_global
+        kv = dict(device=device, dtype=dtype)
+        return {
+            "k": torch.zeros(batch, H, 0, P, **kv),  # (B, H, L, P), L <= dilation*window
+            "v": torch.zeros(batch, H, 0, P, **kv),  # (B, H, L, P)
+            "band": torch.zeros(batch, 0, dtype=torch.bool, device=device),  # (B, L): real, not global
+            "real": torch.zeros(batch, dtype=torch.long, device=device),  # real tokens seen
+            "gpos": torch.zeros(batch, G, dtype=torch.long, device=device),  # positions of the globals
+            "gvalid": torch.zeros(batch, G, dtype=torch.bool, device=device),
+            # local-projection k/v (seen by every later query) and global-projection k/v (seen by
+            # the global rows) of the global tokens: (B, H, G, P) each
+            **{name: torch.zeros(batch, H, G, P, **kv) for name in ("gk", "gv", "gK", "gV")},
+        }
+
+    def _advance(self, x, mask, state):
+        c, t = self.config, state.tensors
+        H, n, p0 = c.heads, x.shape[1], state.position
+        m = keep_mask(x, mask)  # (B, n)
+        rank = t["real"][:, None] + torch.cumsum(m, dim=1)  # (B, n): 1-based rank of each real token
+        gm = m & (rank <= c.num_global)  # (B, n): global tokens
+        t["real"] = rank[:, -1]
+        q = split_heads(self.q_proj(x), H)  # (B, H, n, P)
+        k = split_heads(self.k_proj(x), H)  # (B, H, n, P)
+        v = split_heads(self.v_proj(x), H)  # (B, H, n, P)
+        if c.num_global:
+            self._store_globals(x, k, v, gm, rank, p0, t)
+        # joint softmax over the band (window keys that are real and not global) and the globals
+        L = t["k"].shape[2]
+        keys_k, keys_v = torch.cat([t["k"], k], dim=2), torch.cat([t["v"], v], dim=2)  # (B, H, L + n, P)
+        band = torch.cat([t["band"], m & ~gm], dim=1)  # (B, L + n)
+        qpos = torch.arange(p0, p0 + n, device=x.device)[:, None]  # (n, 1)
+        diff = qpos - torch.arange(p0 - L, p0 + n, device=x.device)[None, :]  # (n, L + n)
+        near = (diff >= 0) & (diff <= c.dilation * c.window) & (diff % c.dilation == 0)
+        allowed = band[:, None, :] & near  # (B, n, L + n)
+        seen = t["gvalid"][:, None, :] & (t["gpos"][:, None, :] <= qpos)  # (B, n, G)
+        allowed = torch.cat([allowed, seen], dim=2)  # (B, n, L + n + G)
+        allowed = allowed | ~allowed.any(dim=-1, keepdim=True)  # padded rows stay finite (zeroed later)
+        o = F.scaled_dot_product_attention(
+            q, torch.cat([keys_k, t["gk"]], dim=2), torch.cat([keys_v, t["gv"]], dim=2), attn_mask=allowed[:, None]
+        )  # (B, H, n, P)
+        if c.num_global:
+            # a global row attends over every real key before it: all of them are global tokens
+            og = F.scaled_dot_product_attention(
+                split_heads(self.q_global(x), H), t["gK"], t["gV"], attn_mask=(seen | ~seen.any(-1, keepdim=True))[:, None]
+            )  # (B, H, n, P)
+            o = torch.where(gm[:, None, :, None], og, o)
+        size = c.dilation * c.window
+        t["k"], t["v"] = keep_last(t["k"], k, size, axis=2), keep_last(t["v"], v, size, axis=2)
+        t["band"] = keep_last(t["band"], m & ~gm, size, axis=1)
+        return self.out_proj(merge_heads(o))  # (B, n, D)
+
+    def _store_globals(self, x, k, v, gm, rank, p0, t) -> None:
+        """Put this chunk's global tokens into their slots (slot = rank - 1), out of place."""
+        H, G = self.config.heads, self.config.num_global
+        kG, vG = split_heads(self.k_global(x), H), split_heads(self.v_global(x), H)  # (B, H, n, P)
+        slots = torch.arange(G, device=x.device)
+        onehot = gm[:, :, None] & (rank[:, :, None] - 1 == slots)  # (B, n, G): token -> its slot
+        has = onehot.any(dim=1)  # (B, G)
+        pick = onehot.transpose(1, 2).unsqueeze(1)  # (B, 1, G, n)
+        for name, src in (("gk", k), ("gv", v), ("gK", kG), ("gV", vG)):
+            new = torch.matmul(pick.to(src.dtype), src)  # (B, H, G, P): a copy (one 1 per used slot)
+            t[name] = torch.where(has[:, None, :, None], new, t[name])
+        pos = torch.arange(p0, p0 + x.shape[1], device=x.device)
+        t["gpos"] = torch.where(has, (onehot * pos[None, :, None]).sum(dim=1), t["gpos"])
+        t["gvalid"] = t["gvalid"] | has

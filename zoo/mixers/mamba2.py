@@ -48,6 +48,7 @@ from zoo.base import (
 from zoo.errors import ZooValueError
 from zoo.functional import compute_dtype, linear_flops
 from zoo.registry import register
+from zoo.state import StateSize, conv_with_tail, decayed_attention_step
 from zoo.scan import bidirectional_scan, chunked_decay_attention, decay_scan_flops, mask_scan_inputs
 
 
@@ -113,6 +114,7 @@ class Mamba2Mixer(TokenMixer):
             "conv kept); padded tokens: x, B, C zeroed before the conv, k = v = 0 and decay 1 in the "
             "scan; one group, no initial state"
         ),
+        state=StateSize.CONSTANT,  # the N x P SSM state per head and the short conv's last d_conv - 1 inputs
     )
     Config = Mamba2Config
     # the causal core (q, k, v, log_g, chunk=...) -> o; a benchmark may swap it on an instance
@@ -188,3 +190,34 @@ class Mamba2Mixer(TokenMixer):
         y = (y + skip) * F.silu(z.to(y.dtype))  # (B, T, di)
         y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + c.norm_eps) * self.norm_weight.to(y.dtype)
         return zero_padded(self.out_proj(y.to(x.dtype)), mask)
+
+    # -- generation: the SSD state (N x P per head) and the short conv's last d_conv - 1 inputs ----
+
+    def _state_tensors(self, batch, device, dtype):
+        c = self.config
+        di, N, H = c.d_inner, c.d_state, c.heads
+        return {
+            "S": torch.zeros(batch, H, N, di // H, device=device, dtype=compute_dtype(dtype)),  # (B, H, N, P)
+            "conv": torch.zeros(batch, c.d_conv - 1, di + 2 * N, device=device, dtype=dtype),  # (B, w - 1, di + 2N)
+        }
+
+    def _advance(self, x, mask, state):
+        c, t = self.config, state.tensors
+        di, N, H = c.d_inner, c.d_state, c.heads
+        B, n, _ = x.shape
+        z, xbc, dt_raw = self.in_proj(x).split([di, di + 2 * N, H], dim=-1)
+        if mask is not None:
+            xbc = xbc * mask[..., None].to(xbc.dtype)  # padded inputs never reach the conv
+        xbc, t["conv"] = conv_with_tail(t["conv"], xbc, lambda u: causal_depthwise_conv(u, self.conv1d))
+        cd = t["S"].dtype
+        xs, Bm, Cm = F.silu(xbc).to(cd).split([di, N, N], dim=-1)  # (B, n, di), (B, n, N) x 2
+        dt = F.softplus(dt_raw.to(cd) + self.dt_bias.to(cd)).transpose(1, 2)  # (B, H, n)
+        log_g = dt * -torch.exp(self.A_log.to(cd))[None, :, None]  # (B, H, n)
+        v = xs.reshape(B, n, H, di // H).transpose(1, 2) * dt[..., None]  # (B, H, n, P)
+        k, v, log_g = mask_scan_inputs(mask, Bm[:, None], v, log_g)  # k (B, 1, n, N)
+        y, t["S"] = decayed_attention_step(Cm[:, None], k, v, log_g, t["S"])  # (B, H, n, P)
+        y = y.transpose(1, 2).reshape(B, n, -1)  # (B, n, di)
+        skip = (xs.reshape(B, n, H, -1) * self.D.to(xs.dtype)[:, None]).reshape(B, n, -1)  # (B, n, di)
+        y = (y + skip) * F.silu(z.to(y.dtype))  # (B, n, di)
+        y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + c.norm_eps) * self.norm_weight.to(y.dtype)
+        return self.out_proj(y.to(x.dtype))  # (B, n, D)

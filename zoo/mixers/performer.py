@@ -49,11 +49,13 @@ from zoo.base import (
     check_inputs,
     check_positive_int,
     check_range,
+    keep_mask,
     zero_padded,
 )
 from zoo.errors import ZooTypeError
 from zoo.functional import linear_flops, merge_heads, neg_value, prefer_scan, safe_key_mask, split_heads
 from zoo.registry import register
+from zoo.state import StateSize
 
 
 @dataclass(frozen=True)
@@ -278,6 +280,7 @@ class PerformerMixer(TokenMixer):
             "the full exponent and are per (batch, head), running max in causal mode; r^-1/2 omitted "
             "(cancels)"
         ),
+        state=StateSize.CONSTANT,  # r x (p + 1) prefix sums per head, their running max, eps sums
     )
     Config = PerformerConfig
 
@@ -332,3 +335,47 @@ class PerformerMixer(TokenMixer):
         )  # (B, H, T, P)
         y = self.out_proj(merge_heads(o.to(x.dtype)))  # (B, T, D)
         return zero_padded(y, mask)
+
+    # -- generation: the causal forward's chunk state, carried across calls --------------------
+
+    def _state_tensors(self, batch, device, dtype):
+        c = self.config
+        H, P, R = c.heads, c.head_dim, c.nb_features
+        ct = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        kw = dict(device=device, dtype=ct)
+        return {
+            "S": torch.zeros(batch, H, R, P + 1, **kw),  # sum_j psi_j exp(m_j - M) [v_j, 1]^T
+            "M": torch.full((batch, H), neg_value(ct), **kw),  # running max of the key exponents
+            "acc": torch.zeros(batch, H, P + 1, **kw),  # [sum of real v_j, count of real keys]
+        }
+
+    def _advance(self, x, mask, state):
+        c, t = self.config, state.tensors
+        S, M_prev, ct = t["S"], t["M"], t["S"].dtype
+        H, n = c.heads, x.shape[1]
+        q = split_heads(self.q_proj(x), H).to(ct)  # (B, H, n, P)
+        k = split_heads(self.k_proj(x), H).to(ct)  # (B, H, n, P)
+        v = split_heads(self.v_proj(x), H).to(ct)  # (B, H, n, P)
+        omega = self.omega.to(ct)
+        phi_q = favor_query_features(q, omega, c.kernel_eps)  # (B, H, n, R)
+        a = favor_logits(k, omega)  # (B, H, n, R)
+        real = keep_mask(x, mask)[:, None, :, None].to(ct)  # (B, 1, n, 1)
+        if mask is not None:
+            a = a.masked_fill(~mask[:, None, :, None], neg_value(ct))
+        m = torch.maximum(torch.cummax(a.amax(-1), dim=-1).values, M_prev[..., None])  # (B, H, n)
+        psi = torch.exp(a - m.unsqueeze(-1)) * real  # (B, H, n, R)
+        vm1 = torch.cat([v * real, real.expand(*v.shape[:3], 1)], dim=-1)  # (B, H, n, P+1): [v, 1]
+        # inside the chunk (w_ij = phi_q_i·psi_j exp(m_j - m_i), j <= i), then the carried past
+        tril = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+        decay = torch.exp((m.unsqueeze(-2) - m.unsqueeze(-1)).clamp_max(0.0))  # (B, H, n, n) [i, j]
+        out = torch.matmul(torch.matmul(phi_q, psi.transpose(-1, -2)) * decay * tril, vm1)  # (B, H, n, P+1)
+        out = out + torch.matmul(phi_q * torch.exp(M_prev[..., None] - m).unsqueeze(-1), S)
+        acc = t["acc"].unsqueeze(2) + vm1.cumsum(dim=2)  # (B, H, n, P+1)
+        out = out + c.kernel_eps * phi_q.sum(-1, keepdim=True) * acc  # the eps floor
+        m_end = m[..., -1]  # (B, H)
+        to_end = psi * torch.exp(m - m_end.unsqueeze(-1)).unsqueeze(-1)  # (B, H, n, R)
+        t["S"] = S * torch.exp(M_prev - m_end)[..., None, None] + torch.matmul(to_end.transpose(-1, -2), vm1)
+        t["M"], t["acc"] = m_end, acc[:, :, -1]
+        num, den = out[..., :-1], out[..., -1:]  # (B, H, n, P), (B, H, n, 1)
+        o = num / torch.where(den > 0, den, torch.ones_like(den))
+        return self.out_proj(merge_heads(o.to(x.dtype)))  # (B, n, D)

@@ -41,10 +41,12 @@ from zoo.base import (
     cfg,
     check_inputs,
     check_positive_int,
+    keep_mask,
     zero_padded,
 )
 from zoo.functional import block_attention, linear_flops, merge_heads, pad_to_multiple, split_heads
 from zoo.registry import register
+from zoo.state import StateSize, block_segments, cached_attention
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class PyramidionBlockMixer(TokenMixer):
             "(reference: no mask in pooling mode, trailing T mod c tokens dropped); causal mode is a "
             "zoo addition; PyTorch default Linear init"
         ),
+        state=StateSize.WINDOW,  # keys and values of the current block only (<= block_size)
     )
     Config = PyramidionBlockConfig
 
@@ -122,3 +125,30 @@ class PyramidionBlockMixer(TokenMixer):
         o = block_attention(q, k, v, blk, mp, causal, dropout_p=attention_dropout_p(self))  # (B, H, T', P)
         y = self.out_proj(merge_heads(o)[:, :T])  # (B, T, D)
         return zero_padded(y, mask)
+
+    # -- generation: the current block's KV (blocks start at multiples of block_size; a prompt
+    # shorter than a block is one block either way, so this matches the forward at every T) ------
+
+    def _state_tensors(self, batch, device, dtype):
+        H, P = self.config.heads, self.config.head_dim
+        return {
+            "k": torch.zeros(batch, H, 0, P, device=device, dtype=dtype),  # (B, H, r, P), r < block
+            "v": torch.zeros(batch, H, 0, P, device=device, dtype=dtype),  # (B, H, r, P)
+            "keys": torch.zeros(batch, 0, dtype=torch.bool, device=device),  # (B, r)
+        }
+
+    def _advance(self, x, mask, state):
+        H, t = self.config.heads, state.tensors
+        q = split_heads(self.q_proj(x), H)  # (B, H, n, P)
+        k = split_heads(self.k_proj(x), H)  # (B, H, n, P)
+        v = split_heads(self.v_proj(x), H)  # (B, H, n, P)
+        keys = keep_mask(x, mask)  # (B, n)
+        outs = []
+        for s, e, r in block_segments(state.position, x.shape[1], self.config.block_size):
+            if r == 0:  # a new block: the previous block's keys are never seen again
+                t["k"], t["v"], t["keys"] = t["k"][:, :, :0], t["v"][:, :, :0], t["keys"][:, :0]
+            t["k"] = torch.cat([t["k"], k[:, :, s:e]], dim=2)  # (B, H, r + e - s, P)
+            t["v"] = torch.cat([t["v"], v[:, :, s:e]], dim=2)  # (B, H, r + e - s, P)
+            t["keys"] = torch.cat([t["keys"], keys[:, s:e]], dim=1)  # (B, r + e - s)
+            outs.append(cached_attention(q[:, :, s:e], t["k"], t["v"], t["keys"], r))  # (B, H, e - s, P)
+        return self.out_proj(merge_heads(torch.cat(outs, dim=2)))  # (B, n, D)

@@ -45,6 +45,7 @@ from zoo.base import (
 )
 from zoo.functional import compute_dtype, linear_flops, merge_heads, split_heads
 from zoo.registry import register
+from zoo.state import StateSize, decayed_attention_step
 from zoo.scan import bidirectional_scan, chunked_decay_attention, decay_scan_flops, mask_scan_inputs
 
 
@@ -97,6 +98,7 @@ class RetNetMixer(TokenMixer):
             "no xPos (decay only); no score normalisation before GroupNorm; bidirectional = forward "
             "+ backward scan with shared weights (weight gamma^|t-s|); padded tokens: k = v = 0, decay 1"
         ),
+        state=StateSize.CONSTANT,  # the K x V retention state per head
     )
     Config = RetNetConfig
     # the causal core (q, k, v, log_g, chunk=...) -> o; a benchmark may swap it on an instance
@@ -141,3 +143,25 @@ class RetNetMixer(TokenMixer):
         o = o.reshape(B, T, -1).to(x.dtype)  # (B, T, H*V)
         y = self.out_proj(F.silu(self.g_proj(x)) * o)  # (B, T, D)
         return zero_padded(y, mask)
+
+    # -- generation: the K x V retention state per head (fixed decay gamma_h per step) -----------
+
+    def _state_tensors(self, batch, device, dtype):
+        c = self.config
+        V = c.expand_v * c.dim // c.heads
+        return {"S": torch.zeros(batch, c.heads, c.head_dim, V, device=device, dtype=compute_dtype(dtype))}  # (B, H, K, V)
+
+    def _advance(self, x, mask, state):
+        c, S = self.config, state.tensors["S"]
+        B, n, _ = x.shape
+        dt = S.dtype
+        q = split_heads(self.q_proj(x), c.heads).to(dt) * c.head_dim**-0.5  # (B, H, n, K)
+        k = split_heads(self.k_proj(x), c.heads).to(dt)  # (B, H, n, K)
+        v = split_heads(self.v_proj(x), c.heads).to(dt)  # (B, H, n, V)
+        log_g = retention_log_decay(c.heads, x.device, dt)[None, :, None].expand(B, c.heads, n)  # (B, H, n)
+        k, v, log_g = mask_scan_inputs(mask, k, v, log_g)
+        o, state.tensors["S"] = decayed_attention_step(q, k, v, log_g, S)  # (B, H, n, V)
+        gn = self.group_norm
+        o = F.group_norm(merge_heads(o).reshape(B * n, -1), c.heads, gn.weight.to(dt), gn.bias.to(dt), gn.eps)
+        o = o.reshape(B, n, -1).to(x.dtype)  # (B, n, H*V)
+        return self.out_proj(F.silu(self.g_proj(x)) * o)  # (B, n, D)

@@ -42,6 +42,7 @@ from zoo.base import (
     cfg,
     check_choice,
     check_inputs,
+    keep_mask,
     zero_padded,
 )
 from zoo.errors import ZooValueError
@@ -55,6 +56,7 @@ from zoo.functional import (
     split_heads,
 )
 from zoo.registry import register
+from zoo.state import StateSize, append_time, cached_attention
 
 IMPLS = ("sdpa", "eager", "xformers")
 
@@ -155,6 +157,7 @@ class SoftmaxMixer(TokenMixer):
         causal=True,
         key_padding_mask=True,
         deviations="none (padded rows zeroed; fully padded rows finite)",
+        state=StateSize.LINEAR,  # KV cache: keys and values of every consumed token
     )
     Config = SoftmaxConfig
 
@@ -202,3 +205,26 @@ class SoftmaxMixer(TokenMixer):
             o = _xformers_attention(q, k, v, mask, causal, p)
         y = self.out_proj(merge_heads(o))  # (B, T, D)
         return zero_padded(y, mask)
+
+    # -- generation: a KV cache, attended with SDPA whatever ``impl`` the forward uses ---------
+
+    def _state_tensors(self, batch, device, dtype):
+        H, P = self.config.heads, self.config.head_dim
+        kv = dict(device=device, dtype=dtype)
+        # growable caches (capacity grows by 1/8); the first state.position entries are filled
+        return {
+            "k": torch.zeros(batch, H, 0, P, **kv),  # (B, H, cap, P)
+            "v": torch.zeros(batch, H, 0, P, **kv),  # (B, H, cap, P)
+            "keys": torch.zeros(batch, 0, dtype=torch.bool, device=device),  # (B, cap): real token
+        }
+
+    def _advance(self, x, mask, state):
+        H, L, n = self.config.heads, state.position, x.shape[1]
+        t = state.tensors
+        q = split_heads(self.q_proj(x), H)  # (B, H, n, P)
+        t["k"] = append_time(t["k"], split_heads(self.k_proj(x), H), L, axis=2)  # (B, H, cap, P)
+        t["v"] = append_time(t["v"], split_heads(self.v_proj(x), H), L, axis=2)  # (B, H, cap, P)
+        t["keys"] = append_time(t["keys"], keep_mask(x, mask), L, axis=1)  # (B, cap)
+        k, v, keys = t["k"][:, :, : L + n], t["v"][:, :, : L + n], t["keys"][:, : L + n]
+        o = cached_attention(q, k, v, keys, L)  # (B, H, n, P)
+        return self.out_proj(merge_heads(o))  # (B, n, D)

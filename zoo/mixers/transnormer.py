@@ -63,6 +63,7 @@ from zoo.functional import (
     urpe,
 )
 from zoo.registry import register
+from zoo.state import StateSize
 
 VARIANTS = ("t1", "t2")
 
@@ -129,6 +130,7 @@ class TransNormerMixer(TokenMixer):
             "chunked prefix sums in O(T) memory (reference: T x T matrix); SimpleRMSNorm output as in the "
             "LMs (LRA uses BatchNorm); seeded Householder vector"
         ),
+        state=StateSize.CONSTANT,  # sum_s Kf_s^T V_s: one p x p matrix per head
     )
     Config = TransNormerConfig
 
@@ -185,6 +187,32 @@ class TransNormerMixer(TokenMixer):
             o = linear_attention(qf, kf, v)  # (B, H, T, P)
         y = self.out_proj(simple_rms_norm(merge_heads(o)).to(x.dtype))  # (B, T, D)
         return zero_padded(y, mask)
+
+    # -- generation: the p x p state S = sum_s Kf_s^T V_s per head (URPE at absolute positions) ---
+
+    def _state_tensors(self, batch, device, dtype):
+        H, P = self.config.heads, self.config.head_dim
+        return {"S": torch.zeros(batch, H, P, P, device=device, dtype=compute_dtype(dtype))}  # (B, H, P, P)
+
+    def _advance(self, x, mask, state):
+        c, S = self.config, state.tensors["S"]  # updated out of place (a snapshot stays valid)
+        n = x.shape[1]
+        dt = S.dtype
+        qf = feature_map(split_heads(self.q_proj(x), c.heads).to(dt), c.variant)  # (B, H, n, P)
+        kf = feature_map(split_heads(self.k_proj(x), c.heads).to(dt), c.variant)  # (B, H, n, P)
+        v = split_heads(self.v_proj(x), c.heads).to(dt)  # (B, H, n, P)
+        if c.urpe:
+            positions = torch.arange(state.position, state.position + n, device=x.device)
+            qf = urpe(qf, self.householder_u, self.theta, positions)  # (B, H, n, P)
+            kf = urpe(kf, self.householder_u, self.theta, positions)  # (B, H, n, P)
+        if mask is not None and not c.faithful_mask:
+            keep = mask[:, None, :, None].to(dt)  # (B, 1, n, 1)
+            kf, v = kf * keep, v * keep
+        future = torch.ones(n, n, dtype=torch.bool, device=x.device).triu(1)
+        scores = torch.matmul(qf, kf.transpose(-1, -2)).masked_fill_(future, 0.0)  # (B, H, n, n)
+        o = torch.matmul(scores, v) + torch.matmul(qf, S)  # (B, H, n, P)
+        state.tensors["S"] = S + torch.matmul(kf.transpose(-1, -2), v)  # (B, H, P, P)
+        return self.out_proj(simple_rms_norm(merge_heads(o)).to(x.dtype))  # (B, n, D)
 
 
 def transnormer_stack(

@@ -57,6 +57,7 @@ from zoo.functional import (
     urpe,
 )
 from zoo.registry import register
+from zoo.state import StateSize, block_segments
 
 VARIANTS = ("t1", "t2")
 
@@ -109,6 +110,7 @@ class DiagAttentionMixer(TokenMixer):
             "padded keys masked (reference ignores masks; faithful_mask=True reproduces it); causal mask "
             "before the softmax; no attention dropout; SimpleRMSNorm for t1 as in the LMs (LRA: BatchNorm)"
         ),
+        state=StateSize.WINDOW,  # the current block's keys and values (< block_size tokens)
     )
     Config = DiagAttentionConfig
 
@@ -188,3 +190,50 @@ class DiagAttentionMixer(TokenMixer):
             y = simple_rms_norm(y)
         y = self.out_proj(y.to(x.dtype))  # (B, T, D)
         return zero_padded(y, mask)
+
+    # -- generation: the current block's (URPE-rotated) keys and values -----------------------
+
+    def _state_tensors(self, batch, device, dtype):
+        H, P, dt = self.config.heads, self.config.head_dim, compute_dtype(dtype)
+        return {
+            "k": torch.zeros(batch, H, 0, P, device=device, dtype=dt),  # (B, H, r, P), r < block
+            "v": torch.zeros(batch, H, 0, P, device=device, dtype=dt),  # (B, H, r, P)
+            "keys": torch.zeros(batch, 0, dtype=torch.bool, device=device),  # (B, r)
+        }
+
+    def _advance(self, x, mask, state):
+        c, t = self.config, state.tensors
+        dt = t["k"].dtype
+        q = split_heads(self.q_proj(x), c.heads).to(dt) * c.head_dim**-0.5  # (B, H, n, P)
+        k = split_heads(self.k_proj(x), c.heads).to(dt)  # (B, H, n, P)
+        v = split_heads(self.v_proj(x), c.heads).to(dt)  # (B, H, n, P)
+        keys = mask if mask is not None and not c.faithful_mask else torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        outs = []
+        for s, e, r in block_segments(state.position, x.shape[1], c.block_size):
+            if r == 0:  # a new block: earlier keys are never seen again
+                t["k"], t["v"], t["keys"] = t["k"][:, :, :0], t["v"][:, :, :0], t["keys"][:, :0]
+            qs, ks = q[:, :, s:e], k[:, :, s:e]  # (B, H, e - s, P)
+            if c.urpe:
+                positions = torch.arange(r, r + e - s, device=x.device)  # offsets within the block
+                qs = urpe(qs, self.householder_u, self.theta, positions)
+                ks = urpe(ks, self.householder_u, self.theta, positions)
+            t["k"] = torch.cat([t["k"], ks], dim=2)  # (B, H, r + e - s, P)
+            t["v"] = torch.cat([t["v"], v[:, :, s:e]], dim=2)  # (B, H, r + e - s, P)
+            t["keys"] = torch.cat([t["keys"], keys[:, s:e]], dim=1)  # (B, r + e - s)
+            outs.append(self._block_rows(qs, t["k"], t["v"], t["keys"], r))  # (B, H, e - s, P)
+        y = merge_heads(torch.cat(outs, dim=2))  # (B, n, D)
+        if c.variant == "t1":
+            y = simple_rms_norm(y)
+        return self.out_proj(y.to(x.dtype))  # (B, n, D)
+
+    def _block_rows(self, q, k, v, keys, offset):
+        """Rows offset.. of one block: q (B, H, m, P) over the block's keys so far k, v (B, H, L, P)."""
+        m, L = q.shape[2], k.shape[2]
+        qpos = torch.arange(offset, offset + m, device=q.device)[:, None]  # (m, 1)
+        allowed = keys[:, None, None, :] & (torch.arange(L, device=q.device)[None, :] <= qpos)  # (B, 1, m, L)
+        scores = torch.matmul(q, k.transpose(-1, -2))  # (B, H, m, L)
+        if self.config.variant == "t1":
+            weights = torch.relu(scores).masked_fill(~allowed, 0.0)
+        else:
+            weights = torch.softmax(scores.masked_fill(~allowed, neg_value(q.dtype)), dim=-1)
+        return torch.matmul(weights, v)  # (B, H, m, P)

@@ -1,0 +1,72 @@
+"""A ``mode="decode"`` cell: generation at context length T through a mixer's state API.
+
+Protocol (inside the cell's process, after :func:`profiler.cell` has set threads and the heap):
+
+1. build (:func:`profiler.builders.build_decoder`: the mixer, a prompt of T tokens, one new token);
+2. *prefill*: the first call is set-up and is checked (shape, finite values); then prefill is
+   timed like any step (``prefill_s`` = median; ``prefill_samples`` raw), each call on a fresh
+   state;
+3. one more token is committed after prefill (a KV cache grows its capacity here, once), and
+   ``state_bytes`` is read: the bytes held by the state's tensors at context T + 1;
+4. *steady state*: one new token at context T + 1, then the state is rolled back
+   (:meth:`zoo.state.MixerState.restore`), so every timed step sees the same context and the
+   context never grows while timing; warm-up and timed calls as :mod:`profiler.timing` does
+   (``time_*`` fields: seconds per generated token).
+
+On CPU the timed calls run in the caching heap when the profiler manages glibc's heap.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from profiler.builders import build_decoder, load_ref
+from profiler.heap import set_heap_mode
+from profiler.timing import summarise_samples, time_calls, warm_up
+
+__all__ = ["measure_decode"]
+
+
+def _time(run, fn, device: torch.device, budget: float) -> list[float]:
+    since = time.perf_counter()
+    n, seconds = warm_up(fn, device=device, calls=0, since=since, min_calls=1, deadline=run.deadline)
+    probe = load_ref(run.opts["probe"])() if run.opts.get("probe") else None
+    return time_calls(fn, device=device, budget_s=budget, deadline=run.deadline, probe=probe), n, seconds
+
+
+def measure_decode(run, device: torch.device, dtype: torch.dtype, managed: bool) -> None:
+    """Fill ``run`` (a :class:`profiler.cell._Run`) with a decode cell's fields and status ok."""
+    cell = run.cell
+    dec = build_decoder(cell, device, dtype)
+    run.note(params=int(dec.params), state_class=dec.state_class, flops_analytic=None)
+    run.lap("build")
+    budget = float(run.opts.get("time_budget_s", 2.0))
+    if managed:
+        run.note(cpu_heap={"memory": None, "timing": set_heap_mode("caching")})
+
+    y, state = dec.prefill()  # set-up call, checked
+    dec.check(y, (cell.batch, cell.T, cell.dim))
+    run.lap("first_call")
+    run.check_deadline("prefill")
+    prefill = summarise_samples(_time(run, dec.prefill, device, budget / 2)[0])
+    run.note(prefill_s=prefill["time_median_s"], prefill_samples=prefill["time_samples"])
+    run.lap("prefill")
+
+    del y, state
+    _, state = dec.prefill()
+    dec.check(dec.step(state), (cell.batch, 1, cell.dim))  # committed: context T + 1
+    run.note(state_bytes=int(dec.state_bytes(state)), context=cell.T + 1)
+    snap = state.snapshot()
+
+    def one_token():
+        y_t = dec.step(state)
+        state.restore(snap)
+        return y_t
+
+    samples, n, seconds = _time(run, one_token, device, budget)
+    run.note(warmup_calls=n, warmup_s=seconds)
+    run.lap("timing")
+    run.note(**summarise_samples(samples), status="ok", reason=None, inferred=False)
