@@ -181,11 +181,25 @@ def profile_cmd(
         "managed", help="managed (memory pass in a tracking heap, timing in a caching heap, no page-fault noise) | system (glibc as is)"
     ),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar or end table"),
+    executor: Optional[str] = typer.Option(
+        None, "--executor", help="fork | spawn | inline | ray | submitit [default: fork on CPU, spawn on CUDA]"
+    ),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="ray: 'auto' or host:port of a cluster [default: start a local one]"),
+    ray_cpus: Optional[int] = typer.Option(None, "--ray-cpus", help="ray: CPUs of the local cluster [default: every core]"),
+    slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition", help="submitit: SLURM partition"),
+    slurm_array_parallelism: Optional[int] = typer.Option(
+        None, "--slurm-array-parallelism", help="submitit: jobs of the array running at once [default: 32]"
+    ),
+    submitit_folder: Optional[Path] = typer.Option(None, "--submitit-folder", help="submitit: job logs [default: runs/submitit]"),
 ) -> None:
     """Sweep mixers over lengths: time, peak memory and FLOPs per cell, one JSON line each."""
     from profiler import run_profile
+    from profiler.exec_options import executor_options
 
-    path = run_profile(
+    options = executor_options(executor, ray_address=ray_address, ray_cpus=ray_cpus, slurm_partition=slurm_partition,
+                               slurm_array_parallelism=slurm_array_parallelism,
+                               submitit_folder=str(submitit_folder) if submitit_folder else None)
+    path = run_profile(executor=executor, executor_options=options,
         mixers=mixers, lengths=lengths, modes=mode, scope=scope, preset=preset, batch=batch, dim=dim, heads=heads,
         depth=depth, dtype=dtype, device=device, causal=causal, pad_fraction=pad_fraction, out=out, resume=resume, overwrite=overwrite,
         isolate=isolate, timeout=timeout, memory_budget=memory_budget, baseline=baseline, threads=threads,
