@@ -143,40 +143,104 @@ def _expected_seconds(times: list[tuple[int, float]], T: int) -> float | None:
     return s2 * (T / T2) ** k
 
 
-def project_series(cells: list[Cell], device: Device, builder=None, slow_s: float = SLOW_FAKE_S) -> list[dict]:
-    """Results for the cells of one (label, mode) series, ascending T: fake passes while they are
-    fast, then the fit (module docstring). Each result has ``method`` and ``fake_s``."""
-    from profiler.cell import one_line
+def _data_dependent(exc: BaseException) -> bool:
+    """The fake pass met a data-dependent op (``.item()``, ``nonzero``), not a real error."""
+    names = " ".join(type(e).__name__ for e in (exc, exc.__cause__, exc.__context__) if e is not None)
+    return any(k in names for k in ("DataDependent", "DynamicOutputShape", "UnsupportedOperator"))
 
-    done: list[tuple[int, dict]] = []
-    results, times = [], []  # times: (T, seconds) of each fake pass
-    real_points = None  # small real passes, for a mixer the fake pass cannot follow
-    for cell in sorted(cells, key=lambda c: c.T):
-        if cell.unsupported:
-            results.append({"status": "unsupported", "reason": cell.unsupported})
-            continue
-        expected = _expected_seconds(times, cell.T)
-        if expected is not None and expected > slow_s and len(done) >= 3:
-            pts = done[-FIT_POINTS:]
-            results.append({**_fit(pts, cell.T), "status": "ok", "method": "fit", "fit_lengths": [p[0] for p in pts],
-                            "reason": None})
-            continue
+
+class _Series:
+    """The passes of one series: fake passes (timed), and the small real ones when needed."""
+
+    def __init__(self, device: Device, builder, slow_s: float):
+        self.device, self.builder, self.slow_s = device, builder, slow_s
+        self.done: list[tuple[int, dict]] = []  # (T, fake result), ascending T
+        self.times: list[tuple[int, float]] = []
+        self.real: list[tuple[int, dict]] | None = None
+        self.fake_error: str | None = None
+
+    def fake(self, cell: Cell) -> dict:
+        """A fake pass; raises on any failure (``fake_error`` set when it is data-dependent)."""
+        if self.fake_error is not None:  # failed at a shorter length: fails here too
+            raise RuntimeError(self.fake_error)
+        from profiler.cell import one_line
+
         t0 = time.perf_counter()
         try:
-            res = fake_costs(cell, device, builder)
-        except Exception as exc:  # data-dependent shapes: the fake pass cannot follow this mixer
-            if real_points is None:
-                real_points = _real_points(cell, device, builder)
-            if len(real_points) >= 3:
-                results.append({**_fit(real_points, cell.T), "status": "ok", "method": "fit_real",
-                                "fit_lengths": [p[0] for p in real_points], "reason": None})
-            else:
-                results.append({"status": "error", "reason": f"the fake pass cannot run this cell: {one_line(exc)}"})
-            continue
-        times.append((cell.T, time.perf_counter() - t0))
-        done.append((cell.T, res))
-        results.append({**res, "status": "ok", "method": "fake", "fake_s": round(times[-1][1], 4), "reason": None})
-    return results
+            res = fake_costs(cell, self.device, self.builder)
+        except Exception as exc:
+            if _data_dependent(exc):
+                self.fake_error = one_line(exc)
+            raise
+        self.times.append((cell.T, time.perf_counter() - t0))
+        self.done.append((cell.T, res))
+        self.done.sort(key=lambda p: p[0])
+        return {**res, "status": "ok", "method": "fake", "fake_s": round(self.times[-1][1], 4), "reason": None}
+
+    def fit(self, T: int, points: list[tuple[int, dict]], method: str = "fit") -> dict:
+        return {**_fit(points, T), "status": "ok", "method": method, "fit_lengths": [p[0] for p in points],
+                "reason": None}
+
+    def one(self, cell: Cell) -> dict:
+        """The sequential rule: fake while fast, then the fit; small real passes for a mixer the
+        fake pass cannot follow; any other failure is an ``error`` record with its reason."""
+        from profiler.cell import one_line
+
+        expected = _expected_seconds(self.times, cell.T)
+        if expected is not None and expected > self.slow_s and len(self.done) >= 3:
+            return self.fit(cell.T, self.done[-FIT_POINTS:])
+        try:
+            return self.fake(cell)
+        except Exception as exc:
+            if self.fake_error is None:
+                return {"status": "error", "reason": one_line(exc)}
+        if self.real is None:
+            self.real = _real_points(cell, self.device, self.builder)
+        if len(self.real) >= 3:
+            return self.fit(cell.T, self.real, "fit_real")
+        return {"status": "error", "reason": f"the fake pass cannot run this cell: {self.fake_error}"}
+
+
+def _agrees(fit: dict, fake: dict) -> bool:
+    """The fit through the shortest lengths reproduces the fake pass at the longest."""
+    for q, tol in (("mem_peak_bytes", 0.01), ("mem_abs_peak_bytes", 0.01), ("flops", 0.01), ("time_s", 0.05)):
+        a, b = float(fit[q]), float(fake[q])
+        if abs(a - b) > tol * max(abs(b), 1.0):
+            return False
+    return True
+
+
+def project_series(cells: list[Cell], device: Device, builder=None, slow_s: float = SLOW_FAKE_S) -> list[dict]:
+    """Results for the cells of one (label, mode) series (in the order given).
+
+    Shortcut for five or more lengths: fake passes at the three shortest and the longest; when
+    the fit through the three reproduces the longest (memory and FLOPs within 1%, time within
+    5%), the lengths between are that fit (``method: "fit"``, ``validated_at``). Otherwise, or
+    when the longest pass would be slow, every length by :meth:`_Series.one`."""
+    order = sorted(range(len(cells)), key=lambda i: cells[i].T)
+    run = [i for i in order if not cells[i].unsupported]
+    out: dict[int, dict] = {i: {"status": "unsupported", "reason": cells[i].unsupported}
+                            for i in order if cells[i].unsupported}
+    series = _Series(device, builder, slow_s)
+    if len(run) >= 5:
+        try:
+            first = {i: series.fake(cells[i]) for i in run[:3]}
+            expected = _expected_seconds(series.times, cells[run[-1]].T)
+            if expected is not None and expected <= slow_s:
+                last = series.fake(cells[run[-1]])
+                points = series.done[:3]
+                if _agrees(_fit(points, cells[run[-1]].T), last):
+                    out.update(first)
+                    out[run[-1]] = last
+                    for i in run[3:-1]:
+                        out[i] = {**series.fit(cells[i].T, points), "validated_at": cells[run[-1]].T}
+                    return [out[i] for i in range(len(cells))]
+        except Exception:  # the sequential rule below says what failed, cell by cell
+            pass
+    series = _Series(device, builder, slow_s)
+    for i in run:
+        out[i] = series.one(cells[i])
+    return [out[i] for i in range(len(cells))]
 
 
 def projection_record(cell: Cell, result: dict, device: Device, run_id: str, budget: float) -> dict[str, Any]:
@@ -186,7 +250,7 @@ def projection_record(cell: Cell, result: dict, device: Device, run_id: str, bud
            "heads": cell.heads, "depth": cell.depth, "dtype": cell.dtype, "device": device.key,
            "device_name": device.name, "causal": cell.causal, "model": cell.model, "pad_fraction": cell.pad_fraction}
     rec.update({"status": result["status"], "reason": result.get("reason")})
-    for q in (*QUANTITIES, "bound", "method", "fit_lengths", "fake_s"):
+    for q in (*QUANTITIES, "bound", "method", "fit_lengths", "validated_at", "fake_s"):
         rec[q] = result.get(q)
     rec["memory_budget_bytes"] = budget
     rec["fits"] = None if rec["mem_abs_peak_bytes"] is None else bool(rec["mem_abs_peak_bytes"] <= budget)
@@ -202,12 +266,16 @@ def project_cells(cells: list[Cell], device: Device, *, budget: float | None = N
     for c in cells:
         series.setdefault((c.label, c.mode, c.scope, c.batch, c.dtype), []).append(c)
     records = []
-    for key, group in series.items():
-        if progress is not None:
-            progress(f"{key[0]} {key[1]}")
-        ordered = sorted(group, key=lambda c: c.T)
-        for cell, result in zip(ordered, project_series(ordered, device, builder)):
-            records.append(projection_record(cell, result, device, run_id, budget))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # fake passes compute nothing; the small real ones need no pool
+    try:
+        for key, group in series.items():
+            if progress is not None:
+                progress(f"{key[0]} {key[1]}")
+            for cell, result in zip(group, project_series(group, device, builder)):
+                records.append(projection_record(cell, result, device, run_id, budget))
+    finally:
+        torch.set_num_threads(threads)
     return records
 
 
