@@ -41,7 +41,7 @@ from typing import Any
 
 from zoo.errors import ZooValueError
 
-__all__ = ["Device", "BUILTIN", "load_devices", "get_device", "calibrate_cpu", "parse_devices"]
+__all__ = ["Device", "BUILTIN", "load_devices", "get_device", "calibrate_cpu", "parse_devices", "key_for_gpu"]
 
 T_ = 1e12
 GB = 1e9
@@ -159,6 +159,14 @@ def get_device(key: str, path: str | os.PathLike | None = None, *, threads: int 
     if k == "cpu":
         return calibrate_cpu(threads)
     raise ZooValueError(f"device: expected cpu or one of {', '.join(sorted(table))} (or add it with --devices-file), got {key!r}")
+
+
+def key_for_gpu(name: str) -> str | None:
+    """The built-in entry for a CUDA device name ("NVIDIA H200" -> "h200"), None if none fits."""
+    import re
+
+    m = re.search(r"\b(h200|h100|a100|l4)\b", str(name).lower())
+    return m.group(1) if m else None
 
 
 # --------------------------------------------------------------------------- the local CPU

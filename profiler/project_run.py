@@ -29,7 +29,8 @@ def measured_cells(path: str | os.PathLike) -> tuple[list[Cell], list[dict]]:
     latest = {r["key"]: r for r in read_records(p) if r.get("kind") == "cell" and r.get("key")}
     if not latest:
         raise ZooValueError(f"against: {str(p)!r} holds no cell records")
-    return [Cell.from_dict({**r, "device": "cpu", "extra": r.get("extra") or {}}) for r in latest.values()], list(latest.values())
+    # the device stays the measured one (it is part of the key); the fake pass always runs on the CPU dispatch
+    return [Cell.from_dict({**r, "extra": r.get("extra") or {}}) for r in latest.values()], list(latest.values())
 
 
 def _planned(mixers, lengths, modes, scope, batch, dim, heads, depth, dtype) -> list[Cell]:
