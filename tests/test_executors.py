@@ -175,3 +175,21 @@ def test_cli_executor_option_errors(tmp_path):
     r = cli("profile", "--mixers", "softmax", "--lengths", "64", "--executor", "dask", "--out", str(tmp_path / "y.jsonl"))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "executor: expected one of" in r.stderr
     assert not (tmp_path / "x.jsonl").exists() and not (tmp_path / "y.jsonl").exists()
+
+
+def test_report_groups_cells_by_the_gpu_that_ran_them(tmp_path):
+    """A Ray sweep over two GPU types: the report's comparison groups split by each cell's gpu."""
+    import json
+
+    from reports import read_profile
+
+    out = tmp_path / "mixed.jsonl"
+    run_sweep([cell("a", 32), cell("b", 32)], out=str(out), builder=BUILDER, predict=False, threads=1,
+              time_budget=0.02, isolate=False)
+    lines = out.read_text().splitlines()
+    recs = [json.loads(x) for x in lines]
+    for r, gpu in zip([r for r in recs if r["kind"] == "cell"], ("NVIDIA H100", "NVIDIA A100")):
+        r["gpu"] = gpu
+    out.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    envs = read_profile(out).cells.set_index("label")["env_id"]
+    assert envs["a"].startswith("NVIDIA H100 | torch") and envs["b"].startswith("NVIDIA A100 | torch")
