@@ -228,6 +228,7 @@ def project_cmd(
     out: Path = typer.Option(Path("runs") / "projection.jsonl", "--out", help="JSONL file of projection records"),
     report: Optional[Path] = typer.Option(None, "--report", help="also write the markdown tables here"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it holds records"),
+    recalibrate: bool = typer.Option(False, "--recalibrate", help="--device cpu: measure this CPU again (on a quiet machine)"),
 ) -> None:
     """Project peak memory, FLOPs and a roofline time to lengths and GPUs this machine lacks."""
     from profiler.project_run import run_project
@@ -236,7 +237,7 @@ def project_cmd(
         mixers=mixers, lengths=lengths, modes=mode, scope=scope, batch=batch, dim=dim, heads=heads, depth=depth,
         dtype=dtype, device=device, devices_file=str(devices_file) if devices_file else None,
         memory_budget=memory_budget, baseline=baseline, against=str(against) if against else None, out=out,
-        overwrite=overwrite, command=[Path(sys.argv[0]).name, *sys.argv[1:]],
+        overwrite=overwrite, recalibrate=recalibrate, command=[Path(sys.argv[0]).name, *sys.argv[1:]],
     )
     typer.echo(result["markdown"])
     if report is not None:

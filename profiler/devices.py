@@ -150,14 +150,16 @@ def load_devices(path: str | os.PathLike | None = None) -> dict[str, Device]:
     return table
 
 
-def get_device(key: str, path: str | os.PathLike | None = None, *, threads: int | None = None) -> Device:
-    """A table entry by key (case-insensitive), or ``cpu``: this machine, calibrated once."""
+def get_device(key: str, path: str | os.PathLike | None = None, *, threads: int | None = None,
+               recalibrate: bool = False) -> Device:
+    """A table entry by key (case-insensitive), or ``cpu``: this machine, calibrated once (again
+    with ``recalibrate``: the cached figures came from a busy machine)."""
     table = load_devices(path)
     k = str(key).strip().lower()
     if k in table:
         return table[k]
     if k == "cpu":
-        return calibrate_cpu(threads)
+        return calibrate_cpu(threads, recalibrate=recalibrate)
     raise ZooValueError(f"device: expected cpu or one of {', '.join(sorted(table))} (or add it with --devices-file), got {key!r}")
 
 
@@ -180,7 +182,7 @@ def _cache_file(threads: int) -> Path:
     return folder / f"cpu-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.json"
 
 
-def _rate(fn, work: float, seconds: float = 0.15) -> float:
+def _rate(fn, work: float, seconds: float = 0.3) -> float:
     """work / best seconds per call of ``fn`` over repeated calls (the best: least disturbed)."""
     fn()
     best, spent = float("inf"), 0.0
@@ -192,7 +194,7 @@ def _rate(fn, work: float, seconds: float = 0.15) -> float:
     return work / best
 
 
-def calibrate_cpu(threads: int | None = None) -> Device:
+def calibrate_cpu(threads: int | None = None, recalibrate: bool = False) -> Device:
     """This CPU: GEMM FLOP/s per dtype, copy bandwidth, per-op overhead; MemAvailable as memory.
     Measured once per (CPU model, threads, torch version) and cached."""
     import torch
@@ -202,7 +204,7 @@ def calibrate_cpu(threads: int | None = None) -> Device:
     threads = int(threads or torch.get_num_threads())
     path = _cache_file(threads)
     entry = None
-    if path.is_file():
+    if path.is_file() and not recalibrate:
         try:
             entry = json.loads(path.read_text())
         except ValueError:

@@ -8,7 +8,7 @@ and time = sum over ops of max(FLOPs / peak FLOP/s, bytes / bandwidth) + the dev
 overhead. The device comes from :mod:`profiler.devices`.
 
 A mixer the fake pass cannot follow (data-dependent shapes: ``.item()``, ``nonzero``) runs for
-real at a few small lengths (512..2k) under the same counters, and every length is the fit of
+real at a few small lengths (2k..8k) under the same counters, and every length is the fit of
 those (``method: "fit_real"``). A series (label, mode) whose fake pass gets slow with T (Python loops over blocks) switches to a
 closed-form fit: each quantity as ``a + b T^k`` through the fake passes at the last three
 shorter lengths; such records say ``method: "fit"`` and the lengths fitted.
@@ -34,7 +34,7 @@ __all__ = ["RooflineCounter", "fake_costs", "project_cells", "project_series", "
 
 SLOW_FAKE_S = 2.0  # a fake pass predicted slower than this switches the series to the fit
 FIT_POINTS = 4  # shorter lengths the fit uses (at least 3)
-REAL_LENGTHS = (512, 1024, 2048)  # real passes for mixers the fake pass cannot follow
+REAL_LENGTHS = (2048, 4096, 8192)  # real passes for mixers the fake pass cannot follow
 QUANTITIES = ("mem_peak_bytes", "mem_abs_peak_bytes", "flops", "bytes_moved", "time_s", "ops")
 
 

@@ -48,19 +48,22 @@ def run_project(*, mixers: str | None = None, lengths: str = "1k..1m", modes: st
                 batch: int | None = None, dim: int | None = None, heads: int | None = None, depth: int | None = None,
                 dtype: str = "bf16", device: str = "h100", devices_file: str | None = None,
                 memory_budget: str | None = None, baseline: str = "softmax", against: str | None = None,
-                out: str | os.PathLike = "runs/projection.jsonl", overwrite: bool = False,
+                out: str | os.PathLike = "runs/projection.jsonl", overwrite: bool = False, recalibrate: bool = False,
                 command: list[str] | None = None, progress=None) -> dict[str, Any]:
     """Project cells on ``device``; returns ``{"records", "markdown", "path", "seconds"}``."""
     from profiler.project import header, project_cells
     from reports.projection import calibration_markdown, calibration_rows, projection_markdown
 
-    target = get_device(device, devices_file)
     budget = parse_size(memory_budget) if memory_budget is not None else None
     measured: list[dict] = []
+    threads = None
     if against is not None:
         cells, measured = measured_cells(against)
+        seen = [r.get("threads") for r in measured if r.get("threads")]
+        threads = max(set(seen), key=seen.count) if seen else None  # the CPU as the measurement used it
     else:
         cells = _planned(mixers, lengths, modes, scope, batch, dim, heads, depth, dtype)
+    target = get_device(device, devices_file, threads=threads, recalibrate=recalibrate)
     for c in cells:
         target.peak_flops(c.dtype)  # a dtype the device has no figure for fails before any work
     path = check_writable(out)
