@@ -83,6 +83,12 @@ def fake_costs(cell: Cell, device: Device, builder=None, fake: bool = True) -> d
         tracker = LiveTensorTracker()
         with tracker:
             step = builder(cell, torch.device("cpu"), torch_dtype(cell.dtype))
+            if cell.scope == "model" and cell.mode == "train":
+                # steady state, as the memory pass measures it: the optimizer's state exists
+                del_out = step.fn()
+                del del_out
+                if step.reset is not None:
+                    step.reset()
             before = tracker.current
             tracker.mark()
             counter = RooflineCounter(device, cell.dtype)
