@@ -34,6 +34,7 @@ __all__ = ["RooflineCounter", "fake_costs", "project_cells", "project_series", "
 
 SLOW_FAKE_S = 2.0  # a fake pass predicted slower than this switches the series to the fit
 FIT_POINTS = 4  # shorter lengths the fit uses (at least 3)
+_THREADS = [0]  # the caller's torch threads, for the real passes
 REAL_LENGTHS = (2048, 4096, 8192)  # real passes for mixers the fake pass cannot follow
 QUANTITIES = ("mem_peak_bytes", "mem_abs_peak_bytes", "flops", "bytes_moved", "time_s", "ops")
 
@@ -130,11 +131,16 @@ def _real_points(cell: Cell, device: Device, builder=None) -> list[tuple[int, di
     import dataclasses
 
     points = []
-    for T in REAL_LENGTHS:
-        try:
-            points.append((T, fake_costs(dataclasses.replace(cell, T=T), device, builder, fake=False)))
-        except Exception:  # a length this mixer does not accept: the others may do
-            continue
+    single = torch.get_num_threads()
+    torch.set_num_threads(_THREADS[0] or single)  # real compute: every thread the caller had
+    try:
+        for T in REAL_LENGTHS:
+            try:
+                points.append((T, fake_costs(dataclasses.replace(cell, T=T), device, builder, fake=False)))
+            except Exception:  # a length this mixer does not accept: the others may do
+                continue
+    finally:
+        torch.set_num_threads(single)
     return points
 
 
@@ -273,7 +279,8 @@ def project_cells(cells: list[Cell], device: Device, *, budget: float | None = N
         series.setdefault((c.label, c.mode, c.scope, c.batch, c.dtype), []).append(c)
     records = []
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # fake passes compute nothing; the small real ones need no pool
+    _THREADS[0] = threads
+    torch.set_num_threads(1)  # fake passes compute nothing (the real ones get the threads back)
     try:
         for key, group in series.items():
             if progress is not None:
