@@ -210,11 +210,25 @@ def profile_cmd(
         "managed", help="managed (memory pass in a tracking heap, timing in a caching heap, no page-fault noise) | system (glibc as is)"
     ),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar or end table"),
+    executor: Optional[str] = typer.Option(
+        None, "--executor", help="fork | spawn | inline | ray | submitit [default: fork on CPU, spawn on CUDA]"
+    ),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="ray: 'auto' or host:port of a cluster [default: start a local one]"),
+    ray_cpus: Optional[int] = typer.Option(None, "--ray-cpus", help="ray: CPUs of the local cluster [default: every core]"),
+    slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition", help="submitit: SLURM partition"),
+    slurm_array_parallelism: Optional[int] = typer.Option(
+        None, "--slurm-array-parallelism", help="submitit: jobs of the array running at once [default: 32]"
+    ),
+    submitit_folder: Optional[Path] = typer.Option(None, "--submitit-folder", help="submitit: job logs [default: runs/submitit]"),
 ) -> None:
     """Sweep mixers over lengths: time, peak memory and FLOPs per cell, one JSON line each."""
     from profiler import run_profile
+    from profiler.exec_options import executor_options
 
-    path = run_profile(
+    options = executor_options(executor, ray_address=ray_address, ray_cpus=ray_cpus, slurm_partition=slurm_partition,
+                               slurm_array_parallelism=slurm_array_parallelism,
+                               submitit_folder=str(submitit_folder) if submitit_folder else None)
+    path = run_profile(executor=executor, executor_options=options,
         mixers=mixers, lengths=lengths, modes=mode, scope=scope, preset=preset, batch=batch, dim=dim, heads=heads,
         depth=depth, dtype=dtype, device=device, causal=causal, pad_fraction=pad_fraction, compile=compile, out=out,
         resume=resume, overwrite=overwrite,
@@ -272,6 +286,44 @@ def quality_cmd(
                           command=[Path(sys.argv[0]).name, *sys.argv[1:]])
     typer.echo(format_summary(select_best(quality_frame(records))))
     typer.echo(f"records in {out}", err=True)
+
+
+@app.command("project")
+@_user_errors
+def project_cmd(
+    mixers: Optional[str] = typer.Option(None, help="comma list as for profile [default: all]"),
+    lengths: str = typer.Option("1k..1m", help="lengths, e.g. 1k..1m (nothing is allocated: fake tensors)"),
+    mode: str = typer.Option("both", "--mode", help="forward | train | both"),
+    scope: Optional[str] = typer.Option(None, help="mixer | model"),
+    batch: Optional[int] = typer.Option(None, help="batch size B [default: 1]"),
+    dim: Optional[int] = typer.Option(None, help="model width D [default: 256]"),
+    heads: Optional[int] = typer.Option(None, help="heads [default: 4]"),
+    depth: Optional[int] = typer.Option(None, help="blocks in --scope model [default: 2]"),
+    dtype: str = typer.Option("bf16", help="fp32 | bf16 | fp16 | fp64"),
+    device: str = typer.Option("h100", help="a100 | h100 | h200 | l4 | cpu (this machine, measured once) | a --devices-file entry"),
+    devices_file: Optional[Path] = typer.Option(None, "--devices-file", help="TOML or JSON table adding devices"),
+    memory_budget: Optional[str] = typer.Option(None, help="e.g. 70g [default: 90% of the device's memory]"),
+    baseline: str = typer.Option("softmax", help="the crossovers' and ratios' reference"),
+    against: Optional[Path] = typer.Option(None, "--against", help="a measured profile: project its cells and add the calibration table"),
+    out: Path = typer.Option(Path("runs") / "projection.jsonl", "--out", help="JSONL file of projection records"),
+    report: Optional[Path] = typer.Option(None, "--report", help="also write the markdown tables here"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it holds records"),
+    recalibrate: bool = typer.Option(False, "--recalibrate", help="--device cpu: measure this CPU again (on a quiet machine)"),
+) -> None:
+    """Project peak memory, FLOPs and a roofline time to lengths and GPUs this machine lacks."""
+    from profiler.project_run import run_project
+
+    result = run_project(
+        mixers=mixers, lengths=lengths, modes=mode, scope=scope, batch=batch, dim=dim, heads=heads, depth=depth,
+        dtype=dtype, device=device, devices_file=str(devices_file) if devices_file else None,
+        memory_budget=memory_budget, baseline=baseline, against=str(against) if against else None, out=out,
+        overwrite=overwrite, recalibrate=recalibrate, command=[Path(sys.argv[0]).name, *sys.argv[1:]],
+    )
+    typer.echo(result["markdown"])
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(result["markdown"])
+    typer.echo(f"{len(result['records'])} projection records in {result['path']} ({result['seconds']:.1f} s)", err=True)
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

@@ -8,7 +8,9 @@
 * :class:`InProcessExecutor` (``inline``, ``--no-isolate``): cells in this process; the timeout
   can only be checked between calls, and an OOM's cached blocks are released after it.
 
-A future distributed executor implements the same two methods.
+* ``ray`` and ``submitit`` (:mod:`profiler.exec_ray`, :mod:`profiler.exec_submitit`, optional
+  extras): cells fan out over a cluster; they add ``fans_out = True`` and ``submit_all`` (the
+  sweep's :mod:`profiler.fanout`), and each worker runs its cell with one of the executors above.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from zoo.errors import ZooValueError
 
 __all__ = ["ZygoteExecutor", "SpawnExecutor", "InProcessExecutor", "make_executor", "EXECUTORS", "SPAWN_ALLOWANCE"]
 
-EXECUTORS = ("fork", "spawn", "inline")
+EXECUTORS = ("fork", "spawn", "inline", "ray", "submitit")
 SPAWN_ALLOWANCE = 60.0  # seconds on top of the cell timeout for an interpreter's start and imports
 
 
@@ -205,15 +207,38 @@ class InProcessExecutor:
         pass
 
 
-def make_executor(name: str | None, *, isolate: bool, device: str, preload: Iterable[str] = ()):
+def _distributed(name: str, device: str, options: dict[str, Any]):
+    """``ray`` or ``submitit`` (optional extras, imported only here). ``options``: threads, timeout,
+    ray_address, ray_cpus, max_retries, slurm_partition, slurm_array_parallelism, submitit_folder,
+    submitit_cluster."""
+    threads = options.get("threads") or 1
+    if name == "ray":
+        from profiler.exec_ray import RayExecutor
+
+        return RayExecutor(device=device, address=options.get("ray_address"), num_cpus=options.get("ray_cpus"),
+                           cpus_per_cell=threads, max_retries=options.get("max_retries", 2))
+    from profiler.exec_submitit import SubmititExecutor
+
+    return SubmititExecutor(device=device, folder=options.get("submitit_folder") or "runs/submitit",
+                            partition=options.get("slurm_partition"),
+                            array_parallelism=options.get("slurm_array_parallelism") or 32,
+                            cluster=options.get("submitit_cluster"), cpus_per_cell=threads,
+                            cell_timeout=options.get("timeout"))
+
+
+def make_executor(name: str | None, *, isolate: bool, device: str, preload: Iterable[str] = (),
+                  options: dict[str, Any] | None = None):
     """The executor by name (None: ``inline`` without isolation, ``spawn`` for CUDA or where fork
     is unavailable, else ``fork``). ``fork`` for CUDA cells is refused: a forked child cannot
-    re-initialise CUDA safely, and one that does records a crash, not a measurement."""
+    re-initialise CUDA safely, and one that does records a crash, not a measurement. ``ray`` and
+    ``submitit`` fan cells out to other processes or machines (:func:`_distributed`)."""
     cuda = device.startswith("cuda")
     if name is None:
         name = "inline" if not isolate else ("spawn" if cuda or not hasattr(os, "fork") else "fork")
     if name not in EXECUTORS:
-        raise ZooValueError(f"executor: expected fork, spawn or inline, got {name!r}")
+        raise ZooValueError(f"executor: expected one of {', '.join(EXECUTORS)}, got {name!r}")
+    if name in ("ray", "submitit"):
+        return _distributed(name, device, options or {})
     if name == "fork" and cuda:
         raise ZooValueError(f"executor: fork cannot serve CUDA cells (device {device!r}); use spawn or inline")
     if name == "fork":

@@ -43,7 +43,8 @@ class SweepSettings:
 
     out: str
     isolate: bool = True
-    executor: str | None = None  # fork | spawn | inline; None: by device
+    executor: str | None = None  # fork | spawn | inline | ray | submitit; None: by device
+    executor_options: dict = field(default_factory=dict)  # ray_address, slurm_partition, ... (executors.make_executor)
     timeout: float | None = DEFAULT_TIMEOUT  # seconds per cell
     memory_budget: int | None = None  # bytes
     threads: int | str | None = None  # None: torch's default; "auto": free cores (profiler.contention)
@@ -70,8 +71,10 @@ class SweepSettings:
             _positive_int("memory budget", self.memory_budget)
         if self.cpu_heap not in CPU_HEAP_CHOICES:
             raise ZooValueError(f"cpu heap: expected one of {', '.join(CPU_HEAP_CHOICES)}, got {self.cpu_heap!r}")
-        if self.executor not in (None, "fork", "spawn", "inline"):
-            raise ZooValueError(f"executor: expected fork, spawn or inline, got {self.executor!r}")
+        from profiler.executors import EXECUTORS
+
+        if self.executor is not None and self.executor not in EXECUTORS:
+            raise ZooValueError(f"executor: expected one of {', '.join(EXECUTORS)}, got {self.executor!r}")
 
     def header(self, threads: int, executor: str, device: str) -> dict[str, Any]:
         """The header's ``settings``."""

@@ -24,6 +24,7 @@ from typing import Any
 
 from profiler.cases import Cell
 from profiler.executors import make_executor
+from profiler.placement import stamp_placement
 from profiler.records import CELL_KEYS, SCHEMA, RecordWriter, check_writable, environment, now_iso, read_records
 from profiler.settings import SweepSettings, plan_profile
 from reports.cells import series_identity
@@ -172,6 +173,19 @@ def _resolve_threads(s: SweepSettings, device: str) -> tuple[int, dict | None]:
     return (torch.get_num_threads() if s.threads is None else s.threads), info
 
 
+def _report_fanout(name: str, stats: dict, enabled: bool) -> None:
+    """One line on stderr: the executor's overhead per cell, and any dropped or filled result."""
+    if not enabled:
+        return
+    over = sorted(stats["overhead_s"])
+    line = f"{name}: {len(over)} cells run"
+    if over:
+        line += f", overhead per cell median {over[len(over) // 2]:.3f} s (max {over[-1]:.3f} s)"
+    if stats["duplicates"] or stats["missing"]:
+        line += f"; {stats['duplicates']} duplicate results dropped, {stats['missing']} cells without a result"
+    print(line, file=sys.stderr)
+
+
 def _execute(cells: list[Cell], previous: dict, s: SweepSettings, executor, writer, run_id: str, threads: int):
     """Decide and run every cell not already in ``previous``; returns the records written."""
     planned = {series_identity(c, threads=threads) for c in cells}
@@ -181,6 +195,12 @@ def _execute(cells: list[Cell], previous: dict, s: SweepSettings, executor, writ
             frontier.add(rec)
             if rec.get("status") == "ok":
                 history.setdefault(series_identity(rec), []).append(rec)
+    if getattr(executor, "fans_out", False):  # ray, submitit: many cells at once (profiler/fanout.py)
+        from profiler.fanout import execute_fanout
+
+        written, stats = execute_fanout(cells, previous, s, executor, writer, run_id, threads, frontier, history)
+        _report_fanout(executor.name, stats, s.progress)
+        return written
     todo = [c for c in cells if c.key not in previous]
     progress = _Progress(s.progress, len(cells), len(cells) - len(todo))
     written = []
@@ -196,7 +216,7 @@ def _execute(cells: list[Cell], previous: dict, s: SweepSettings, executor, writ
                 if fb is not None:
                     opts["fallback_predicted_abs"], opts["fallback_predicted_step"] = fb
                 result = executor.run(cell, opts, s.timeout)
-            record = make_record(cell, result, run_id, started, time.monotonic() - t0)
+            record = make_record(cell, stamp_placement(result, cell.device), run_id, started, time.monotonic() - t0)
             writer.append(record)
             written.append(record)
             frontier.add(record)
@@ -218,8 +238,9 @@ def run_sweep(cells: list[Cell], settings: SweepSettings | None = None, **kwargs
     path = check_writable(s.out)
     previous = _previous(path, s)
     device = cells[0].device if cells else "cpu"
-    executor = make_executor(s.executor, isolate=s.isolate, device=device, preload=[s.builder] if s.builder else [])
     threads, contention = _resolve_threads(s, device)
+    executor = make_executor(s.executor, isolate=s.isolate, device=device, preload=[s.builder] if s.builder else [],
+                             options={**s.executor_options, "threads": threads, "timeout": s.timeout})
     run_id = uuid.uuid4().hex[:12]
     header = {"kind": "header", "schema": SCHEMA, "run_id": run_id, "created": now_iso(),
               "command": list(s.command if s.command is not None else sys.argv), "env": environment(threads, device),

@@ -242,6 +242,10 @@ def read_profile(path: str | Path, name: str | None = None) -> Profile:
         cells["compile"] = cells["compile"].fillna("")  # eager; "inductor" etc. when compiled
         env_ids = _env_ids(headers)
         cells["env_id"] = cells["run_id"].map(lambda run_id: env_ids.get(run_id, "? | torch ?"))
+        if "gpu" in cells.columns:  # a fanned-out sweep: the GPU that ran each cell, not the submitter's
+            gpu = cells["gpu"].map(_text)
+            rest = cells["env_id"].str.split(" | ", n=1, regex=False).str[1]
+            cells["env_id"] = cells["env_id"].where(gpu == "", gpu + " | " + rest)
         ident = cells["key"].map(_text).where(cells["key"].notna(), join_columns(cells, CELL_IDENTITY + ["device"]))
         keep = ~ident.duplicated(keep="last")
         superseded = int((~keep).sum())
