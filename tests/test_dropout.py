@@ -73,6 +73,27 @@ def test_attention_dropout_gradients_and_padding(name):
     assert torch.autograd.gradcheck(lambda x: forward(x)[0], (x,), atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.parametrize("name", WITH_FIELD)
+def test_attention_dropout_keeps_forward_device_side(name):
+    """Dropout adds no host read (eager) and no graph break (fullgraph compile, forward + backward)."""
+    from tests.test_compile import GRAPH_BREAKS, HostReads, call, inputs
+
+    m = build(name, attention_dropout=0.3).train()
+    x, mask = inputs(m, "mask")
+    if (name, "mask") not in GRAPH_BREAKS:
+        with HostReads() as reads:
+            call(m, x, mask)
+        assert reads.count == 0, f"{name}: {reads.count} host reads with attention dropout"
+    torch._dynamo.reset()
+    try:
+        fn = torch.compile(lambda x, mask: call(m, x, mask), backend="aot_eager", fullgraph=(name, "mask") not in GRAPH_BREAKS)
+        y = fn(x.requires_grad_(True), mask)
+        y.sum().backward()
+    finally:
+        torch._dynamo.reset()
+    assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
+
+
 @pytest.mark.parametrize("p", [-0.1, 1.0, "0.1", True])
 def test_attention_dropout_rejects_bad_values(p):
     with pytest.raises(ZooValueError, match="attention_dropout: expected a probability in \\[0, 1\\)"):
