@@ -245,7 +245,8 @@ class PilotAttention(torch.autograd.Function):
 
     q_pil (B, H, S, P) scaled queries, k and v (B, H, T, P), bias (B, 1, 1, T) additive key bias
     (0 or NEG) or None, act (B, 1, S, 1) 1.0 for active pilot slots. Returns o_pil (B, H, S, P)
-    and the non-differentiable col_sq (B, H, T) = sum_t act_t P_tj^2.
+    and the non-differentiable col_sq (B, H, T) = sum_t act_t P_tj^2. ``drop`` (a :class:`Dropout`
+    or None) drops P's entries before they meet v; col_sq stays that of the undropped P.
     """
 
     @staticmethod
@@ -313,6 +314,7 @@ class SketchedAttention(torch.autograd.Function):
     are overwritten by o_pil[b, :, canon[b, t]] (the canonical slot of that pilot position, so
     duplicate writes agree); only canonical slots (is_canon) receive the gradient of their row.
     The result is a (B, H, T, P) view of a (B, T, H, P) buffer, so merging heads needs no copy.
+    ``drop`` (a :class:`Dropout` or None) drops the e_ij that meet v_s (not those in the denominator).
     """
 
     @staticmethod
