@@ -20,7 +20,9 @@ WITH_FIELD = [n for n in list_mixers() if "attention_dropout" in {f.name for f i
 
 
 def test_mixers_with_attention_weights_have_the_field():
-    assert {"softmax", "linformer", "bigbird", "pyramidion", "pyramidion_block"} <= set(WITH_FIELD)
+    attention_weights = {"softmax", "linformer", "bigbird", "pyramidion", "pyramidion_block", "longformer",
+                         "poolingformer", "nystrom", "skeinformer", "transnormer_diag"}
+    assert attention_weights <= set(WITH_FIELD)
 
 
 @pytest.mark.parametrize("name", WITH_FIELD)
@@ -46,6 +48,50 @@ def test_attention_dropout(name):
     y_drop, _ = run(dropped.train(), x)
     assert torch.isfinite(y_drop).all()
     assert not torch.allclose(y_drop, y_plain_train), f"{name}: attention_dropout=0.5 changed nothing in training"
+
+
+@pytest.mark.parametrize("name", WITH_FIELD)
+def test_attention_dropout_gradients_and_padding(name):
+    """Training with p > 0 and padding: padded rows stay zero and the backward is the gradient of
+    the forward under the same masks (fp64 gradcheck; the masks are fixed by reseeding per call)."""
+    m = build(name, torch.float64, attention_dropout=0.3).train()
+    T = 11
+    x = torch.randn(2, T, m.dim, dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(2, T, dtype=torch.bool)
+    mask[1, -3:] = False
+
+    def forward(x):
+        torch.manual_seed(5)  # torch's dropout masks
+        if hasattr(m, "reseed"):
+            m.reseed(5)  # the module's own draws (skeinformer's masks come from them)
+        return run(m, x, mask)
+
+    y, out_mask = forward(x)
+    assert torch.isfinite(y).all()
+    assert torch.equal(y[~out_mask], torch.zeros_like(y[~out_mask])), f"{name}: padded rows moved under dropout"
+    torch.testing.assert_close(forward(x)[0], y, rtol=0, atol=0)  # reseeding fixes the masks
+    assert torch.autograd.gradcheck(lambda x: forward(x)[0], (x,), atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", WITH_FIELD)
+def test_attention_dropout_keeps_forward_device_side(name):
+    """Dropout adds no host read (eager) and no graph break (fullgraph compile, forward + backward)."""
+    from tests.test_compile import GRAPH_BREAKS, HostReads, call, inputs
+
+    m = build(name, attention_dropout=0.3).train()
+    x, mask = inputs(m, "mask")
+    if (name, "mask") not in GRAPH_BREAKS:
+        with HostReads() as reads:
+            call(m, x, mask)
+        assert reads.count == 0, f"{name}: {reads.count} host reads with attention dropout"
+    torch._dynamo.reset()
+    try:
+        fn = torch.compile(lambda x, mask: call(m, x, mask), backend="aot_eager", fullgraph=(name, "mask") not in GRAPH_BREAKS)
+        y = fn(x.requires_grad_(True), mask)
+        y.sum().backward()
+    finally:
+        torch._dynamo.reset()
+    assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
 
 
 @pytest.mark.parametrize("p", [-0.1, 1.0, "0.1", True])

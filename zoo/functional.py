@@ -406,6 +406,7 @@ def pooled_window_attention(
     window: int,
     block: int | None = None,
     scale: float | None = None,
+    dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """Attention of every query to the pooled grid slots whose centre lies within window/2.
 
@@ -416,6 +417,7 @@ def pooled_window_attention(
     aligned with the grid: every block shares one candidate range of S consecutive slots (a
     strided view of the padded slots) and the exact rule is a (block, S) mask, so the scores are
     (B, H, T, S) with S ~ (block + window) / stride, never (T, K). Returns (B, H, T, P).
+    ``dropout_p``: dropout on the slot weights (the caller passes 0 outside training).
     """
     B, H, T, P = q.shape
     K = k.shape[2]
@@ -460,6 +462,8 @@ def pooled_window_attention(
         scores = torch.matmul(q[:, :, c0:c1] * scale, kw[:, :, c0:c1])  # (B, H, n, Q, S)
         scores.masked_fill_(~allowed[:, None, c0:c1], neg_value(scores.dtype))  # in place: one pass fewer
         probs = torch.softmax(scores, dim=-1, dtype=fdt).to(v.dtype)  # (B, H, n, Q, S)
+        if dropout_p:
+            probs = F.dropout(probs, dropout_p)  # (B, H, n, Q, S), training only (the caller decides)
         out = torch.matmul(probs, vw[:, :, c0:c1].transpose(-1, -2))  # (B, H, n, Q, P)
         outs.append(out * has_any[:, :, c0:c1])
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)  # (B, H, nb, Q, P)
@@ -664,6 +668,7 @@ def _band_attention(
     scale: float,
     block: int | None,
     return_lse: bool,
+    dropout_p: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Undilated core of :func:`sliding_window_attention`; returns (out, lse or None)."""
     B, H, T, P = q.shape
@@ -708,7 +713,7 @@ def _band_attention(
         # fused kernel; an additive finite bias keeps rows without any allowed key finite
         bias = torch.zeros(allowed.shape, dtype=q.dtype, device=device)  # (B*nb, c, S)
         bias.masked_fill_(~allowed, neg_value(q.dtype))
-        out = F.scaled_dot_product_attention(qb, kw, vw, attn_mask=bias[:, None], scale=scale)  # (B*nb, H, c, P)
+        out = F.scaled_dot_product_attention(qb, kw, vw, attn_mask=bias[:, None], scale=scale, dropout_p=dropout_p)  # (B*nb, H, c, P)
         out = out * has_any[:, None, :, None].to(out.dtype)  # rows without a key: 0 (no host sync)
         return unblock(out), None
 
@@ -716,6 +721,10 @@ def _band_attention(
     scores = scores.masked_fill(~allowed[:, None], neg_value(fdt))
     lse = torch.logsumexp(scores, dim=-1)  # (B*nb, H, c)
     probs = torch.exp(scores - lse.unsqueeze(-1)) * has_any[:, None, :, None]  # (B*nb, H, c, S)
+    if dropout_p:
+        # the lse stays that of the undropped weights: merging parts by it then equals dropout on
+        # the joint softmax (an elementwise mask commutes with each part's rescaling)
+        probs = F.dropout(probs, dropout_p)  # (B*nb, H, c, S)
     out = torch.matmul(probs.to(v.dtype), vw)  # (B*nb, H, c, P)
     lse = lse.masked_fill(~has_any[:, None], neg_value(fdt))
     return unblock(out), unblock(lse.unsqueeze(-1)).squeeze(-1)
@@ -733,6 +742,7 @@ def sliding_window_attention(
     scale: float | None = None,
     block: int | None = None,
     return_lse: bool = False,
+    dropout_p: float = 0.0,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Banded softmax attention in O(T·window) memory; no T x T matrix or mask is ever built.
 
@@ -752,7 +762,8 @@ def sliding_window_attention(
     ``l = logaddexp(l_a, l_b); o = exp(l_a - l) o_a + exp(l_b - l) o_b`` (see
     :func:`merge_softmax_parts`). A row without any allowed key gives out = 0 and
     lse = ``neg_value`` (finite, so merging never makes NaN). Without ``return_lse`` the fused
-    SDPA kernel runs (fp64 inputs use the matmul path).
+    SDPA kernel runs (fp64 inputs use the matmul path). ``dropout_p``: dropout on the attention
+    weights (SDPA's ``dropout_p`` on the fused path; the caller passes 0 outside training).
     """
     B, H, T, P = q.shape
     if isinstance(window, bool) or not isinstance(window, int) or window < 0:
@@ -764,7 +775,7 @@ def sliding_window_attention(
     scale = P**-0.5 if scale is None else scale
     d = dilation
     if d == 1 or T == 1:
-        out, lse = _band_attention(q, k, v, window, mask, causal, scale, block, return_lse)
+        out, lse = _band_attention(q, k, v, window, mask, causal, scale, block, return_lse, dropout_p)
         return (out, lse) if return_lse else out
 
     n = -(-T // d)  # positions per residue class
@@ -779,7 +790,9 @@ def sliding_window_attention(
         return t.permute(0, 3, 1, 2, 4).reshape(B * d, H, n, P)
 
     mask_f = mask.reshape(B, n, d).transpose(1, 2).reshape(B * d, n)  # (B*d, n)
-    out, lse = _band_attention(fold(q), fold(k), fold(v), window, mask_f, causal, scale, block, return_lse)
+    out, lse = _band_attention(
+        fold(q), fold(k), fold(v), window, mask_f, causal, scale, block, return_lse, dropout_p
+    )
     # (B*d, H, n, P) -> (B, d, H, n, P) -> (B, H, n, d, P) -> (B, H, Td, P)
     out = out.reshape(B, d, H, n, P).permute(0, 2, 3, 1, 4).reshape(B, H, Td, P)[:, :, :T]
     if not return_lse:

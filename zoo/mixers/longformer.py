@@ -33,7 +33,12 @@ Deviations
       ``global_mask`` replaces ``num_global``; padded tokens are never global.
     * A call without global tokens adds an exact zero computed from q/k/v_global, so those
       projections get zero gradients instead of none (plain DDP needs every parameter used).
-    * No attention dropout; padded output rows are zeroed (C2). With ``num_global`` the number of
+    * ``attention_dropout`` (default 0, training only) drops the joint softmax weights of every
+      row as the transformers port does after its softmax over band + global keys (there on the
+      merged (T, 2w+1+g) matrix, here on each part: the band's weights (SDPA's ``dropout_p``, or
+      dropout before the log-sum-exp merge, which rescales parts elementwise, so it is the same
+      thing) and the global-key weights), and the global rows' weights (the port's dropout on its
+      global attention probabilities). Padded output rows are zeroed (C2). With ``num_global`` the number of
       global columns is static (min(num_global, T); unused slots are masked), so the forward has no
       host sync and compiles with ``fullgraph=True``. An explicit ``global_mask`` costs one host sync
       per call (its largest count sets the number of global columns; HF does the same).
@@ -52,6 +57,8 @@ from zoo.base import (
     MixerConfig,
     MixerSpec,
     TokenMixer,
+    attention_dropout_field,
+    attention_dropout_p,
     cfg,
     check_inputs,
     check_positive_int,
@@ -78,6 +85,7 @@ class LongformerConfig(MixerConfig):
     dilation: int = cfg(1, "dilation d: window keys i + d*t, t in [-w, w]")
     block_size: int = cfg(0, "query block of the blocked band (0 = min(window, 128))")
     init_global_from_local: bool = cfg(True, "initialise q/k/v_global as copies of q/k/v_proj")
+    attention_dropout: float = attention_dropout_field()
 
     def validate(self) -> None:
         check_positive_int("window", self.window)
@@ -137,7 +145,7 @@ class LongformerMixer(TokenMixer):
         approximates_softmax=True,
         deviations=(
             "one-sided window; padded only to the query block; dilation and causal on the blocked band; "
-            "causal global tokens see only their past; no attention dropout"
+            "causal global tokens see only their past; attention dropout off by default"
         ),
         extra_inputs=("global_mask",),
         # the last dilation*window positions' keys/values plus the num_global global tokens
@@ -221,7 +229,8 @@ class LongformerMixer(TokenMixer):
         k = split_heads(self.k_proj(x), H)  # (B, H, T, P)
         v = split_heads(self.v_proj(x), H)  # (B, H, T, P)
         band_keys = mask if g_max == 0 else m & ~gm  # global keys leave the band (counted once)
-        kw = dict(window=c.window, mask=band_keys, causal=causal, dilation=c.dilation, block=c.query_block)
+        p = attention_dropout_p(self)
+        kw = dict(window=c.window, mask=band_keys, causal=causal, dilation=c.dilation, block=c.query_block, dropout_p=p)
         if g_max == 0:
             o = sliding_window_attention(q, k, v, **kw)  # (B, H, T, P)
             if torch.is_grad_enabled():
@@ -264,6 +273,9 @@ class LongformerMixer(TokenMixer):
         lse_glob = torch.logsumexp(scores, dim=-1)  # (B, H, T)
         any_col = cols.any(dim=-1)[:, None]  # (B, 1, T or 1)
         probs = torch.exp(scores - lse_glob.unsqueeze(-1)) * any_col.unsqueeze(-1)  # (B, H, T, G)
+        p = band_kw["dropout_p"]
+        if p:
+            probs = F.dropout(probs, p)  # (B, H, T, G): the global-key part of the joint softmax
         o_glob = torch.matmul(probs.to(v.dtype), vg)  # (B, H, T, P)
         lse_glob = lse_glob.masked_fill(~any_col, neg_value(fdt))
         o, _ = merge_softmax_parts([(o_band, lse_band), (o_glob, lse_glob)])  # (B, H, T, P)
@@ -277,7 +289,7 @@ class LongformerMixer(TokenMixer):
         if causal:
             keys = keys & (pos[None, None, :] <= gidx[:, :, None])  # (B, G, T)
         keys = keys | ~keys.any(dim=-1, keepdim=True)  # empty rows (unused slots) stay finite
-        og = F.scaled_dot_product_attention(qg, kG, vG, attn_mask=keys[:, None])  # (B, H, G, P)
+        og = F.scaled_dot_product_attention(qg, kG, vG, attn_mask=keys[:, None], dropout_p=p)  # (B, H, G, P)
         og = og * gvalid[:, None, :, None].to(og.dtype)
         # overwrite the global rows (unused slots point at non-global positions: masked out by gm)
         full = torch.zeros_like(o).scatter(2, take, og.to(o.dtype))  # (B, H, T, P)

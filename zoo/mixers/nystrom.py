@@ -28,6 +28,13 @@ Deviations
     softmax attention; the zoo returns that exact limit (F · Vt) for such sequences instead of the
     6-iteration approximation (the reference special-cases only M = T). Z0 uses a per-(batch, head)
     max column sum, not the reference's max over the whole batch (which couples sequences).
+    ``attention_dropout`` (default 0, training only): the authors' code applies no dropout inside
+    Nyström attention (LRA and BERT ``attention_nystrom.py``; the T2T-ViT module builds an
+    ``attn_drop`` it never calls). The zoo drops the entries of F (T x M), the query-to-landmark
+    weights: per query they play the role of the attention weights, and for sequences with
+    N <= M (every token its own landmark) F is exactly the softmax attention matrix, so the
+    exact limit gets plain attention dropout. A (whose pseudo-inverse a random mask would make
+    meaningless) and Bk are never dropped.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ from zoo.base import (
     MixerConfig,
     MixerSpec,
     TokenMixer,
+    attention_dropout_field,
+    attention_dropout_p,
     cfg,
     check_inputs,
     check_positive_int,
@@ -67,6 +76,7 @@ class NystromConfig(MixerConfig):
     num_landmarks: int = cfg(64, "M, number of landmarks (segment means of queries and keys)")
     pinv_iterations: int = cfg(6, "iterations of the Newton-Schulz-type pseudo-inverse of A (M x M)")
     conv_kernel: int = cfg(35, "width of the depthwise conv skip on V along the sequence (odd; 0 = off)")
+    attention_dropout: float = attention_dropout_field()
 
     def validate(self) -> None:
         check_positive_int("num_landmarks", self.num_landmarks)
@@ -156,25 +166,33 @@ def nystrom_attention(
     num_landmarks: int,
     mask: torch.Tensor | None = None,
     pinv_iterations: int = 6,
+    dropout_p: float = 0.0,
 ) -> torch.Tensor:
-    """Nyström attention without the conv skip. q, k, v (B, H, T, P); mask bool (B, T) -> (B, H, T, P)."""
+    """Nyström attention without the conv skip. q, k, v (B, H, T, P); mask bool (B, T) -> (B, H, T, P).
+
+    ``dropout_p``: dropout on F, the query-to-landmark weights (the caller passes 0 outside training).
+    """
     B, H, T, P = q.shape
     M = num_landmarks
     q = q * P**-0.25
     k = k * P**-0.25
     if T <= M:  # every token is its own landmark: the exact limit
-        return sdpa_attention(q, k, v, mask, scale=1.0)
+        return sdpa_attention(q, k, v, mask, scale=1.0, dropout_p=dropout_p)  # F = the attention weights
     if mask is None and T % M == 0:  # every run is one position block of T/M tokens
         qt = q.reshape(B, H, M, T // M, P).mean(dim=-2)  # (B, H, M, P)
         kt = k.reshape(B, H, M, T // M, P).mean(dim=-2)  # (B, H, M, P)
         f = torch.softmax(torch.matmul(q, kt.transpose(-1, -2)), dim=-1)  # (B, H, T, M)
         a = torch.softmax(torch.matmul(qt, kt.transpose(-1, -2)), dim=-1)  # (B, H, M, M)
         bk = torch.softmax(torch.matmul(qt, k.transpose(-1, -2)), dim=-1)  # (B, H, M, T)
+        if dropout_p:
+            f = F.dropout(f, dropout_p)  # (B, H, T, M)
         z = iterative_pinv(a, pinv_iterations)  # (B, H, M, M)
         return torch.matmul(f, torch.matmul(z, torch.matmul(bk, v)))  # (B, H, T, P)
 
     keys = torch.ones(1, T, dtype=torch.bool, device=q.device) if mask is None else safe_key_mask(mask)
     f, a, bk, avg = nystrom_kernels(q, k, keys, M)
+    if dropout_p:
+        f = F.dropout(f, dropout_p)  # (B, H, T, M); the exact limit below uses the same mask
     z = iterative_pinv(a, pinv_iterations)  # (B, H, M, M)
     out = torch.matmul(f, torch.matmul(z, torch.matmul(bk, v)))  # (B, H, T, P)
     if mask is None:
@@ -222,7 +240,8 @@ class NystromMixer(TokenMixer):
         fidelity_overrides=(("conv_kernel", 0),),  # the conv skip is not part of the approximation
         deviations=(
             "landmarks = means over runs of real tokens (C3 holds, no internal padding); sequences with "
-            "N <= M real tokens get the exact limit; Z0 normalised per (batch, head), not over the batch"
+            "N <= M real tokens get the exact limit; Z0 normalised per (batch, head), not over the batch; "
+            "attention dropout (off by default, none in the reference) on F only"
         ),
     )
     Config = NystromConfig
@@ -262,7 +281,8 @@ class NystromMixer(TokenMixer):
         q = split_heads(self.q_proj(x), H).to(ct)  # (B, H, T, P)
         k = split_heads(self.k_proj(x), H).to(ct)  # (B, H, T, P)
         v = split_heads(self.v_proj(x), H).to(ct)  # (B, H, T, P)
-        o = nystrom_attention(q, k, v, c.num_landmarks, mask, c.pinv_iterations)  # (B, H, T, P)
+        p = attention_dropout_p(self)
+        o = nystrom_attention(q, k, v, c.num_landmarks, mask, c.pinv_iterations, p)  # (B, H, T, P)
         if self.conv_weight is not None:
             if mask is not None:
                 v = v * safe_key_mask(mask)[:, None, :, None].to(ct)  # padded values never leak in

@@ -35,6 +35,9 @@ Deviations
     * ``pool_window = 0`` switches level 2 off (output = level 1 through W_O). Defaults w1 = 128,
       w2 = 512, kernel = stride = 4, pool = mean are zoo choices.
     * A query with no allowed slot gets a zero level-2 row; padded rows are zeroed (C2).
+    * ``attention_dropout`` (default 0, training only) drops the softmax weights of both levels
+      (level 1: SDPA's ``dropout_p`` on the window; level 2: the pooled-slot weights), as a
+      standard Transformer drops its attention probabilities; the paper does not say where.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ from zoo.base import (
     MixerConfig,
     MixerSpec,
     TokenMixer,
+    attention_dropout_field,
+    attention_dropout_p,
     cfg,
     check_choice,
     check_inputs,
@@ -78,6 +83,7 @@ class PoolingformerConfig(MixerConfig):
     pool_kernel: int = cfg(4, "pooling kernel kappa (positions per slot)")
     pool_stride: int = cfg(4, "pooling stride xi (positions between slot starts)")
     pool: str = cfg("mean", "pooling op: mean | max | conv (depthwise) | ldconv (lightweight dynamic conv)")
+    attention_dropout: float = attention_dropout_field()
 
     def validate(self) -> None:
         check_positive_int("local_window", self.local_window, minimum=0)
@@ -143,7 +149,8 @@ class PoolingformerMixer(TokenMixer):
         deviations=(
             "no reference code: w1/w2 full widths; level 2 reads x + y; shared W_O after the sum; fixed "
             "global grid anchored at 0 with ceil((T+off)/xi) slots; real-only pooling, empty slots masked; "
-            "conv init 1/kappa; ldconv taps from the slot's mean input, separate K/V predictors, H_c = heads"
+            "conv init 1/kappa; ldconv taps from the slot's mean input, separate K/V predictors, H_c = heads; attention dropout "
+            "(off by default) on both levels' weights"
         ),
     )
     Config = PoolingformerConfig
@@ -197,7 +204,8 @@ class PoolingformerMixer(TokenMixer):
         q = split_heads(self.q_proj(x), H)  # (B, H, T, P)
         k = split_heads(self.k_proj(x), H)  # (B, H, T, P)
         v = split_heads(self.v_proj(x), H)  # (B, H, T, P)
-        y = merge_heads(sliding_window_attention(q, k, v, c.local_window // 2, mask))  # (B, T, D)
+        p = attention_dropout_p(self)
+        y = merge_heads(sliding_window_attention(q, k, v, c.local_window // 2, mask, dropout_p=p))  # (B, T, D)
         if c.pool_window > 0:
             u = x + y  # (B, T, D) residual between the levels
             taps = {}
@@ -219,6 +227,7 @@ class PoolingformerMixer(TokenMixer):
                 kernel=c.pool_kernel,
                 stride=c.pool_stride,
                 window=c.pool_window,
+                dropout_p=p,
             )  # (B, H, T, P)
             y = y + merge_heads(z)  # (B, T, D)
         return zero_padded(self.out_proj(y), mask)

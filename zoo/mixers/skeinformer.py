@@ -34,6 +34,12 @@ Deviations
     heavy stages (pilot rows, sampled estimator) are tiled custom autograd functions that keep
     per-row statistics and recompute tiles in the backward, so no T x d matrix is stored: memory
     O(B·T·D) where the reference's is O(B·H·T·d).
+    ``attention_dropout`` (default 0, training only): ``SkeinAttention`` applies none; one of the
+    authors' ablations has it commented out on its sampled-column softmax weights. The zoo drops
+    the weights that meet the values: the sampled columns' e_ij (after normalisation: the
+    denominator keeps them) and the pilot rows' exact softmax weights; the imputed weight of the
+    unsampled columns (one shared g_i per row) is not dropped. The masks are counter hashes of the
+    call's key, regenerated tile by tile in the backward, so dropout stores nothing T x d.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ from zoo.base import (
     MixerConfig,
     MixerSpec,
     TokenMixer,
+    attention_dropout_field,
+    attention_dropout_p,
     cfg,
     check_choice,
     check_inputs,
@@ -69,6 +77,7 @@ class SkeinformerConfig(MixerConfig):
     )
     seed: int = cfg(0, "seed of the module's generator (fixes the eval draws)")
     resample_in_eval: bool = cfg(False, "draw fresh samples on every eval call, as the reference does")
+    attention_dropout: float = attention_dropout_field()
 
     def validate(self) -> None:
         if self.sketch_size is not None:
@@ -110,7 +119,8 @@ class SkeinformerMixer(TokenMixer):
         deviations=(
             "d per sequence (reference: min over the batch via .item(), capped at N-1); draws fixed in eval "
             "unless resample_in_eval; counter-based draws independent of batch and padding; Gumbel-top-k "
-            "column sampling; max-shifted exponents; fp32 core; tiled with recompute (O(T·D) memory)"
+            "column sampling; max-shifted exponents; fp32 core; tiled with recompute (O(T·D) memory); "
+            "attention dropout (off by default, none in the reference) on sampled and pilot weights"
         ),
     )
     Config = SkeinformerConfig
@@ -162,7 +172,8 @@ class SkeinformerMixer(TokenMixer):
         q = split_heads(self.q_proj(x), H).to(dt)  # (B, H, T, P)
         k = split_heads(self.k_proj(x), H).to(dt)  # (B, H, T, P)
         v = split_heads(self.v_proj(x), H).to(dt)  # (B, H, T, P)
-        o, _ = skein_attention(q, k, v, mask, self._call_key(), c.sketch_size, scale=P**-0.5)  # (B, H, T, P)
+        p = attention_dropout_p(self)
+        o, _ = skein_attention(q, k, v, mask, self._call_key(), c.sketch_size, scale=P**-0.5, dropout_p=p)  # (B, H, T, P)
         y = self.out_proj(merge_heads(o).to(x.dtype))  # (B, T, D)
         return zero_padded(y, mask)
 
@@ -203,16 +214,43 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, t.shape[-2], t.shape[-1])
 
 
+class Dropout(NamedTuple):
+    """Attention dropout of one call: the call's key, the probability and which weights (0 or 1)."""
+
+    key: torch.Tensor | int
+    p: float
+    stage: int  # 0: sampled-column weights, 1: pilot rows (separate draws)
+
+
+def _keep_scale(drop: Dropout | None, like: torch.Tensor, rows: tuple, cols: tuple, strides: tuple) -> torch.Tensor | None:
+    """Dropout multipliers (B, H, r, c), 0 or 1/(1-p), in like's dtype and device (like: (B, H, ..)).
+
+    Entry (i, j) of the weight tile rows[0]:rows[1] x cols[0]:cols[1] is a counter hash of (key,
+    stage, b, h, i * strides[0] + j * strides[1]) (the index counts slots fastest, so it does not
+    depend on T): the backward regenerates the forward's mask tile by tile, nothing T x d is stored.
+    """
+    if drop is None:
+        return None
+    B, H, dev = like.shape[0], like.shape[1], like.device
+    bh = torch.arange(B, device=dev)[:, None] * H + torch.arange(H, device=dev)[None, :]  # (B, H)
+    lane = (H + 1 + 2 * bh + drop.stage)[:, :, None, None]  # (B, H, 1, 1): past the sampling lanes 0..H
+    r = torch.arange(rows[0], rows[1], device=dev)[:, None]  # (r, 1)
+    c = torch.arange(cols[0], cols[1], device=dev)[None, :]  # (1, c)
+    u = counter_uniform(drop.key, lane, r * strides[0] + c * strides[1])  # (B, H, r, c) float64
+    return (u >= drop.p).to(like.dtype) / (1.0 - drop.p)
+
+
 class PilotAttention(torch.autograd.Function):
     """Exact softmax attention rows of the pilot queries and the column weights of their P.
 
     q_pil (B, H, S, P) scaled queries, k and v (B, H, T, P), bias (B, 1, 1, T) additive key bias
     (0 or NEG) or None, act (B, 1, S, 1) 1.0 for active pilot slots. Returns o_pil (B, H, S, P)
-    and the non-differentiable col_sq (B, H, T) = sum_t act_t P_tj^2.
+    and the non-differentiable col_sq (B, H, T) = sum_t act_t P_tj^2. ``drop`` (a :class:`Dropout`
+    or None) drops P's entries before they meet v; col_sq stays that of the undropped P.
     """
 
     @staticmethod
-    def forward(ctx, q_pil, k, v, bias, act):
+    def forward(ctx, q_pil, k, v, bias, act, drop=None):
         B, H, S, P = q_pil.shape
         T = k.shape[2]
         kt = k.transpose(-1, -2)  # (B, H, P, T)
@@ -226,11 +264,13 @@ class PilotAttention(torch.autograd.Function):
             m = e.amax(dim=-1, keepdim=True)  # (B, H, r, 1)
             e.sub_(m).exp_()
             z = e.sum(dim=-1, keepdim=True)  # (B, H, r, 1)
-            o[:, :, a:b] = torch.matmul(e, v).div_(z)  # (B, H, r, P)
+            keep = _keep_scale(drop, q_pil, (a, b), (0, T), (1, S))  # (B, H, r, T) or None
+            o[:, :, a:b] = torch.matmul(e if keep is None else e * keep, v).div_(z)  # (B, H, r, P)
             lse[:, :, a:b] = m + z.log()
             w = (act[:, :, a:b] / z.square()).transpose(-1, -2)  # (B, H, 1, r)
             col_sq += torch.matmul(w, e.square_())  # (B, H, 1, T)
         ctx.save_for_backward(q_pil, k, v, bias, o, lse)
+        ctx.drop = drop
         ctx.mark_non_differentiable(col_sq)
         return o, col_sq.squeeze(-2)
 
@@ -250,12 +290,16 @@ class PilotAttention(torch.autograd.Function):
             if bias is not None:
                 p.add_(bias[..., a:b])
             p.sub_(lse).exp_()  # probabilities
-            dv[:, :, a:b] = torch.matmul(p.transpose(-1, -2), d_o)  # (B, H, c, P) = P^T dO
+            keep = _keep_scale(ctx.drop, q_pil, (0, S), (a, b), (1, S))  # (B, H, S, c) or None
+            pk = p if keep is None else p * keep  # the weights that met V
+            dv[:, :, a:b] = torch.matmul(pk.transpose(-1, -2), d_o)  # (B, H, c, P) = P^T dO
             ds = torch.matmul(d_o, v[:, :, a:b].transpose(-1, -2))  # (B, H, S, c) dP
+            if keep is not None:
+                ds.mul_(keep)  # delta = rowsum(dO * o) is still rowsum(P * dP) with the mask in dP
             ds.sub_(delta).mul_(p)  # dS = P * (dP - delta)
             dq.baddbmm_(_flat(ds), _flat(k[:, :, a:b].contiguous()))  # += dS K
             dk[:, :, a:b] = torch.matmul(ds.transpose(-1, -2), q_pil)  # (B, H, c, P) = dS^T Q
-        return dq.view(B, H, S, P), dk, dv, None, None
+        return dq.view(B, H, S, P), dk, dv, None, None, None
 
 
 class SketchedAttention(torch.autograd.Function):
@@ -270,10 +314,11 @@ class SketchedAttention(torch.autograd.Function):
     are overwritten by o_pil[b, :, canon[b, t]] (the canonical slot of that pilot position, so
     duplicate writes agree); only canonical slots (is_canon) receive the gradient of their row.
     The result is a (B, H, T, P) view of a (B, T, H, P) buffer, so merging heads needs no copy.
+    ``drop`` (a :class:`Dropout` or None) drops the e_ij that meet v_s (not those in the denominator).
     """
 
     @staticmethod
-    def forward(ctx, q, k_s, v_s, mu, rest, act, n_rest, o_pil, target, canon, is_canon):
+    def forward(ctx, q, k_s, v_s, mu, rest, act, n_rest, o_pil, target, canon, is_canon, drop=None):
         B, H, T, P = q.shape
         S = k_s.shape[2]
         kt = k_s.transpose(-1, -2)  # (B, H, P, S)
@@ -288,11 +333,14 @@ class SketchedAttention(torch.autograd.Function):
             g = torch.exp(mu[:, :, a:b] - m)  # (B, H, r, 1)
             e_sum = torch.matmul(e, act_col) if act_col is not None else e.sum(dim=-1, keepdim=True)
             den[:, :, a:b] = e_sum + g * n_rest
-            o[:, :, a:b] = (torch.matmul(e, v_s) + g * rest).div_(den[:, :, a:b])  # (B, H, r, P)
+            keep = _keep_scale(drop, q, (a, b), (0, S), (S, 1))  # (B, H, r, S) or None
+            ev = e if keep is None else e * keep  # dropout after the normalisation: den is undropped
+            o[:, :, a:b] = (torch.matmul(ev, v_s) + g * rest).div_(den[:, :, a:b])  # (B, H, r, P)
             shift[:, :, a:b] = m
         rows = target[:, None, :, None].expand(B, H, S, P)  # (B, H, S, P)
         o.scatter_(2, rows, o_pil.gather(2, canon[:, None, :, None].expand(B, H, S, P)))
         ctx.save_for_backward(q, k_s, v_s, mu, rest, act, n_rest, shift, den, o, target, is_canon)
+        ctx.drop = drop
         return o
 
     @staticmethod
@@ -316,8 +364,12 @@ class SketchedAttention(torch.autograd.Function):
         for a, b in _tiles(T, B * H * S, TILE):
             e = torch.matmul(q[:, :, a:b], kt)  # (B, H, r, S)
             e.sub_(shift[:, :, a:b]).exp_()
-            dv.baddbmm_(_flat(e).transpose(-1, -2), _flat(d_num[:, :, a:b]))  # += E^T dNum
+            keep = _keep_scale(ctx.drop, q, (a, b), (0, S), (S, 1))  # (B, H, r, S) or None
+            ev = e if keep is None else e * keep
+            dv.baddbmm_(_flat(ev).transpose(-1, -2), _flat(d_num[:, :, a:b]))  # += E^T dNum
             dl = torch.matmul(d_num[:, :, a:b], vt)  # (B, H, r, S) dE
+            if keep is not None:
+                dl.mul_(keep)  # the numerator's weights were dropped, the denominator's were not
             if act is not None:
                 dl.addcmul_(d_den[:, :, a:b], act)
             else:
@@ -326,7 +378,7 @@ class SketchedAttention(torch.autograd.Function):
             dq[:, :, a:b] = torch.matmul(dl, k_s)  # (B, H, r, P)
             dk.baddbmm_(_flat(dl).transpose(-1, -2), _flat(q[:, :, a:b].contiguous()))  # += dL^T Q
         d_ks, d_vs = dk.view(B, H, S, P), dv.view(B, H, S, P)
-        return dq, d_ks, d_vs, d_mu, d_rest, None, None, d_pil, None, None, None
+        return dq, d_ks, d_vs, d_mu, d_rest, None, None, d_pil, None, None, None, None
 
 
 def skein_attention(
@@ -337,13 +389,16 @@ def skein_attention(
     key: int | torch.Tensor,
     sketch_size: int | None,
     scale: float = 1.0,
+    dropout_p: float = 0.0,
 ) -> tuple[torch.Tensor, SkeinDraw]:
     """Skeinformer's estimate of softmax(scale · q k^T) v for q, k, v (B, H, T, P).
 
     ``mask`` bool (B, T) over keys (True = real) or None; ``key`` the 64-bit key of this call's
     draws (a Python int or a 0-d int64 tensor on q's device). Every draw is a counter-based function of (key, head, position or slot), so sequence b's
     result depends only on its own tokens and mask. Returns (o (B, H, T, P), the draws); o is a
-    view of a (B, T, H, P) buffer.
+    view of a (B, T, H, P) buffer. ``dropout_p`` (the caller passes 0 outside training) drops the
+    pilot rows' softmax weights and the sampled columns' weights after their normalisation (the
+    imputed unsampled columns and the denominators are kept), with masks drawn from ``key``.
     """
     B, H, T, P = q.shape
     dev, dt = q.device, q.dtype
@@ -372,7 +427,8 @@ def skein_attention(
     if mask is not None:  # padded keys: exp(NEG) = 0 in the pilot rows
         bias = torch.zeros(B, 1, 1, T, dtype=dt, device=dev).masked_fill_(~mask[:, None, None, :], neg_value(dt))
     # o_pil: the exact attention rows of the pilots; col_sq: sum over active pilots of P_tj^2
-    o_pil, col_sq = PilotAttention.apply(q_pil, k, v, bias, active[:, None, :, None].to(dt))
+    drop = (Dropout(key, float(dropout_p), 0), Dropout(key, float(dropout_p), 1)) if dropout_p else (None, None)
+    o_pil, col_sq = PilotAttention.apply(q_pil, k, v, bias, active[:, None, :, None].to(dt), drop[1])
 
     # column sample: Gumbel-top-k over log(||Ppil[:, j]|| ||v_j||), i.e. without replacement
     with torch.no_grad():
@@ -412,5 +468,5 @@ def skein_attention(
     canon = torch.where(active, first, torch.zeros_like(first))  # (B, S)
     target = pil_pos.gather(1, canon)  # (B, S)
     is_canon = (canon == slots).to(dt)  # (B, S)
-    o = SketchedAttention.apply(q, k_s, v_s, mean_logit, rest, act, n_rest, o_pil, target, canon, is_canon)
+    o = SketchedAttention.apply(q, k_s, v_s, mean_logit, rest, act, n_rest, o_pil, target, canon, is_canon, drop[0])
     return o, SkeinDraw(pil_pos, idx, d_b)

@@ -19,8 +19,10 @@ Deviations
     Padding: padded keys get weight 0 (t1) or a large negative logit (t2), so real outputs do not
     depend on padding (the reference accepts the mask and ignores it; ``faithful_mask=True``
     reproduces that, including the zero rows added to reach a multiple of c taking softmax mass).
-    The causal mask is applied before the softmax (the LRA code applies it after). No attention
-    dropout. Default block size 64 as in the T1/T2 configs (the module's own default is 32).
+    The causal mask is applied before the softmax (the LRA code applies it after).
+    ``attention_dropout`` (default 0, training only) drops the block weights (ReLU for t1, softmax
+    for t2) after masking and before they meet V, where fairseq-evo's ``NormLocalAttention`` applies
+    its dropout module in the chunk variant. Default block size 64 as in the T1/T2 configs (the module's own default is 32).
     The output normalisation of t1 is SimpleRMSNorm as in the language models (LRA: BatchNorm).
 """
 
@@ -37,6 +39,8 @@ from zoo.base import (
     MixerConfig,
     MixerSpec,
     TokenMixer,
+    attention_dropout_field,
+    attention_dropout_p,
     cfg,
     ceil_div,
     check_choice,
@@ -69,6 +73,7 @@ class DiagAttentionConfig(MixerConfig):
     urpe: bool = cfg(True, "unitary relative positional encoding on Q, K (positions within the block)")
     faithful_mask: bool = cfg(False, "ignore the padding mask in the mixing, as the reference does")
     seed: int = cfg(0, "seed of the Householder vector drawn at init (URPE)")
+    attention_dropout: float = attention_dropout_field()
 
     def validate(self) -> None:
         check_choice("variant", self.variant, VARIANTS)
@@ -108,7 +113,7 @@ class DiagAttentionMixer(TokenMixer):
         key_padding_mask=True,
         deviations=(
             "padded keys masked (reference ignores masks; faithful_mask=True reproduces it); causal mask "
-            "before the softmax; no attention dropout; SimpleRMSNorm for t1 as in the LMs (LRA: BatchNorm)"
+            "before the softmax; attention dropout (off by default) on the block weights; SimpleRMSNorm for t1 as in the LMs (LRA: BatchNorm)"
         ),
         state=StateSize.WINDOW,  # the current block's keys and values (< block_size tokens)
     )
@@ -183,6 +188,9 @@ class DiagAttentionMixer(TokenMixer):
                 # finite NEG: a fully padded block gives a uniform (then zeroed) row, not NaN
                 scores = scores.masked_fill(~allowed, neg_value(dt))
             weights = torch.softmax(scores, dim=-1)  # (B, H, N, C, C)
+        p = attention_dropout_p(self)
+        if p:
+            weights = F.dropout(weights, p)  # (B, H, N, C, C), as the reference's dropout_module
         o = torch.matmul(weights, vb)  # (B, H, N, C, P)
         o = o.reshape(B, c.heads, N * C, P)[:, :, :T]  # (B, H, T, P)
         y = merge_heads(o)  # (B, T, D)
