@@ -40,10 +40,16 @@ RECOMPILES_ON_NEW_T: dict[str, str] = {
     "longformer": "the band's block and padding sizes are Python ints of T (min(window, T - 1), ...)",
     "poolingformer": "band and pooled-window sizes are Python ints of T; query-block chunks are a Python loop",
     "skeinformer": "sample width min(sketch_size, T) and the tile loops are Python ints of T",
+    "mamba2": "the inter-chunk state passing (zoo/scan.py) is a Python loop of ceil(T / chunk) steps",
+    "retnet": "the inter-chunk state passing (zoo/scan.py) is a Python loop of ceil(T / chunk) steps",
+    "gla": "the inter-chunk state passing (zoo/scan.py) is a Python loop of ceil(T / chunk) steps",
+    "deltanet": "the inter-chunk state passing is a Python loop of ceil(T / chunk) steps (unbound chunks)",
+    "gated_deltanet": "the inter-chunk state passing is a Python loop of ceil(T / chunk) steps (unbound chunks)",
 }
 # mixer -> backend for the gradient check where aot_eager itself fails (inductor is slower to build)
 GRAD_BACKEND: dict[str, tuple[str, str]] = {
     "transnormer": ("inductor", "torch 2.13 aot_eager's backward emits aten.view on a permuted gradient"),
+    "gated_deltanet": ("inductor", "torch 2.13 aot_eager's backward emits aten.view on a non-contiguous gradient"),
 }
 
 F32 = tol(torch.float32)
