@@ -420,7 +420,7 @@ def _generation_section(doc: Doc, cells: pd.DataFrame, figures: list[Figure], ba
     doc.p(GENERATION_NOTE)
     for (title, columns, rows), (group, part) in zip(tables, group_cells(decode_cells(cells))):
         doc.frame(Frame(columns, rows, caption=title))
-        figures.append(_figure(plot_generation(part), f"generation-{group_slug(group)}",
+        figures.append(make_figure(plot_generation(part), f"generation-{group_slug(group)}",
                                f"ms per generated token and state held against the context length: {title}."))
         doc.figure(figures[-1])
 
