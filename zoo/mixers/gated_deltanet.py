@@ -162,14 +162,18 @@ class GatedDeltaNetMixer(TokenMixer):
         check_inputs(self, x, mask, causal)
         c = self.config
         dt = compute_dtype(x.dtype)
-        beta = per_head_gate(torch.sigmoid(self.b_proj(x).to(dt)), mask, 0.0)  # (B, H, T)
-        rate = F.softplus(self.a_proj(x).to(dt) + self.dt_bias.to(dt))  # (B, T, H)
-        g = per_head_gate(-self.A_log.to(dt).exp() * rate, mask, 0.0)  # (B, H, T) log decay
+        beta, g = self._gates(x, mask, dt)  # (B, H, T) each
         o = delta_scans(self, x, mask, beta, g, causal)  # (B, H, T, P)
         gate = F.silu(split_heads(self.g_proj(x).to(dt), c.heads))  # (B, H, T, P)
         o = rms_norm(o, self.o_norm.to(dt), c.norm_eps) * gate  # (B, H, T, P)
         y = self.out_proj(merge_heads(o).to(x.dtype))  # (B, T, D)
         return zero_padded(y, mask)
+
+    def _gates(self, x: torch.Tensor, mask: torch.Tensor | None, dt: torch.dtype):
+        """(beta, log decay), each (B, H, T): 0 on padded tokens, so they neither write nor decay."""
+        beta = per_head_gate(torch.sigmoid(self.b_proj(x).to(dt)), mask, 0.0)  # (B, H, T)
+        rate = F.softplus(self.a_proj(x).to(dt) + self.dt_bias.to(dt))  # (B, T, H)
+        return beta, per_head_gate(-self.A_log.to(dt).exp() * rate, mask, 0.0)
 
     # -- generation: deltanet's state (p x p per head, short-conv tails), with the decay ---------
 
@@ -179,9 +183,7 @@ class GatedDeltaNetMixer(TokenMixer):
     def _advance(self, x, mask, state):
         c = self.config
         dt = state.tensors["S"].dtype
-        beta = per_head_gate(torch.sigmoid(self.b_proj(x).to(dt)), mask, 0.0)  # (B, H, n)
-        rate = F.softplus(self.a_proj(x).to(dt) + self.dt_bias.to(dt))  # (B, n, H)
-        g = per_head_gate(-self.A_log.to(dt).exp() * rate, mask, 0.0)  # (B, H, n) log decay
+        beta, g = self._gates(x, mask, dt)  # (B, H, n) each
         gate = F.silu(split_heads(self.g_proj(x).to(dt), c.heads))  # (B, H, n, P)
         o = rms_norm(delta_state_step(self, x, mask, state, beta, g), self.o_norm.to(dt), c.norm_eps) * gate
         return self.out_proj(merge_heads(o).to(x.dtype))  # (B, n, D)
