@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import torch
 
+from profiler.affinity import pin_quietest, restore
 from profiler.builders import Step, build_step, load_builder, load_ref, torch_dtype
 from profiler.cases import Cell
 from profiler.flops import SdpaRecorder, flop_counter, sdpa_backend
@@ -98,6 +99,7 @@ class _Run:
         timeout = opts.get("timeout_s")
         self.deadline = None if timeout is None else time.monotonic() + float(timeout)
         self.budget = opts.get("memory_budget_bytes")
+        self.previous_cpus: frozenset[int] | None = None  # the affinity mask before pinning, if pinned
         self._clock = time.perf_counter()
 
     def note(self, **fields: Any) -> None:
@@ -124,6 +126,10 @@ def _set_up(run: _Run, device: torch.device) -> tuple[bool, str]:
             run.note(cuda_memory_fraction=round(fraction, 6))
     if run.opts.get("threads"):
         torch.set_num_threads(int(run.opts["threads"]))
+    if device.type == "cpu" and run.opts.get("probe"):  # the probe's cores are then exactly the cell's
+        pinned = pin_quietest(torch.get_num_threads())
+        run.previous_cpus = None if pinned is None else pinned[1]
+        run.note(cpus=None if pinned is None else pinned[0])
     torch.set_flush_denormal(True)
     run.note(threads=torch.get_num_threads(), compute_dtype=run.cell.dtype, checkpointing=False)
     cpu_heap = run.opts.get("cpu_heap") or "managed"
@@ -223,17 +229,23 @@ def _timed(run: _Run, step: Step, device: torch.device, calls: int, since: float
     n, seconds = warm_up(step.fn, device=device, calls=calls, since=since, at_least=in_heap, deadline=run.deadline)
     run.note(warmup_calls=n, warmup_s=seconds)
     run.lap("warmup")
+    samples = probed_samples(run, step.fn, device, float(run.opts.get("time_budget_s", 2.0)))
+    run.lap("timing")
+    return samples
+
+
+def probed_samples(run: _Run, fn: Callable[[], Any], device: torch.device, budget: float) -> list[float]:
+    """:func:`profiler.timing.time_calls` under the cell's load probe (a fresh one per call);
+    notes ``time_block`` and the contention fields of these samples."""
     info: dict[str, Any] = {}
     probe = load_ref(run.opts["probe"])() if run.opts.get("probe") else None
-    samples = time_calls(step.fn, device=device, budget_s=float(run.opts.get("time_budget_s", 2.0)),
-                         deadline=run.deadline, info=info, probe=probe)
+    samples = time_calls(fn, device=device, budget_s=budget, deadline=run.deadline, info=info, probe=probe)
     run.note(time_block=info.get("block"))
     if probe is not None:
         run.note(contended_samples=info.get("contended_samples"), other_cpu=info.get("other_cpu"),
                  contended=info.get("contended"))
         extra = probe.summary() if callable(getattr(probe, "summary", None)) else {}
         run.note(**{k: extra.get(k) for k in ("steal_cpu", "run_wait", "quiet_wait_s") if k in extra})
-    run.lap("timing")
     return samples
 
 
@@ -302,5 +314,6 @@ def measure_cell(cell: Cell, opts: dict[str, Any], emit: Callable[[dict], None] 
         if managed:  # leave an in-process caller's heap as the memory pass expects it, and small
             set_heap_mode("tracking")
             release_heap()
+        restore(run.previous_cpus)  # an in-process caller keeps its own affinity
     run.note(status=status, reason=reason, inferred=False)
     return run.result

@@ -23,18 +23,20 @@ from typing import Any
 
 import torch
 
-from profiler.builders import build_decoder, load_ref
+from profiler.builders import build_decoder
+from profiler.cell import probed_samples
 from profiler.heap import set_heap_mode
-from profiler.timing import summarise_samples, time_calls, warm_up
+from profiler.timing import summarise_samples, warm_up
 
 __all__ = ["measure_decode"]
 
 
-def _time(run, fn, device: torch.device, budget: float) -> list[float]:
+def _time(run, fn, device: torch.device, budget: float) -> tuple[list[float], int, float]:
+    """Warm-up, then the cell's probed samples (the contention fields of the last call stay: the
+    per-token timing's)."""
     since = time.perf_counter()
     n, seconds = warm_up(fn, device=device, calls=0, since=since, min_calls=1, deadline=run.deadline)
-    probe = load_ref(run.opts["probe"])() if run.opts.get("probe") else None
-    return time_calls(fn, device=device, budget_s=budget, deadline=run.deadline, probe=probe), n, seconds
+    return probed_samples(run, fn, device, budget), n, seconds
 
 
 def measure_decode(run, device: torch.device, dtype: torch.dtype, managed: bool) -> None:
