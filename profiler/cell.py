@@ -33,7 +33,7 @@ from profiler.cases import Cell
 from profiler.flops import SdpaRecorder, flop_counter, sdpa_backend
 from profiler.heap import CPU_HEAP_CHOICES, release_heap, set_heap_mode
 from profiler.memory import LiveTensorTracker, is_oom, memory_pass_cpu, memory_pass_cuda, set_cuda_memory_limit
-from profiler.timing import CellTimeout, summarise_samples, time_calls, warm_up
+from profiler.timing import MIN_REPS, CellTimeout, summarise_samples, time_calls, warm_up
 from reports.metrics import format_bytes
 
 __all__ = ["measure_cell", "classify_exception", "warm_fake_mode", "one_line"]
@@ -234,12 +234,14 @@ def _timed(run: _Run, step: Step, device: torch.device, calls: int, since: float
     return samples
 
 
-def probed_samples(run: _Run, fn: Callable[[], Any], device: torch.device, budget: float) -> list[float]:
+def probed_samples(run: _Run, fn: Callable[[], Any], device: torch.device, budget: float,
+                   min_reps: int = MIN_REPS) -> list[float]:
     """:func:`profiler.timing.time_calls` under the cell's load probe (a fresh one per call);
     notes ``time_block`` and the contention fields of these samples."""
     info: dict[str, Any] = {}
     probe = load_ref(run.opts["probe"])() if run.opts.get("probe") else None
-    samples = time_calls(fn, device=device, budget_s=budget, deadline=run.deadline, info=info, probe=probe)
+    samples = time_calls(fn, device=device, budget_s=budget, deadline=run.deadline, info=info, probe=probe,
+                         min_reps=min_reps)
     run.note(time_block=info.get("block"))
     if probe is not None:
         run.note(contended_samples=info.get("contended_samples"), other_cpu=info.get("other_cpu"),

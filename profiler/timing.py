@@ -146,17 +146,31 @@ class _Sampler:
         self.clean: list[float] = []
         self.dirty: list[float] = []
         self.cpu: list[float] = []
+        self._last: tuple[list[float], bool] = (self.clean, False)  # where take() put its sample
 
-    def take(self, fn: Callable[[], Any], divide: int = 1) -> None:
+    def take(self, fn: Callable[[], Any], divide: int = 1) -> float:
+        """One sample (returned); with a probe it goes to the clean or the contended list."""
         if self.probe is None:
             self.clean.append(self.clock(fn) / divide)
-            return
+            self._last = (self.clean, False)
+            return self.clean[-1]
         self.probe.begin()
         t = self.clock(fn) / divide
         seen = self.probe.end() or {}
-        if seen.get("other_cpu") is not None:  # None: unreadable here (no /proc), not "idle"
+        read = seen.get("other_cpu") is not None  # None: unreadable here (no /proc), not "idle"
+        if read:
             self.cpu.append(float(seen["other_cpu"]))
-        (self.dirty if seen.get("contended") else self.clean).append(t)
+        kept = self.dirty if seen.get("contended") else self.clean
+        kept.append(t)
+        self._last = (kept, read)
+        return t
+
+    def forget_last(self) -> None:
+        """Drop the sample just taken (a sizing call that turned out shorter than a block)."""
+        kept, read = self._last
+        kept.pop()
+        if read:
+            self.cpu.pop()
 
     def result(self, min_reps: int, info: dict | None) -> list[float]:
         if self.probe is None:
@@ -192,12 +206,14 @@ def time_calls(
     _sync(device)
     sampler = _Sampler(clock, probe)
     start = time.perf_counter()
-    probes = [clock(fn)]
-    while len(probes) < 3 and probes[-1] < min_block_s:
-        probes.append(clock(fn))
+    probes = [sampler.take(fn)]  # a call as long as a block is already a (probed) sample
+    if probes[0] < min_block_s:
+        sampler.forget_last()
+        while len(probes) < 3 and probes[-1] < min_block_s:
+            probes.append(clock(fn))
     per_call = float(np.median(probes))
     block = 1 if per_call >= min_block_s else int(min(MAX_BLOCK, math.ceil(min_block_s / max(per_call, 1e-7))))
-    if block == 1 and probe is None:
+    if block == 1 and probe is None and probes[0] < min_block_s:
         sampler.clean.extend(probes)
     if info is not None:
         info["block"] = block

@@ -143,3 +143,18 @@ def test_bench_decode_targets_pass_and_fail():
 def test_decode_refuses_model_scope_and_compile(tmp_path, extra, got):
     with pytest.raises(ZooError, match=f"mode: decode runs the mixer's state API eagerly in mixer scope, got {got}"):
         plan_profile(mixers="softmax", lengths="64", modes="decode", out=tmp_path / "p.jsonl", **extra)
+
+
+@pytest.mark.parametrize("budget, long_prompt", [(1e-5, True), (0.2, False)])
+def test_a_long_prefill_is_timed_once_and_generation_continues_its_set_up_state(budget, long_prompt):
+    """A prompt whose set-up call alone takes half the budget is timed once more, without warm-up
+    (at 64k tokens a softmax prefill is ~45 s on one core); a short one gets the usual samples."""
+    from profiler.cases import Cell
+    from profiler.cell import measure_cell
+
+    cell = Cell(label="softmax", mixer="softmax", overrides={}, config={}, scope="mixer", mode="decode", T=64,
+                batch=1, dim=16, heads=2, depth=None, dtype="fp32", device="cpu", causal=True)
+    result = measure_cell(cell, {"threads": 1, "time_budget_s": budget})
+    assert result["status"] == "ok", result.get("reason")
+    assert (len(result["prefill_samples"]) == 1) is long_prompt
+    assert result["context"] == 65 and result["state_bytes"] > 0 and result["time_n"] >= 3

@@ -46,7 +46,8 @@ def _fast():
 def test_probe_discards_contended_samples_and_retakes_them():
     probe, info = EveryOtherContended(), {}
     samples = time_calls(_fast, budget_s=0.2, min_block_s=0.002, info=info, probe=probe)
-    assert probe.n == len(samples) + info["contended_samples"]  # every sample wrapped in begin/end
+    # every sample wrapped in begin/end, and the first (sizing) call, shorter than a block, dropped
+    assert probe.n == len(samples) + info["contended_samples"] + 1
     assert info["contended_samples"] >= len(samples) - 1 >= 2  # half were retaken
     assert info["contended"] is False
     assert 0.1 < info["other_cpu"] < 1.5  # mean over every sample taken, clean and contended
@@ -57,6 +58,28 @@ def test_probe_uses_contended_samples_when_no_clean_ones_come():
     samples = time_calls(_fast, budget_s=0.05, min_block_s=0.002, info=info, probe=EveryOtherContended(True))
     assert info["contended"] is True and len(samples) >= 3 and info["contended_samples"] == len(samples)
     assert info["other_cpu"] == pytest.approx(1.5)
+
+
+def test_a_first_call_as_long_as_a_block_is_a_probed_sample():
+    """A long step (a prefill, a 16k train step) must not spend its first timed call on sizing
+    alone: with a probe, that call is judged and kept, as it is without one."""
+    calls = []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.012)
+
+    class Quiet(EveryOtherContended):
+        def end(self) -> dict:
+            return {"contended": False, "other_cpu": 0.0}
+
+    for probe in (Quiet(), None):
+        calls.clear()
+        info = {}
+        samples = time_calls(slow, budget_s=0.001, min_reps=3, min_block_s=0.01, info=info, probe=probe)
+        assert info["block"] == 1 and len(samples) == 3 and len(calls) == 3  # no call spent on sizing alone
+        if probe is not None:
+            assert probe.n == 3 and info["contended_samples"] == 0
 
 
 def test_no_probe_means_no_contention_fields():
