@@ -53,9 +53,12 @@ def _chunk_state_scan(states: torch.Tensor, chunk_decay: torch.Tensor) -> torch.
     or (B, H, N, 1, 1) = the chunk's total decay. A scan over N = T / C steps (linear in T; the
     N x N matrix form would be quadratic in T). Returns (B, H, N, K, V).
     """
-    prefix = [torch.zeros_like(states[:, :, 0])]  # (B, H, K, V)
-    for n in range(states.shape[2] - 1):
-        prefix.append(prefix[-1] * chunk_decay[:, :, n] + states[:, :, n])
+    # unbind once: indexing chunk n inside the loop makes autograd build a full-size zero
+    # gradient per chunk (select_backward), quadratic in T in the training step
+    own, decays = states.unbind(2), chunk_decay.unbind(2)  # N x (B, H, K, V), N x (B, H, K or 1, 1)
+    prefix = [torch.zeros_like(own[0])]  # (B, H, K, V)
+    for n in range(len(own) - 1):
+        prefix.append(prefix[-1] * decays[n] + own[n])
     return torch.stack(prefix, dim=2)  # (B, H, N, K, V)
 
 
