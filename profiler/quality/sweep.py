@@ -46,6 +46,7 @@ class QualitySettings:
     dim: int = _D["dim"]
     heads: int = _D["heads"]
     ffn: int = _D["ffn"]
+    token_shift: bool = _D["token_shift"]  # Encoder(token_shift=), the same for every mixer
     batch: int = _D["batch"]
     budget: str = _D["budget"]  # "150" / "150steps": steps; "30s", "5m", "1h": wall-clock per cell
     lrs: tuple[float, ...] = _D["lrs"]
@@ -111,6 +112,8 @@ def _validate(s: QualitySettings) -> None:
         v = getattr(s, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ZooValueError(f"{name}: expected a positive integer, got {v!r}")
+    if not isinstance(s.token_shift, bool):
+        raise ZooValueError(f"token_shift: expected true or false, got {s.token_shift!r}")
     if s.dim % s.heads:
         raise ZooValueError(f"heads: expected a divisor of dim={s.dim}, got heads={s.heads}")
     if s.threads is not None and (isinstance(s.threads, bool) or not isinstance(s.threads, int) or s.threads < 1):
@@ -125,8 +128,8 @@ def _validate(s: QualitySettings) -> None:
 
 def train_config(s: QualitySettings) -> TrainConfig:
     steps, seconds = parse_budget(s.budget)
-    return TrainConfig(depth=s.depth, dim=s.dim, heads=s.heads, ffn=s.ffn, batch=s.batch, steps=steps,
-                       seconds=seconds, warmup=s.warmup, weight_decay=s.weight_decay,
+    return TrainConfig(depth=s.depth, dim=s.dim, heads=s.heads, ffn=s.ffn, token_shift=s.token_shift, batch=s.batch,
+                       steps=steps, seconds=seconds, warmup=s.warmup, weight_decay=s.weight_decay,
                        timeout_s=s.timeout_s if seconds is None else None)
 
 
@@ -167,7 +170,8 @@ def cell_key(cell: QualityCell, s: QualitySettings) -> str:
     """What makes two cells the same experiment (resume skips a key already in the file)."""
     ident = {
         "task": cell.task.name, "task_settings": cell.task.settings(), "T": cell.T, "mixer": cell.mixer,
-        "config": cell.config, "lr": cell.lr, "seed": cell.seed, "depth": s.depth, "ffn": s.ffn, "batch": s.batch,
+        "config": cell.config, "lr": cell.lr, "seed": cell.seed, "depth": s.depth, "ffn": s.ffn,
+        "token_shift": s.token_shift, "batch": s.batch,
         "budget": s.budget, "sizes": [s.train_size, s.val_size, s.test_size], "data_seed": s.data_seed,
         "warmup": s.warmup, "weight_decay": s.weight_decay, "listops_dir": s.listops_dir if cell.task.name == "listops" else None,
     }
@@ -192,8 +196,8 @@ def _record(cell: QualityCell, s: QualitySettings, run_id: str, result: dict[str
         "kind": "quality", "schema": SCHEMA, "run_id": run_id, "key": cell_key(cell, s), "task": cell.task.name,
         "task_settings": cell.task.settings(), "level": cell.task.level, "T": cell.T, "mixer": cell.mixer,
         "label": cell.label, "config": cell.config, "overrides": dict(cell.overrides),
-        "model": {"depth": s.depth, "dim": s.dim, "heads": s.heads, "ffn": s.ffn, "vocab": cell.task.vocab,
-                  "classes": cell.task.classes},
+        "model": {"depth": s.depth, "dim": s.dim, "heads": s.heads, "ffn": s.ffn, "token_shift": s.token_shift,
+                  "vocab": cell.task.vocab, "classes": cell.task.classes},
         "params": None, "batch": s.batch, "seed": cell.seed, "lr": cell.lr, "data_seed": s.data_seed,
         "sizes": {"train": s.train_size, "val": s.val_size, "test": s.test_size},
         "data": "lra" if (cell.task.name == "listops" and s.listops_dir) else "generated",
