@@ -213,4 +213,4 @@ def test_two_jobs_give_the_same_numbers_as_one(tmp_path):
     two = run_quality(dataclasses.replace(s, jobs=2), out=tmp_path / "two.jsonl")
     fields = ("key", "status", "steps", "train_acc", "val_acc", "test_acc", "test_loss", "final_train_loss", "chance")
     assert [[r[f] for f in fields] for r in one] == [[r[f] for f in fields] for r in two]
-    assert all(r["status"] == "ok" for r in two)
+    assert all(r["status"] == "ok" and r["jobs"] == 2 and r["threads"] == 1 for r in two)

@@ -238,7 +238,7 @@ def _record(cell: QualityCell, s: QualitySettings, run_id: str, result: dict[str
         "budget": {"kind": "steps" if steps else "seconds", "steps": steps, "seconds": seconds},
         "status": "error", "reason": None, "steps": None, "tokens_seen": None, "chance": chance,
         "train_acc": None, "train_loss": None, "val_acc": None, "val_loss": None, "test_acc": None, "test_loss": None,
-        "final_train_loss": None, "train_time_s": None, "tokens_per_s": None, "threads": threads,
+        "final_train_loss": None, "train_time_s": None, "tokens_per_s": None, "threads": threads, "jobs": s.jobs,
         "started_at": started, "wall_s": round(wall, 4),
     }
     rec.update({k: v for k, v in result.items() if k in rec or k == "planned_steps"})
