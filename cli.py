@@ -269,7 +269,8 @@ def quality_cmd(
     lr_seeds: Optional[str] = typer.Option(None, "--lr-seeds", help="how many seeds try every lr; the others run at the lr "
                                            "chosen on validation ('all': every seed tries every lr) [default: 1]"),
     jobs: Optional[int] = typer.Option(None, help="cells trained at once, one process each [default: 2]"),
-    budget: Optional[str] = typer.Option(None, help="per cell: steps (150) or wall clock (30s, 5m) [default: 150 steps]"),
+    budget: Optional[str] = typer.Option(None, help="per cell: steps (150) or wall clock (30s, 5m); per task: 100,mqar=150 "
+                                         "[default: 100,mqar=150 steps]"),
     lrs: Optional[str] = typer.Option(None, help="learning-rate grid, chosen on validation [default: 1e-3,3e-3]"),
     batch: Optional[int] = typer.Option(None, help="sequences per step [default: 16]"),
     task_settings: Optional[str] = typer.Option(None, "--task-settings", help="generator settings: mqar.num_kv=4,mqar.num_keys=16"),
