@@ -214,3 +214,26 @@ def test_two_jobs_give_the_same_numbers_as_one(tmp_path):
     fields = ("key", "status", "steps", "train_acc", "val_acc", "test_acc", "test_loss", "final_train_loss", "chance")
     assert [[r[f] for f in fields] for r in one] == [[r[f] for f in fields] for r in two]
     assert all(r["status"] == "ok" and r["jobs"] == 2 and r["threads"] == 1 for r in two)
+
+
+def test_default_preset_is_the_sized_run():
+    """Every registered mixer, the four tasks, three seeds with the lr grid on seed 0, the token
+    shift, two jobs; MQAR at its default generator settings (8 pairs at T = 64, not a toy)."""
+    s = resolve_settings(None)
+    cells = plan_quality(s)
+    assert {c.mixer for c in cells} == set(list_mixers())
+    assert {c.task.name for c in cells} == {"mqar", "selective_copy", "listops", "ends"} and s.lengths == (64,)
+    assert (s.seeds, s.lr_seeds, len(s.lrs), s.token_shift, s.jobs, s.threads) == (3, 1, 2, True, 2, 1)
+    assert {c.seed for c in cells} == {0} and len(cells) == len(list_mixers()) * 4 * 2
+    mqar = next(c.task for c in cells if c.task.name == "mqar")
+    assert (mqar.num_kv, mqar.num_keys, mqar.num_values) == (8, 32, 32)
+    assert sweep_mod.train_config(s, "mqar").steps == 150 and sweep_mod.train_config(s, "ends").steps == 100
+
+
+def test_softmax_learns_the_default_mqar_and_fnet_does_not(tmp_path):
+    """The pipeline check of issue 12 on one seed: the default preset's MQAR cell, softmax >= 99% test
+    accuracy (the token shift makes it learnable in the budget), FNet (no content routing) near chance."""
+    s = resolve_settings(None, tasks="mqar", mixers="softmax,fnet", seeds=1, lrs=(3e-3,), jobs=1)
+    records = {r["label"]: r for r in run_quality(s, out=tmp_path / "q.jsonl")}
+    assert records["softmax"]["test_acc"] >= 0.99, records["softmax"]
+    assert records["fnet"]["test_acc"] < 0.1 and records["fnet"]["chance"] == pytest.approx(1 / 32)
