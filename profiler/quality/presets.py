@@ -12,8 +12,8 @@
   - lrs 1e-3 and 3e-3 tried on seed 0 only (``lr_seeds=1``); seeds 1 and 2 run at the lr seed 0
     chose on validation: 4 cells per (mixer, task) instead of 6;
   - ``jobs=2``: two cells at once, one torch thread each (a cell's numbers do not depend on it);
-  - val 200 / test 400 sequences (MQAR scores 8 queries per sequence): evaluation is about a
-    fifth of a cell's time at these sizes.
+  - val 200 / test 400 sequences (MQAR scores 8 queries per sequence): evaluation and set-up
+    are about a sixth of a cell's time at these sizes.
 * ``quick`` -- the same tasks and mixers at the smallest sizes and 20 steps, one lr, one seed, for
   CI (about a minute); it checks the pipeline, not the mixers.
 * ``lra`` -- the LRA model settings of the PoNet / Skeinformer / Nystromformer LRA code for
