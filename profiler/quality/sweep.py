@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from profiler.quality.options import budget_for, parse_budget, parse_budgets, parse_lrs, parse_task_settings, parse_tasks
+from profiler.quality.options import budget_for, parse_budget, parse_lrs, parse_task_settings, parse_tasks
 from profiler.quality.presets import PRESETS
 from profiler.quality.tasks import Split, Task, make_task
 from profiler.quality.train import TrainConfig, train_run
@@ -186,15 +186,14 @@ def plan_followups(s: QualitySettings, cells: list[QualityCell], records: list[d
     if first == s.seeds:
         return []
     frame = quality_frame(records)
+    parts = {} if frame.empty else dict(iter(frame.groupby(["task", "T", "label"], sort=False)))
     out, seen = [], set()
     for cell in cells:
-        group = (cell.task, cell.T, cell.label)
+        group = (cell.task.name, cell.T, cell.label)
         if group in seen or cell.unsupported:
             continue
         seen.add(group)
-        mine = frame[(frame["task"] == cell.task.name) & (frame["T"] == cell.T) & (frame["label"] == cell.label)] \
-            if not frame.empty else frame
-        lr = choose_lr(mine) if not mine.empty else None
+        lr = choose_lr(parts[group]) if group in parts else None
         if lr is not None:
             out.extend(dataclasses.replace(cell, lr=lr, seed=seed) for seed in range(first, s.seeds))
     return out
