@@ -245,6 +245,15 @@ def _threads(text: str | None) -> int | str | None:
     return int(text) if text.strip().isdigit() else text
 
 
+def _lr_seeds(text: str | None) -> int | str | None:
+    """--lr-seeds: a positive integer or "all" (anything else: the settings' one-line error)."""
+    if text is None:
+        return None
+    if text.strip().lower() == "all":
+        return "all"
+    return int(text) if text.strip().isdigit() else text
+
+
 @app.command("quality")
 @_user_errors
 def quality_cmd(
@@ -254,8 +263,14 @@ def quality_cmd(
     dim: Optional[int] = typer.Option(None, help="model width D [default: 64]"),
     depth: Optional[int] = typer.Option(None, help="encoder blocks [default: 2]"),
     heads: Optional[int] = typer.Option(None, help="heads per mixer [default: 2]"),
-    seeds: Optional[int] = typer.Option(None, help="seeds per (mixer, task, T, lr) [default: 2]"),
-    budget: Optional[str] = typer.Option(None, help="per cell: steps (150) or wall clock (30s, 5m) [default: 150 steps]"),
+    token_shift: Optional[bool] = typer.Option(None, "--token-shift/--no-token-shift",
+                                               help="add W x (previous token's embedding) to each embedding [default: on]"),
+    seeds: Optional[int] = typer.Option(None, help="seeds per (mixer, task, T) [default: 3]"),
+    lr_seeds: Optional[str] = typer.Option(None, "--lr-seeds", help="how many seeds try every lr; the others run at the lr "
+                                           "chosen on validation ('all': every seed tries every lr) [default: 1]"),
+    jobs: Optional[int] = typer.Option(None, help="cells trained at once, one process each [default: 2]"),
+    budget: Optional[str] = typer.Option(None, help="per cell: steps (150) or wall clock (30s, 5m); per task: 100,mqar=150 "
+                                         "[default: 100,mqar=150 steps]"),
     lrs: Optional[str] = typer.Option(None, help="learning-rate grid, chosen on validation [default: 1e-3,3e-3]"),
     batch: Optional[int] = typer.Option(None, help="sequences per step [default: 16]"),
     task_settings: Optional[str] = typer.Option(None, "--task-settings", help="generator settings: mqar.num_kv=4,mqar.num_keys=16"),
@@ -278,7 +293,8 @@ def quality_cmd(
         raise ZooValueError(f"--quick: conflicts with --preset {preset}")
     settings = resolve_settings(
         "quick" if quick else preset, tasks=parse_tasks(tasks) if tasks is not None else None, mixers=mixers,
-        lengths=lengths, dim=dim, depth=depth, heads=heads, seeds=seeds, budget=budget,
+        lengths=lengths, dim=dim, depth=depth, heads=heads, token_shift=token_shift, seeds=seeds,
+        lr_seeds=_lr_seeds(lr_seeds), jobs=jobs, budget=budget,
         lrs=parse_lrs(lrs) if lrs is not None else None, batch=batch, threads=threads, task_settings=task_settings,
         listops_dir=str(listops_dir) if listops_dir else None, allow_pickle=allow_pickle or None,
     )

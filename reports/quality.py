@@ -2,9 +2,11 @@
 learning rate on validation and report its test accuracy over seeds, join with profile cells by
 mixer + config, and draw accuracy against training throughput with peak memory as bubble size.
 
-Selection (one rule, used by the sweep's end table and the report): per (task, T, label), the lr
-with the highest mean *validation* accuracy over its ok seeds; its *test* accuracies are
-reported as mean ± a 95% t-interval over seeds (none with one seed). A mixer is "above chance"
+Selection (one rule, :func:`choose_lr`, used by the sweep to pick the lr of its later seeds, by
+its end table and by the report): per (task, T, label), the lr with the highest mean
+*validation* accuracy over the ok seeds that every ok lr has (all of them in a full grid; seed 0
+when the sweep tried the grid on seed 0 only and ran the other seeds at the chosen lr); its
+*test* accuracies, over all its seeds, are reported as mean ± a 95% t-interval (none with one seed). A mixer is "above chance"
 when the interval's lower end clears the chance level.
 
 Join: a quality label matches the profile cells of the same mixer whose config agrees on every
@@ -31,7 +33,7 @@ import pandas as pd  # noqa: E402
 
 from reports.metrics import format_bytes, mixer_color  # noqa: E402
 
-__all__ = ["read_quality", "quality_frame", "select_best", "t_interval", "pareto_front", "join_cost",
+__all__ = ["read_quality", "quality_frame", "choose_lr", "select_best", "t_interval", "pareto_front", "join_cost",
            "accuracy_rows", "detail_rows", "plot_pareto", "format_summary", "add_quality_section"]
 
 # two-sided 95% Student t quantiles by degrees of freedom (df > 30: the normal 1.96)
@@ -90,6 +92,20 @@ def read_quality(paths: Iterable[str | Path]) -> pd.DataFrame:
     return df
 
 
+def choose_lr(part: pd.DataFrame) -> float | None:
+    """The lr chosen on validation among the records of one (task, T, label): highest mean
+    ``val_acc`` over the seeds that every lr with an ok record has (ties: the smaller lr); when
+    the lrs share no seed, each lr's mean over its own ok seeds. None without an ok record."""
+    ok = part[(part["status"] == "ok") & part["val_acc"].notna()]
+    if ok.empty:
+        return None
+    seeds = [set(g["seed"]) for _, g in ok.groupby("lr")]
+    shared = set.intersection(*seeds)
+    scored = ok[ok["seed"].isin(shared)] if shared else ok
+    by_lr = scored.groupby("lr")["val_acc"].mean().sort_index()
+    return float(by_lr.idxmax())
+
+
 def select_best(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (task, T, label): the lr chosen on validation, test accuracy over seeds."""
     cols = ["task", "T", "label", "mixer", "config", "lr", "n", "test_mean", "test_ci", "test_spread", "val_mean",
@@ -109,13 +125,12 @@ def select_best(df: pd.DataFrame) -> pd.DataFrame:
                          "val_mean": None, "tokens_per_s": None, "status": "/".join(statuses),
                          "reason": reasons[0] if reasons else None})
             continue
-        by_lr = ok.groupby("lr")["val_acc"].mean()
-        lr = float(by_lr.idxmax())
+        lr = choose_lr(part)
         chosen = ok[ok["lr"] == lr]
         mean, ci = t_interval(chosen["test_acc"])
         rows.append({**base, "lr": lr, "n": len(chosen), "test_mean": mean, "test_ci": ci,
                      "test_spread": float(chosen["test_acc"].max() - chosen["test_acc"].min()),
-                     "val_mean": float(by_lr.max()), "tokens_per_s": float(chosen["tokens_per_s"].mean()),
+                     "val_mean": float(chosen["val_acc"].mean()), "tokens_per_s": float(chosen["tokens_per_s"].mean()),
                      "status": "ok", "reason": None})
     return pd.DataFrame(rows, columns=cols)
 

@@ -101,3 +101,52 @@ def test_ponet_table2_preset_is_the_papers_lra_text_config(monkeypatch, tmp_path
     assert model.attention_dropout_applied and model.embedding_dropout.p == 0.1
     assert all(b.dropout.p == 0.1 and b.ffn[2].p == 0.1 and b.ffn[4].p == 0.1 for b in model.blocks)
     assert model.position_embedding.num_embeddings == 512  # learned positions
+
+
+def test_token_shift_is_off_by_default_and_adds_the_previous_token():
+    """Off: the profiler's model is unchanged (no extra parameters). On: e_t + W e_{t-1}, zero before
+    the first token and where the previous token is padding."""
+    plain = Encoder(mixer="softmax", **TINY)
+    assert plain.token_shift is None and not any("token_shift" in n for n, _ in plain.named_parameters())
+    torch.manual_seed(0)
+    model = Encoder(mixer="softmax", token_shift=True, **TINY).double()
+    e = torch.randn(2, 5, 16, dtype=torch.double)
+    mask = torch.tensor([[True] * 5, [False, False, True, True, True]])
+    prev = model._previous(e, mask)
+    torch.testing.assert_close(prev[0, 1:], e[0, :-1])
+    assert prev[0, 0].abs().sum() == 0
+    assert prev[1, :3].abs().sum() == 0 and torch.equal(prev[1, 3:], e[1, 2:4])  # left padding never read
+    with pytest.raises(ZooTypeError, match="token_shift"):
+        Encoder(mixer="softmax", token_shift=1, **TINY)
+
+
+def test_token_shift_is_causal():
+    """With a causal mixer and the per-token head, logits at t depend on tokens <= t only, and the
+    shift does reach t from t-1 (through W, not only through the mixer)."""
+    torch.manual_seed(0)
+    model = Encoder(mixer="softmax", token_shift=True, head="token", **TINY).double().eval()
+    tokens = torch.randint(1, 50, (1, 12))
+    later = tokens.clone()
+    later[:, 7:] = (later[:, 7:] + 5) % 50
+    torch.testing.assert_close(model(tokens, causal=True)[:, :7], model(later, causal=True)[:, :7])
+    e = model.token_embedding(tokens)
+    earlier = tokens.clone()
+    earlier[:, 3] = (earlier[:, 3] + 5) % 50
+    shifted = e + model.token_shift(model._previous(e, None))
+    other = model.token_embedding(earlier)
+    other = other + model.token_shift(model._previous(other, None))
+    changed = (shifted - other).abs().sum(-1)[0] > 0  # (T,)
+    assert changed.tolist() == [t in (3, 4) for t in range(12)]
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_padding_does_not_change_logits_with_or_without_token_shift(shift):
+    torch.manual_seed(0)
+    model = Encoder(mixer="softmax", token_shift=shift, **TINY).double().eval()
+    tokens = torch.randint(0, 50, (1, 10))
+    mask = torch.ones(1, 10, dtype=torch.bool)
+    mask[:, 7:] = False
+    other = tokens.clone()
+    other[:, 7:] = (other[:, 7:] + 13) % 50
+    torch.testing.assert_close(model(tokens, mask), model(other, mask))
+    torch.testing.assert_close(model(tokens, mask), model(tokens[:, :7]))

@@ -3,6 +3,7 @@ error records, the LRA loaders on fabricated files, bad input before anything is
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 
@@ -16,7 +17,7 @@ from reports.quality import read_quality
 from zoo import list_mixers
 from zoo.errors import ZooValueError
 
-SMALL = dict(lengths="16", depth=1, dim=16, heads=2, ffn=32, batch=8, budget="3", lrs=(3e-3,), seeds=1,
+SMALL = dict(lengths="16", depth=1, dim=16, heads=2, ffn=32, batch=8, budget="3", lrs=(3e-3,), seeds=1, jobs=1,
              train_size=64, val_size=16, test_size=16)
 
 
@@ -93,6 +94,10 @@ def test_a_failing_cell_is_an_error_record(tmp_path, monkeypatch):
     (dict(tasks="mqar", lengths="8"), "lengths: task 'mqar'.*needs T >= 24"),
     (dict(budget="0"), "budget: expected a whole number of steps >= 1"),
     (dict(budget="fast"), "budget: expected steps"),
+    (dict(budget="3,mqr=5"), "budget: .*Did you mean 'mqar'"),
+    (dict(tasks="ends,mqar", budget="mqar=5"), "budget: expected a budget for task 'ends' or a default"),
+    (dict(lr_seeds=0), "lr_seeds: expected a positive integer"),
+    (dict(jobs=0), "jobs: expected a positive integer"),
     (dict(lrs="1e-3,-1"), "lrs: expected positive"),
     (dict(dim=30, heads=4), "heads: expected a divisor of dim=30"),
     (dict(mixers="sofmax"), "Did you mean 'softmax'"),
@@ -164,3 +169,71 @@ def test_listops_dir_feeds_the_sweep(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ZooValueError, match="holds neither"):
         load_listops_dir(tmp_path / "empty", 6)
+
+
+def test_lr_grid_on_the_first_seed_then_the_chosen_lr(tmp_path):
+    """lr_seeds=1: both lrs on seed 0, then seeds 1 and 2 only at the lr seed 0 chose on validation;
+    a resume after losing the later seeds reruns exactly them."""
+    out = tmp_path / "q.jsonl"
+    s = _settings(tasks="ends", mixers="softmax,fnet", lrs=(1e-4, 3e-3), seeds=3, lr_seeds=1, budget="30",
+                  task_settings={"ends": {"symbols": 2}})
+    assert {(c.lr, c.seed) for c in plan_quality(s)} == {(1e-4, 0), (3e-3, 0)}
+    records = run_quality(s, out=out)
+    assert len(records) == 2 * (2 + 2)
+    for label in ("softmax", "fnet"):
+        mine = [r for r in records if r["label"] == label]
+        first = {r["lr"]: r["val_acc"] for r in mine if r["seed"] == 0}
+        chosen = max(first, key=first.get)
+        assert sorted((r["seed"], r["lr"]) for r in mine if r["seed"] > 0) == [(1, chosen), (2, chosen)]
+    lines = _lines(out)
+    assert lines[0]["settings"]["cells"] == 8
+    out.write_text("\n".join(json.dumps(x) for x in lines[:-3]) + "\n")
+    again = run_quality(s, out=out, resume=True)
+    new = [x for x in _lines(out)[len(lines) - 3:] if x["kind"] == "quality"]
+    assert sorted(x["key"] for x in new) == sorted(x["key"] for x in lines[-3:])
+    assert [x["key"] for x in again] == [x["key"] for x in records]
+
+
+def test_budget_per_task(tmp_path):
+    s = _settings(tasks="ends,mqar", mixers="softmax", budget="3,ends=5", task_settings={"mqar": {"num_kv": 2}})
+    steps = {r["task"]: (r["steps"], r["budget"]["steps"]) for r in run_quality(s, out=tmp_path / "q.jsonl")}
+    assert steps == {"ends": (5, 5), "mqar": (3, 3)}
+    # mqar's cells are the same experiments as under a plain "3": resume keeps them
+    plain = _settings(tasks="ends,mqar", mixers="softmax", budget="3", task_settings={"mqar": {"num_kv": 2}})
+    key = {c.task.name: sweep_mod.cell_key(c, s) for c in plan_quality(s)}
+    key_plain = {c.task.name: sweep_mod.cell_key(c, plain) for c in plan_quality(plain)}
+    assert key["mqar"] == key_plain["mqar"] and key["ends"] != key_plain["ends"]
+
+
+def test_two_jobs_give_the_same_numbers_as_one(tmp_path):
+    """Cells trained in two worker processes: the same records (but the run-dependent fields)."""
+    s = _settings(tasks="ends,selective_copy", mixers="softmax,fnet", budget="4",
+                  task_settings={"selective_copy": {"num_copy": 2}})
+    one = run_quality(s, out=tmp_path / "one.jsonl")
+    two = run_quality(dataclasses.replace(s, jobs=2), out=tmp_path / "two.jsonl")
+    fields = ("key", "status", "steps", "train_acc", "val_acc", "test_acc", "test_loss", "final_train_loss", "chance")
+    assert [[r[f] for f in fields] for r in one] == [[r[f] for f in fields] for r in two]
+    assert all(r["status"] == "ok" and r["jobs"] == 2 and r["threads"] == 1 for r in two)
+
+
+def test_default_preset_is_the_sized_run():
+    """Every registered mixer, the four tasks, three seeds with the lr grid on seed 0, the token
+    shift, two jobs; MQAR at its default generator settings (8 pairs at T = 64, not a toy)."""
+    s = resolve_settings(None)
+    cells = plan_quality(s)
+    assert {c.mixer for c in cells} == set(list_mixers())
+    assert {c.task.name for c in cells} == {"mqar", "selective_copy", "listops", "ends"} and s.lengths == (64,)
+    assert (s.seeds, s.lr_seeds, len(s.lrs), s.token_shift, s.jobs, s.threads) == (3, 1, 2, True, 2, 1)
+    assert {c.seed for c in cells} == {0} and len(cells) == len(list_mixers()) * 4 * 2
+    mqar = next(c.task for c in cells if c.task.name == "mqar")
+    assert (mqar.num_kv, mqar.num_keys, mqar.num_values) == (8, 32, 32)
+    assert sweep_mod.train_config(s, "mqar").steps == 150 and sweep_mod.train_config(s, "ends").steps == 100
+
+
+def test_softmax_learns_the_default_mqar_and_fnet_does_not(tmp_path):
+    """The pipeline check of issue 12 on one seed: the default preset's MQAR cell, softmax >= 99% test
+    accuracy (the token shift makes it learnable in the budget), FNet (no content routing) near chance."""
+    s = resolve_settings(None, tasks="mqar", mixers="softmax,fnet", seeds=1, lrs=(3e-3,), jobs=1)
+    records = {r["label"]: r for r in run_quality(s, out=tmp_path / "q.jsonl")}
+    assert records["softmax"]["test_acc"] >= 0.99, records["softmax"]
+    assert records["fnet"]["test_acc"] < 0.1 and records["fnet"]["chance"] == pytest.approx(1 / 32)

@@ -81,3 +81,21 @@ def test_token_head_refuses_length_reducing_mixers():
             Encoder(mixer=name, depth=1, dim=16, heads=2, vocab=10, classes=5, ffn=32, max_len=64, head="token")
     with pytest.raises(ZooValueError, match="head: expected 'pool' or 'token'"):
         Encoder(mixer="softmax", head="tokens")
+
+
+def test_mqar_with_token_shift_recalls_and_leaks_no_label():
+    """The token shift lets one bidirectional softmax layer do MQAR's lookup; blanking the values
+    in the context (the only place the answers are) puts the same model at chance: no label
+    reaches the input through the shift or the generator."""
+    settings = dict(num_kv=2, num_keys=8, num_values=8)
+    task, splits = _splits("mqar", 12, sizes=(2000, 200, 200), **settings)
+    cfg = TrainConfig(depth=1, dim=32, heads=2, ffn=64, token_shift=True, batch=32, steps=300)
+    recall = train_run(task, splits, "softmax", {}, 12, cfg, 3e-3, 0)
+    assert recall["test_acc"] >= 0.9, recall  # "one of the two values in context" alone tops out near 0.56
+    blanked = {}
+    for name, split in splits.items():
+        tokens = split.tokens.copy()
+        tokens[:, 1:4:2] = 0  # v1, v2 -> blank
+        blanked[name] = type(split)(tokens, split.mask, split.labels)
+    blind = train_run(task, blanked, "softmax", {}, 12, cfg, 3e-3, 0)
+    assert blind["test_acc"] <= 0.2, blind  # chance is 1/8

@@ -21,6 +21,14 @@ as the LRA code applies attention dropout only inside softmax attention. Dropout
 ``loss`` takes labels (B, T) with -100 at positions that are not scored (token-level tasks such as
 associative recall). A length-reducing mixer cannot give one output per input token: it raises.
 
+``token_shift=True`` (off by default; ``zoo quality`` turns it on) adds to each token's embedding a
+learned linear map of the *previous* token's embedding, ``e_t + W e_{t-1}`` (zero before the first
+token and for padded previous tokens): a causal convolution of width 2 on the embeddings, RWKV's
+"token shift", the "smeared keys" of Olsson et al. 2022 (arXiv 2209.11895). With it a single
+mixing layer can match a query token against "the token before me" and so do associative recall;
+without it that needs two layers (an induction head), which learned absolute positions make slow
+to form. It reads only positions <= t, so a bidirectional mixer sees nothing it would not see anyway.
+
 A mixer with ``spec.reduces_length`` (e.g. Pyramidion) returns fewer tokens than it reads: its
 block has no residual around the mixer (the shapes differ) and the pooled keep-mask from
 ``forward_with_mask`` is carried to the following blocks and to the mean-pool.
@@ -88,6 +96,7 @@ class Encoder(nn.Module):
         dropout: float = 0.0,
         attention_dropout: float = 0.0,
         head: str = "pool",
+        token_shift: bool = False,
         device=None,
         dtype=None,
     ):
@@ -97,6 +106,8 @@ class Encoder(nn.Module):
         for name, value in (("dropout", dropout), ("attention_dropout", attention_dropout)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise ZooValueError(f"Encoder: {name}: expected a probability in [0, 1), got {value!r}")
+        if not isinstance(token_shift, bool):
+            raise ZooTypeError(f"Encoder: token_shift: expected True or False, got {token_shift!r}")
         if head not in ("pool", "token"):
             raise ZooValueError(f"Encoder: head: expected 'pool' or 'token', got {head!r}")
         overrides = dict(mixer_overrides or {})
@@ -119,6 +130,8 @@ class Encoder(nn.Module):
         self.max_len = max_len
         self.token_embedding = nn.Embedding(vocab, dim, **kw)
         self.position_embedding = nn.Embedding(max_len, dim, **kw)
+        # W of e_t + W e_{t-1}; None when off (the default: the profiler's model has no such layer)
+        self.token_shift = nn.Linear(dim, dim, bias=False, **kw) if token_shift else None
         self.embedding_dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
             EncoderBlock(create_mixer(mixer, dim=dim, heads=heads, **overrides, **kw), dim, ffn, dropout=dropout, **kw)
@@ -142,6 +155,15 @@ class Encoder(nn.Module):
             T = block.mixer.out_len(T)
         return out
 
+    @staticmethod
+    def _previous(e: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """``e`` moved one position later: row t holds e_{t-1}; zeros at t = 0 and where t-1 is padding."""
+        prev = F.pad(e, (0, 0, 1, 0))[:, :-1]  # (B, T, D)
+        if mask is not None:
+            keep = F.pad(mask.to(e.dtype), (1, 0))[:, :-1]  # (B, T): 1 where t-1 is a real token
+            prev = prev * keep.unsqueeze(-1)  # (B, T, D)
+        return prev
+
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, *, causal: bool = False) -> torch.Tensor:
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
             got = f"{tokens.dtype} tensor of shape {tuple(tokens.shape)}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
@@ -152,7 +174,10 @@ class Encoder(nn.Module):
         if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) != (B, T)):
             raise ZooValueError(f"Encoder: mask: expected a bool tensor of shape ({B}, {T}), got {mask.dtype} {tuple(mask.shape)}")
         positions = torch.arange(T, device=tokens.device)  # (T,)
-        h = self.embedding_dropout(self.token_embedding(tokens) + self.position_embedding(positions))  # (B, T, D)
+        e = self.token_embedding(tokens)  # (B, T, D)
+        if self.token_shift is not None:
+            e = e + self.token_shift(self._previous(e, mask))  # (B, T, D)
+        h = self.embedding_dropout(e + self.position_embedding(positions))  # (B, T, D)
         if mask is not None:
             h = h * mask.unsqueeze(-1).to(h.dtype)
         for block in self.blocks:

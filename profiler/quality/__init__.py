@@ -2,7 +2,8 @@
 
 ``tasks`` (generators and chance levels) · ``lra`` (loaders for the real LRA ListOps data) ·
 ``train`` (one run: AdamW, warm-up, budget, determinism) · ``options`` (option parsers) ·
-``sweep`` (cells, lr grid, seeds, records, resume) · ``presets``. Records: ``docs/QUALITY.md``.
+``sweep`` (cells, lr grid, seeds, records, resume) · ``execute`` (cells in this process or in
+``jobs`` worker processes) · ``presets``. Records: ``docs/QUALITY.md``.
 """
 
 from profiler.quality.sweep import QualitySettings, plan_quality, resolve_settings, run_quality

@@ -1,5 +1,5 @@
-"""Parsers of ``zoo quality`` options (one source of truth for each format): budget, tasks,
-learning rates and generator settings. Each raises a one-line ZooValueError naming the option."""
+"""Parsers of ``zoo quality`` options (one source of truth for each format): budget (one, or one
+per task), tasks, learning rates and generator settings. Each raises a one-line ZooValueError naming the option."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 from profiler.quality.tasks import make_task, task_names
 from zoo.errors import ZooValueError
 
-__all__ = ["parse_budget", "parse_tasks", "parse_lrs", "parse_task_settings"]
+__all__ = ["parse_budget", "parse_budgets", "budget_for", "parse_tasks", "parse_lrs", "parse_task_settings"]
 
 _BUDGET = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(steps?|s|sec|m|min|h)?\s*$", re.IGNORECASE)
 
@@ -30,6 +30,38 @@ def parse_budget(text: str | int) -> tuple[int | None, float | None]:
     if seconds <= 0:
         raise ZooValueError(f"budget: expected a positive duration, got {text!r}")
     return None, seconds
+
+
+def parse_budgets(text: str | int) -> dict[str | None, str]:
+    """Budgets per task: ``"150"`` -> ``{None: "150"}``; ``"150,mqar=400"`` -> ``{None: "150",
+    "mqar": "400"}`` (mqar trains 400 steps, every other task 150). Each budget is checked by
+    :func:`parse_budget`; a task named twice, an unknown task or two defaults raise."""
+    out: dict[str | None, str] = {}
+    for item in (i.strip() for i in str(text).split(",")):
+        task, _, value = item.rpartition("=")
+        name = task.strip() or None
+        if name is not None:
+            try:
+                make_task(name)
+            except ZooValueError as exc:
+                raise ZooValueError(f"budget: {exc}") from None
+        if name in out:
+            what = f"task {name!r}" if name else "a default (a budget without task=)"
+            raise ZooValueError(f"budget: expected one budget per task, got {what} twice in {text!r}")
+        parse_budget(value)
+        out[name] = value.strip()
+    return out
+
+
+def budget_for(text: str | int, task: str) -> str:
+    """The budget text of ``task`` in a ``--budget`` value (its own, else the default)."""
+    budgets = parse_budgets(text)
+    if task in budgets:
+        return budgets[task]
+    if None not in budgets:
+        raise ZooValueError(f"budget: expected a budget for task {task!r} or a default, got {str(text)!r} "
+                            f"(e.g. 150,{task}=400)")
+    return budgets[None]
 
 
 def parse_tasks(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:

@@ -33,6 +33,7 @@ class TrainConfig:
     dim: int = 64  # model width D
     heads: int = 2  # heads of each mixer
     ffn: int = 128  # FFN hidden width
+    token_shift: bool = False  # Encoder(token_shift=): e_t + W e_{t-1} on the embeddings
     batch: int = 32  # sequences per step
     steps: int | None = 300  # step budget (None: wall-clock budget only)
     seconds: float | None = None  # wall-clock budget of the training loop
@@ -89,6 +90,7 @@ def _build(task: Task, mixer: str, overrides: dict[str, Any], T: int, cfg: Train
     return Encoder(
         mixer=mixer, depth=cfg.depth, dim=cfg.dim, heads=cfg.heads, vocab=task.vocab, classes=task.classes,
         ffn=cfg.ffn, max_len=T, mixer_overrides=overrides, head="token" if task.level == "token" else "pool",
+        token_shift=cfg.token_shift,
     )
 
 
