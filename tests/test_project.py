@@ -13,7 +13,7 @@ import torch
 from profiler.builders import Step
 from profiler.cases import Cell
 from profiler.devices import get_device, load_devices
-from profiler.project import _fit, project_series
+from profiler.project import fit_at as _fit, project_series
 from reports.projection import calibration_rows, crossovers, largest_fitting
 from zoo.errors import ZooValueError
 
