@@ -19,6 +19,7 @@ Records: ``kind = "projection"``, ``projected: true`` (``docs/RECORDS.md``).
 
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Any
 
@@ -50,14 +51,20 @@ def _metadata_only(func) -> bool:
     return func.namespace == "prim" or name.startswith("sym_") or name in _NO_KERNEL
 
 
+@functools.lru_cache(maxsize=1)
+def _flop_registry() -> dict:
+    """torch's FLOP formulas plus the profiler's (FFT, SDPA), by op overload packet."""
+    from profiler.flops import flop_counter
+
+    return dict(flop_counter().flop_registry)
+
+
 class RooflineCounter(TorchDispatchMode):
     """Per-op roofline time on ``device`` for ``dtype``; totals of FLOPs, bytes and ops."""
 
     def __init__(self, device: Device, dtype: str):
         super().__init__()
-        from profiler.flops import flop_counter
-
-        self.registry = flop_counter().flop_registry
+        self.registry = _flop_registry()
         self.peak, self.bw, self.over = device.peak_flops(dtype), device.bandwidth_bytes_per_s, device.op_overhead_s
         self.flops = self.bytes = self.time = 0.0
         self.ops = 0
@@ -66,8 +73,13 @@ class RooflineCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if getattr(func, "is_view", False) or _metadata_only(func):
-            return out
+        self.count(func, args, kwargs, out)
+        return out
+
+    def count(self, func, args, kwargs, out) -> None:
+        """Charge one dispatched op (its FLOPs, bytes, roofline time)."""
+        if func.namespace == "prim" or getattr(func, "is_view", False) or _metadata_only(func):
+            return
         formula = self.registry.get(func.overloadpacket)
         flops = float(formula(*args, **kwargs, out_val=out)) if formula is not None else 0.0
         moved = sum(t.numel() * t.element_size() for t in tree_flatten((args, kwargs, out))[0]
@@ -77,7 +89,27 @@ class RooflineCounter(TorchDispatchMode):
         self.compute_s += c if c >= m else 0.0
         self.memory_s += m if m > c else 0.0
         self.time += max(c, m) + self.over
-        return out
+
+
+def _tracker():
+    """The profiler's live-tensor tracker, with a fast path for ``prim`` ops (a tensor's device
+    or layout: no tensor out, nothing to track; a Python loop calls them per chunk), that also
+    charges every op to ``counter`` while one is set (one dispatch mode instead of two: a fake
+    pass's cost is mostly per-op dispatch)."""
+    from profiler.memory import LiveTensorTracker
+
+    class _Tracker(LiveTensorTracker):
+        counter: RooflineCounter | None = None
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "prim":
+                return func(*args, **(kwargs or {}))
+            out = super().__torch_dispatch__(func, types, args, kwargs)
+            if self.counter is not None:
+                self.counter.count(func, args, kwargs or {}, out)
+            return out
+
+    return _Tracker()
 
 
 def fake_costs(cell: Cell, device: Device, builder=None, fake: bool = True) -> dict[str, Any]:
@@ -88,11 +120,10 @@ def fake_costs(cell: Cell, device: Device, builder=None, fake: bool = True) -> d
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from profiler.builders import build_step, torch_dtype
-    from profiler.memory import LiveTensorTracker
 
     builder = builder or build_step
     with FakeTensorMode() if fake else contextlib.nullcontext():
-        tracker = LiveTensorTracker()
+        tracker = _tracker()
         with tracker:
             step = builder(cell, torch.device("cpu"), torch_dtype(cell.dtype))
             if cell.scope == "model" and cell.mode == "train":
@@ -103,9 +134,9 @@ def fake_costs(cell: Cell, device: Device, builder=None, fake: bool = True) -> d
                     step.reset()
             before = tracker.current
             tracker.mark()
-            counter = RooflineCounter(device, cell.dtype)
-            with counter:
-                out = step.fn()
+            counter = tracker.counter = RooflineCounter(device, cell.dtype)
+            out = step.fn()
+            tracker.counter = None
             del out
             peak = tracker.window_peak
     bound = "compute" if counter.compute_s >= counter.memory_s else "memory"

@@ -6,14 +6,16 @@ query blocks, skeinformer's sketch loop) dispatches ops in proportion to T, so i
 is thousands of times its 1k pass. The plan, per (label, mode) series:
 
 1. a fake pass at the shortest length T0 and one at T0/2 (an auxiliary length, no record);
-2. the same op count at both (no loop): fake passes at the three shortest lengths and the
-   longest, and when the fit through the three reproduces the longest (memory and FLOPs within
-   1%, time within 5%), the lengths between are that fit (``validated_at`` the longest);
+2. the same op count at both (no loop): fake passes at the second shortest length T1 and the
+   longest too, and when the fit ``a + b T^k`` through T0/2, T0, T1 reproduces the longest
+   (memory and FLOPs within 1%, time within 5%), the lengths between are that fit
+   (``validated_at`` the longest); if it does not, the same with the fit through T0, T1, T2;
 3. more ops at T0 than at T0/2 (a loop): fake passes at T0/8 and T0/4 as well, and when the
    quadratic through T0/8, T0/4, T0/2 reproduces the direct pass at T0 exactly (memory, FLOPs,
    ops are affine in the number of chunks once a few chunks exist; bytes and time can gain a
    T^2 term, :func:`poly_at`), every longer length is that quadratic
-   (``validated_at`` T0); when it does not, step 2 (its longest pass only if predicted cheap);
+   (``validated_at`` T0); when it does not, step 2 through T0, T1, T2 (a short length in
+   another regime, e.g. below a block size; its longest pass only if predicted cheap);
 4. otherwise the sequential rule: fake passes while the next one is predicted cheap (seconds
    per op of the last pass times the op count extrapolated in T), then the fit through the
    last three.
@@ -36,13 +38,14 @@ __all__ = ["project_series", "fit_at", "poly_at", "SLOW_FAKE_S", "QUANTITIES", "
 SLOW_FAKE_S = 2.0  # a fake pass predicted slower than this is not run (the fit answers)
 QUANTITIES = ("mem_peak_bytes", "mem_abs_peak_bytes", "flops", "bytes_moved", "time_s", "ops")
 _TOLERANCE = (("mem_peak_bytes", 0.01), ("mem_abs_peak_bytes", 0.01), ("flops", 0.01), ("time_s", 0.05))
-_EXACT = (("mem_peak_bytes", 1e-6), ("mem_abs_peak_bytes", 1e-6), ("flops", 1e-6), ("time_s", 1e-6), ("ops", 1e-6))
+# "exactly": to 10 parts per million (a few bytes of rounding in a chunk count's allocation)
+_EXACT = (("mem_peak_bytes", 1e-5), ("mem_abs_peak_bytes", 1e-5), ("flops", 1e-5), ("time_s", 1e-5), ("ops", 1e-5))
 _MIN_AUX_T = 16  # no auxiliary length below this
 FORMS = {"power": "a + b T^k", "quadratic": "a + b T + c T^2"}
 
 
-def _exponent(T: tuple[float, float, float], y: tuple[float, float, float]) -> float:
-    """k of ``y = a + b T^k`` through three points (any increasing T), by bisection on [0, 2]:
+def _exponent(T: tuple[float, float, float], y: tuple[float, float, float], low: float = 0.0) -> float:
+    """k of ``y = a + b T^k`` through three points (any increasing T), by bisection on [low, 2]:
     (T3^k - T2^k) / (T2^k - T1^k) grows with k, so it meets (y3 - y2) / (y2 - y1) once."""
     T1, T2, T3 = T
     target = (y[2] - y[1]) / (y[1] - y[0])
@@ -52,7 +55,7 @@ def _exponent(T: tuple[float, float, float], y: tuple[float, float, float]) -> f
             return math.log(T3 / T2) / math.log(T2 / T1)
         return (T3 ** k - T2 ** k) / (T2 ** k - T1 ** k)
 
-    lo, hi = 0.0, 2.0
+    lo, hi = low, 2.0
     if target <= ratio(lo):
         return lo
     if target >= ratio(hi):
@@ -64,9 +67,12 @@ def _exponent(T: tuple[float, float, float], y: tuple[float, float, float]) -> f
 
 
 def fit_at(points: list[tuple[int, dict]], T: int) -> dict[str, Any]:
-    """Each quantity at T from ``y = a + b T^k`` through the last three points (k in [0, 2]);
-    a quantity that did not grow along them stays at its last value (or grows linearly when
-    only its last step grew). Exact for an affine or a pure power-law quantity."""
+    """Each quantity at T from ``y = a + b T^k`` through the last three points, k in [1, 2]
+    (a step over T tokens reads and writes each of them: its memory, FLOPs, bytes and time
+    grow at least linearly, so a flatter stretch is a change of regime, not the asymptote) and
+    k in [0, 2] for the op count; a quantity that did not grow along them stays at its last
+    value (or grows linearly when only its last step grew). Exact for an affine or a pure
+    power-law quantity."""
     (T1, p1), (T2, p2), (T3, p3) = points[-3:]
     out: dict[str, Any] = {}
     for q in QUANTITIES:
@@ -74,7 +80,7 @@ def fit_at(points: list[tuple[int, dict]], T: int) -> dict[str, Any]:
         if y3 - y2 <= 0 or y2 - y1 <= 0:
             out[q] = y3 + (y3 - y2) * max(0.0, T - T3) / (T3 - T2) if y3 > y2 else y3
             continue
-        k = _exponent((T1, T2, T3), (y1, y2, y3))
+        k = _exponent((T1, T2, T3), (y1, y2, y3), 0.0 if q == "ops" else 1.0)
         if k < 1e-9:  # logarithmic growth at the boundary: stay at the last value
             out[q] = y3
             continue
@@ -192,16 +198,17 @@ class Series:
         return {"status": "error", "reason": f"the fake pass cannot run this cell: {self.fake_error}"}
 
 
-def _no_loop(s: Series, lengths: list[int]) -> dict[int, dict] | None:
-    """Step 2: fake passes at the three shortest and the longest; the fit through the three
-    fills the lengths between when it reproduces the longest (and that pass is predicted cheap)."""
-    fits = [(T, s.fake(T)) for T in lengths[:3]]
+def _no_loop(s: Series, lengths: list[int], triple: tuple[int, int, int]) -> dict[int, dict] | None:
+    """Step 2: the fit through ``triple`` fills the lengths that got no fake pass when it
+    reproduces the pass at the longest length (which must be predicted cheap)."""
+    fits = [(T, s.fake(T)) for T in triple]
     longest = lengths[-1]
     expected = s.expected_seconds(longest)
     if expected is None or expected > s.slow_s or not _agrees(fit_at(fits, longest), s.fake(longest)):
         return None
-    out = {T: s.record(T) for T in (*lengths[:3], longest)}
-    out.update({T: s.fitted(T, fits, validated_at=longest) for T in lengths[3:-1]})
+    faked = [T for T in lengths if T in s.done]
+    out = {T: s.record(T) for T in faked}
+    out.update({T: s.fitted(T, fits, validated_at=longest) for T in lengths if T not in s.done})
     return out
 
 
@@ -224,8 +231,10 @@ def _shortcut(s: Series, lengths: list[int]) -> dict[int, dict] | None:
     if T0 // 2 < _MIN_AUX_T or len(lengths) < 4:
         return None
     if s.fake(T0)["ops"] == s.fake(T0 // 2)["ops"]:
-        return _no_loop(s, lengths)
-    return _loop(s, lengths) or _no_loop(s, lengths)
+        found = _no_loop(s, lengths, (T0 // 2, T0, lengths[1]))
+    else:
+        found = _loop(s, lengths)
+    return found or _no_loop(s, lengths, tuple(lengths[:3]))
 
 
 def project_series(cells: list[Cell], device, builder=None, slow_s: float = SLOW_FAKE_S, *, costs: Callable,
