@@ -5,7 +5,9 @@ cost what 1k cost) with the profiler's live-tensor tracker (the predicted peak, 
 fake pass) and a roofline counter: per dispatched op, FLOPs by torch's counter (plus the
 profiler's FFT/SDPA formulas) and bytes moved (its tensor inputs and outputs; views move none),
 and time = sum over ops of max(FLOPs / peak FLOP/s, bytes / bandwidth) + the device's per-op
-overhead. The device comes from :mod:`profiler.devices`.
+overhead (FFT ops at the device's FFT rate where it has one: the CPU's is measured). Ops that
+launch no kernel (``prim.device``, sizes, aliases, views) cost nothing. The device comes from
+:mod:`profiler.devices`.
 
 A mixer the fake pass cannot follow (data-dependent shapes: ``.item()``, ``nonzero``) runs for
 real at a few small lengths (2k..8k) under the same counters, and every length is the fit of
@@ -51,6 +53,9 @@ def _metadata_only(func) -> bool:
     return func.namespace == "prim" or name.startswith("sym_") or name in _NO_KERNEL
 
 
+_FFT_OPS = frozenset({torch.ops.aten._fft_r2c, torch.ops.aten._fft_c2c, torch.ops.aten._fft_c2r})
+
+
 @functools.lru_cache(maxsize=1)
 def _flop_registry() -> dict:
     """torch's FLOP formulas plus the profiler's (FFT, SDPA), by op overload packet."""
@@ -66,6 +71,7 @@ class RooflineCounter(TorchDispatchMode):
         super().__init__()
         self.registry = _flop_registry()
         self.peak, self.bw, self.over = device.peak_flops(dtype), device.bandwidth_bytes_per_s, device.op_overhead_s
+        self.fft_peak = device.fft_flops_per_s or self.peak
         self.flops = self.bytes = self.time = 0.0
         self.ops = 0
         self.compute_s = self.memory_s = 0.0
@@ -84,7 +90,7 @@ class RooflineCounter(TorchDispatchMode):
         flops = float(formula(*args, **kwargs, out_val=out)) if formula is not None else 0.0
         moved = sum(t.numel() * t.element_size() for t in tree_flatten((args, kwargs, out))[0]
                     if isinstance(t, torch.Tensor))
-        c, m = flops / self.peak, moved / self.bw
+        c, m = flops / (self.fft_peak if func.overloadpacket in _FFT_OPS else self.peak), moved / self.bw
         self.flops, self.bytes, self.ops = self.flops + flops, self.bytes + moved, self.ops + 1
         self.compute_s += c if c >= m else 0.0
         self.memory_s += m if m > c else 0.0

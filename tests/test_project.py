@@ -107,6 +107,8 @@ def test_device_table_builtin_and_user_file(tmp_path):
     ("dtype.json", '{"x": {"memory_bytes": 1, "bandwidth_bytes_per_s": 1, "flops_per_s": {"int8": 1}}}',
      "unknown dtype 'int8'"),
     ("typo.json", '{"x": {"memory_bytes": 1, "bandwidth": 1}}', "unknown field 'bandwidth'"),
+    ("fft.json", '{"x": {"memory_bytes": 1, "bandwidth_bytes_per_s": 1, "flops_per_s": {"fp32": 1}, "fft_flops_per_s": "fast"}}',
+     "x: fft_flops_per_s: expected a positive number, got 'fast'"),
     ("table.yaml", "x: 1", "expected a .toml or .json file"),
 ])
 def test_device_file_bad_inputs(tmp_path, name, text, message):
@@ -114,6 +116,25 @@ def test_device_file_bad_inputs(tmp_path, name, text, message):
     f.write_text(text)
     with pytest.raises(ZooValueError, match=message):
         load_devices(f)
+
+
+def test_fft_ops_run_at_the_devices_fft_rate(tmp_path):
+    """A device with ``fft_flops_per_s`` charges FFT ops at that rate (the CPU's is measured:
+    FFTs run far below the GEMM peak there); others at the dtype's peak."""
+    from profiler.project import fake_costs
+
+    def build_fft(c, device, dtype):
+        x = torch.randn(c.T, D, dtype=dtype, device=device)
+        return Step(fn=lambda: torch.fft.rfft2(x))
+
+    f = tmp_path / "d.json"
+    base = '"memory_bytes": 1e9, "bandwidth_bytes_per_s": 1e15, "flops_per_s": {"fp32": 1e12}'
+    f.write_text('{"fast": {%s}, "slow": {%s, "fft_flops_per_s": 1e9}}' % (base, base))
+    fast, slow = (fake_costs(cell(4096), get_device(k, f), build_fft) for k in ("fast", "slow"))
+    assert fast["flops"] == slow["flops"] > 0
+    assert slow["time_s"] == pytest.approx(slow["flops"] / 1e9, rel=1e-3)
+    assert fast["time_s"] == pytest.approx(fast["flops"] / 1e12, rel=1e-3)
+    assert get_device("slow", f).as_dict()["fft_flops_per_s"] == 1e9
 
 
 def test_unknown_device():
