@@ -15,8 +15,9 @@ non-tensor-core rate because torch's default ``float32_matmul_precision`` is "hi
 
 The op overhead (5 us per kernel launch on a GPU) is a round figure, not a datasheet number.
 
-``cpu``: measured on this machine by :func:`calibrate_cpu` (a short GEMM per dtype, a large copy
-and a loop of tiny ops), cached in ``$ZOO_CACHE_DIR`` (default ``~/.cache/zoo``) per CPU model,
+``cpu``: measured on this machine by :func:`calibrate_cpu` (a short GEMM per dtype, a large copy,
+a loop of tiny ops, and a 2-D FFT: ``fft_flops_per_s``, the rate FFT ops get in the roofline
+where a device has one), cached in ``$ZOO_CACHE_DIR`` (default ``~/.cache/zoo``) per CPU model,
 thread count and torch version, so it is measured once.
 
 A user file (``zoo project --devices-file my.toml`` or ``.json``) adds or replaces entries::
@@ -26,6 +27,7 @@ A user file (``zoo project --devices-file my.toml`` or ``.json``) adds or replac
     bandwidth_bytes_per_s = 864e9
     flops_per_s = { fp32 = 91.6e12, bf16 = 181e12 }
     op_overhead_s = 5e-6          # optional
+    fft_flops_per_s = 2e12        # optional: FFT ops' achieved FLOP/s (default: the dtype's peak)
     name = "RTX 6000 Ada"         # optional
 """
 
@@ -62,6 +64,7 @@ BUILTIN: dict[str, dict[str, Any]] = {
            "op_overhead_s": GPU_OP_OVERHEAD},
 }
 FIELDS = ("memory_bytes", "bandwidth_bytes_per_s", "flops_per_s")
+OPTIONAL = ("op_overhead_s", "fft_flops_per_s", "name")
 DTYPES = ("fp64", "fp32", "bf16", "fp16")
 
 
@@ -74,6 +77,7 @@ class Device:
     flops_per_s: dict
     op_overhead_s: float = 0.0
     measured: bool = False
+    fft_flops_per_s: float | None = None  # FFT ops' achieved rate where measured (None: the dtype's peak)
 
     def peak_flops(self, dtype: str) -> float:
         if dtype not in self.flops_per_s:
@@ -84,7 +88,8 @@ class Device:
     def as_dict(self) -> dict[str, Any]:
         return {"key": self.key, "name": self.name, "memory_bytes": self.memory_bytes,
                 "bandwidth_bytes_per_s": self.bandwidth_bytes_per_s, "flops_per_s": dict(self.flops_per_s),
-                "op_overhead_s": self.op_overhead_s, "measured": self.measured}
+                "op_overhead_s": self.op_overhead_s, "measured": self.measured,
+                "fft_flops_per_s": self.fft_flops_per_s}
 
 
 def _positive(where: str, v: Any) -> float:
@@ -96,9 +101,10 @@ def _positive(where: str, v: Any) -> float:
 def _device(key: str, entry: Any, where: str) -> Device:
     if not isinstance(entry, dict):
         raise ZooValueError(f"{where}: {key}: expected a table of fields, got {type(entry).__name__}")
-    unknown = sorted(set(entry) - {*FIELDS, "op_overhead_s", "name"})
+    unknown = sorted(set(entry) - {*FIELDS, *OPTIONAL})
     if unknown:
-        raise ZooValueError(f"{where}: {key}: unknown field {unknown[0]!r}; expected {', '.join(FIELDS)}, op_overhead_s, name")
+        raise ZooValueError(f"{where}: {key}: unknown field {unknown[0]!r}; expected {', '.join(FIELDS)}, "
+                            f"{', '.join(OPTIONAL)}")
     missing = [f for f in FIELDS if f not in entry]
     if missing:
         raise ZooValueError(f"{where}: {key}: missing field {missing[0]!r}")
@@ -113,7 +119,9 @@ def _device(key: str, entry: Any, where: str) -> Device:
                   bandwidth_bytes_per_s=_positive(f"{where}: {key}: bandwidth_bytes_per_s", entry["bandwidth_bytes_per_s"]),
                   flops_per_s={d: _positive(f"{where}: {key}: flops_per_s.{d}", v) for d, v in flops.items()},
                   op_overhead_s=0.0 if entry.get("op_overhead_s") is None
-                  else _positive(f"{where}: {key}: op_overhead_s", entry["op_overhead_s"]))
+                  else _positive(f"{where}: {key}: op_overhead_s", entry["op_overhead_s"]),
+                  fft_flops_per_s=None if entry.get("fft_flops_per_s") is None
+                  else _positive(f"{where}: {key}: fft_flops_per_s", entry["fft_flops_per_s"]))
 
 
 def parse_devices(text: str, where: str, fmt: str) -> dict[str, Device]:
@@ -209,6 +217,8 @@ def calibrate_cpu(threads: int | None = None, recalibrate: bool = False) -> Devi
             entry = json.loads(path.read_text())
         except ValueError:
             entry = None
+        if entry is not None and "fft_flops_per_s" not in entry:  # cached before FFTs were measured
+            entry = None
     if entry is None:
         entry = measure_cpu(threads)
         try:
@@ -219,7 +229,7 @@ def calibrate_cpu(threads: int | None = None, recalibrate: bool = False) -> Devi
     memory = default_memory_budget("cpu") or 8 * GB
     return Device(key="cpu", name=f"this CPU ({threads} threads, measured)", memory_bytes=memory / 0.9,
                   bandwidth_bytes_per_s=entry["bandwidth_bytes_per_s"], flops_per_s=entry["flops_per_s"],
-                  op_overhead_s=entry["op_overhead_s"], measured=True)
+                  op_overhead_s=entry["op_overhead_s"], measured=True, fft_flops_per_s=entry["fft_flops_per_s"])
 
 
 def measure_cpu(threads: int) -> dict[str, Any]:
@@ -240,7 +250,22 @@ def measure_cpu(threads: int) -> dict[str, Any]:
         bandwidth = _rate(lambda: dst.copy_(src), 2.0 * src.numel() * 4)  # read + write
         x = torch.ones(8)
         overhead = 1.0 / _rate(lambda: [x.add(1) for _ in range(100)], 100.0)
+        fft = _fft_rate()
     finally:
         torch.set_num_threads(old)
     return {"flops_per_s": flops, "bandwidth_bytes_per_s": bandwidth, "op_overhead_s": overhead,
-            "threads": threads, "torch": torch.__version__, "measured_at": time.time()}
+            "fft_flops_per_s": fft, "threads": threads, "torch": torch.__version__, "measured_at": time.time()}
+
+
+def _fft_rate() -> float:
+    """FLOP/s of a 2-D real FFT (16384 x 256 fp32: FNet's shape at 16k tokens, past the caches)
+    as the roofline counts FFT FLOPs (5 N log2 N per complex transform): FFTs run far below the
+    GEMM peak on a CPU (strided butterfly passes, not fused multiply-adds; about 8x below it
+    at this size on a 1-thread AVX-512 core), so the GEMM figure would make them too fast."""
+    import torch
+
+    from profiler.flops import count_flops
+
+    x = torch.randn(16384, 256)
+    work = count_flops(lambda: torch.fft.rfft2(x))
+    return _rate(lambda: torch.fft.rfft2(x), work)

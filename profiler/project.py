@@ -5,20 +5,23 @@ cost what 1k cost) with the profiler's live-tensor tracker (the predicted peak, 
 fake pass) and a roofline counter: per dispatched op, FLOPs by torch's counter (plus the
 profiler's FFT/SDPA formulas) and bytes moved (its tensor inputs and outputs; views move none),
 and time = sum over ops of max(FLOPs / peak FLOP/s, bytes / bandwidth) + the device's per-op
-overhead. The device comes from :mod:`profiler.devices`.
+overhead (FFT ops at the device's FFT rate where it has one: the CPU's is measured). Ops that
+launch no kernel (``prim.device``, sizes, aliases, views) cost nothing. The device comes from
+:mod:`profiler.devices`.
 
 A mixer the fake pass cannot follow (data-dependent shapes: ``.item()``, ``nonzero``) runs for
 real at a few small lengths (2k..8k) under the same counters, and every length is the fit of
-those (``method: "fit_real"``). A series (label, mode) whose fake pass gets slow with T (Python loops over blocks) switches to a
-closed-form fit: each quantity as ``a + b T^k`` through the fake passes at the last three
-shorter lengths; such records say ``method: "fit"`` and the lengths fitted.
+those (``method: "fit_real"``). Which lengths of a series get a fake pass and which the
+closed-form fit ``a + b T^k`` (a mixer with a Python loop over chunks dispatches ops in
+proportion to T, so its fake pass does too) is planned by :mod:`profiler.project_series`;
+records say ``method``, ``fit_lengths``, ``validated_at`` and ``projected_by``.
 
 Records: ``kind = "projection"``, ``projected: true`` (``docs/RECORDS.md``).
 """
 
 from __future__ import annotations
 
-import time
+import functools
 import uuid
 from typing import Any
 
@@ -28,15 +31,37 @@ from torch.utils._pytree import tree_flatten
 
 from profiler.cases import Cell
 from profiler.devices import Device
+from profiler.project_series import QUANTITIES, SLOW_FAKE_S, fit_at
 from profiler.records import SCHEMA, now_iso
 
-__all__ = ["RooflineCounter", "fake_costs", "project_cells", "project_series", "SLOW_FAKE_S"]
+__all__ = ["RooflineCounter", "fake_costs", "project_cells", "project_series", "fit_at", "SLOW_FAKE_S"]
 
-SLOW_FAKE_S = 2.0  # a fake pass predicted slower than this switches the series to the fit
-FIT_POINTS = 4  # shorter lengths the fit uses (at least 3)
 _THREADS = [0]  # the caller's torch threads, for the real passes
 REAL_LENGTHS = (2048, 4096, 8192)  # real passes for mixers the fake pass cannot follow
-QUANTITIES = ("mem_peak_bytes", "mem_abs_peak_bytes", "flops", "bytes_moved", "time_s", "ops")
+
+
+_NO_KERNEL = frozenset({"detach", "alias", "lift_fresh", "is_contiguous", "is_strides_like_format",
+                        "is_non_overlapping_and_dense", "dim", "size", "stride", "numel", "storage_offset",
+                        "is_same_size", "promote_types", "result_type"})
+
+
+def _metadata_only(func) -> bool:
+    """An op that launches no kernel and moves no data: ``prim.device`` / ``prim.layout`` (a
+    tensor's attributes), ``sym_size`` and the like, aliases. Counting its tensor input as
+    bytes moved would charge a full read per ``x.device`` in a Python loop."""
+    name = func.overloadpacket.__name__
+    return func.namespace == "prim" or name.startswith("sym_") or name in _NO_KERNEL
+
+
+_FFT_OPS = frozenset({torch.ops.aten._fft_r2c, torch.ops.aten._fft_c2c, torch.ops.aten._fft_c2r})
+
+
+@functools.lru_cache(maxsize=1)
+def _flop_registry() -> dict:
+    """torch's FLOP formulas plus the profiler's (FFT, SDPA), by op overload packet."""
+    from profiler.flops import flop_counter
+
+    return dict(flop_counter().flop_registry)
 
 
 class RooflineCounter(TorchDispatchMode):
@@ -44,10 +69,9 @@ class RooflineCounter(TorchDispatchMode):
 
     def __init__(self, device: Device, dtype: str):
         super().__init__()
-        from profiler.flops import flop_counter
-
-        self.registry = flop_counter().flop_registry
+        self.registry = _flop_registry()
         self.peak, self.bw, self.over = device.peak_flops(dtype), device.bandwidth_bytes_per_s, device.op_overhead_s
+        self.fft_peak = device.fft_flops_per_s or self.peak
         self.flops = self.bytes = self.time = 0.0
         self.ops = 0
         self.compute_s = self.memory_s = 0.0
@@ -55,18 +79,43 @@ class RooflineCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if getattr(func, "is_view", False) or func.overloadpacket.__name__ in ("detach", "alias", "lift_fresh"):
-            return out
+        self.count(func, args, kwargs, out)
+        return out
+
+    def count(self, func, args, kwargs, out) -> None:
+        """Charge one dispatched op (its FLOPs, bytes, roofline time)."""
+        if func.namespace == "prim" or getattr(func, "is_view", False) or _metadata_only(func):
+            return
         formula = self.registry.get(func.overloadpacket)
         flops = float(formula(*args, **kwargs, out_val=out)) if formula is not None else 0.0
         moved = sum(t.numel() * t.element_size() for t in tree_flatten((args, kwargs, out))[0]
                     if isinstance(t, torch.Tensor))
-        c, m = flops / self.peak, moved / self.bw
+        c, m = flops / (self.fft_peak if func.overloadpacket in _FFT_OPS else self.peak), moved / self.bw
         self.flops, self.bytes, self.ops = self.flops + flops, self.bytes + moved, self.ops + 1
         self.compute_s += c if c >= m else 0.0
         self.memory_s += m if m > c else 0.0
         self.time += max(c, m) + self.over
-        return out
+
+
+def _tracker():
+    """The profiler's live-tensor tracker, with a fast path for ``prim`` ops (a tensor's device
+    or layout: no tensor out, nothing to track; a Python loop calls them per chunk), that also
+    charges every op to ``counter`` while one is set (one dispatch mode instead of two: a fake
+    pass's cost is mostly per-op dispatch)."""
+    from profiler.memory import LiveTensorTracker
+
+    class _Tracker(LiveTensorTracker):
+        counter: RooflineCounter | None = None
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "prim":
+                return func(*args, **(kwargs or {}))
+            out = super().__torch_dispatch__(func, types, args, kwargs)
+            if self.counter is not None:
+                self.counter.count(func, args, kwargs or {}, out)
+            return out
+
+    return _Tracker()
 
 
 def fake_costs(cell: Cell, device: Device, builder=None, fake: bool = True) -> dict[str, Any]:
@@ -77,11 +126,10 @@ def fake_costs(cell: Cell, device: Device, builder=None, fake: bool = True) -> d
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from profiler.builders import build_step, torch_dtype
-    from profiler.memory import LiveTensorTracker
 
     builder = builder or build_step
     with FakeTensorMode() if fake else contextlib.nullcontext():
-        tracker = LiveTensorTracker()
+        tracker = _tracker()
         with tracker:
             step = builder(cell, torch.device("cpu"), torch_dtype(cell.dtype))
             if cell.scope == "model" and cell.mode == "train":
@@ -92,37 +140,14 @@ def fake_costs(cell: Cell, device: Device, builder=None, fake: bool = True) -> d
                     step.reset()
             before = tracker.current
             tracker.mark()
-            counter = RooflineCounter(device, cell.dtype)
-            with counter:
-                out = step.fn()
+            counter = tracker.counter = RooflineCounter(device, cell.dtype)
+            out = step.fn()
+            tracker.counter = None
             del out
             peak = tracker.window_peak
     bound = "compute" if counter.compute_s >= counter.memory_s else "memory"
     return {"mem_peak_bytes": int(peak), "mem_abs_peak_bytes": int(before + peak), "flops": counter.flops,
             "bytes_moved": counter.bytes, "time_s": counter.time, "ops": counter.ops, "bound": bound}
-
-
-def _fit(points: list[tuple[int, dict]], T: int) -> dict[str, Any]:
-    """Each quantity at T from ``y = a + b T^k`` through the last three points (lengths in a
-    geometric progression, ratio r): r^k = (y3 - y2) / (y2 - y1), k clipped to [0, 2]; a
-    quantity that did not grow stays at its last value."""
-    import math
-
-    (T1, p1), (T2, p2), (T3, p3) = points[-3:]
-    r = T3 / T2
-    out: dict[str, Any] = {}
-    for q in QUANTITIES:
-        y1, y2, y3 = float(p1[q]), float(p2[q]), float(p3[q])
-        if y3 - y2 <= 0 or y2 - y1 <= 0:
-            out[q] = max(y3, y2 + (y3 - y2) * max(0.0, T - T3) / max(T3 - T2, 1)) if y3 > y2 else y3
-            continue
-        k = min(2.0, max(0.0, math.log((y3 - y2) / (y2 - y1)) / math.log(r)))
-        b = (y3 - y2) / (T3 ** k - T2 ** k) if k > 0 else 0.0
-        out[q] = y3 + b * (T ** k - T3 ** k) if k > 0 else y3
-    for q in ("mem_peak_bytes", "mem_abs_peak_bytes", "ops"):
-        out[q] = int(round(out[q]))
-    out["bound"] = points[-1][1].get("bound")
-    return out
 
 
 def _real_points(cell: Cell, device: Device, builder=None) -> list[tuple[int, dict]]:
@@ -144,115 +169,19 @@ def _real_points(cell: Cell, device: Device, builder=None) -> list[tuple[int, di
     return points
 
 
-def _expected_seconds(times: list[tuple[int, float]], T: int) -> float | None:
-    """The next fake pass's seconds, from the growth of the last two (exponent clipped to [0, 2])."""
-    import math
-
-    if len(times) < 2:
-        return None
-    (T1, s1), (T2, s2) = times[-2], times[-1]
-    k = min(2.0, max(0.0, math.log(max(s2, 1e-6) / max(s1, 1e-6)) / math.log(T2 / T1))) if T2 > T1 else 1.0
-    return s2 * (T / T2) ** k
-
-
 def _data_dependent(exc: BaseException) -> bool:
     """The fake pass met a data-dependent op (``.item()``, ``nonzero``), not a real error."""
     names = " ".join(type(e).__name__ for e in (exc, exc.__cause__, exc.__context__) if e is not None)
     return any(k in names for k in ("DataDependent", "DynamicOutputShape", "UnsupportedOperator"))
 
 
-class _Series:
-    """The passes of one series: fake passes (timed), and the small real ones when needed."""
-
-    def __init__(self, device: Device, builder, slow_s: float):
-        self.device, self.builder, self.slow_s = device, builder, slow_s
-        self.done: list[tuple[int, dict]] = []  # (T, fake result), ascending T
-        self.times: list[tuple[int, float]] = []
-        self.real: list[tuple[int, dict]] | None = None
-        self.fake_error: str | None = None
-
-    def fake(self, cell: Cell) -> dict:
-        """A fake pass; raises on any failure (``fake_error`` set when it is data-dependent)."""
-        if self.fake_error is not None:  # failed at a shorter length: fails here too
-            raise RuntimeError(self.fake_error)
-        from profiler.cell import one_line
-
-        t0 = time.perf_counter()
-        try:
-            res = fake_costs(cell, self.device, self.builder)
-        except Exception as exc:
-            if _data_dependent(exc):
-                self.fake_error = one_line(exc)
-            raise
-        self.times.append((cell.T, time.perf_counter() - t0))
-        self.done.append((cell.T, res))
-        self.done.sort(key=lambda p: p[0])
-        return {**res, "status": "ok", "method": "fake", "fake_s": round(self.times[-1][1], 4), "reason": None}
-
-    def fit(self, T: int, points: list[tuple[int, dict]], method: str = "fit") -> dict:
-        return {**_fit(points, T), "status": "ok", "method": method, "fit_lengths": [p[0] for p in points],
-                "reason": None}
-
-    def one(self, cell: Cell) -> dict:
-        """The sequential rule: fake while fast, then the fit; small real passes for a mixer the
-        fake pass cannot follow; any other failure is an ``error`` record with its reason."""
-        from profiler.cell import one_line
-
-        expected = _expected_seconds(self.times, cell.T)
-        if expected is not None and expected > self.slow_s and len(self.done) >= 3:
-            return self.fit(cell.T, self.done[-FIT_POINTS:])
-        try:
-            return self.fake(cell)
-        except Exception as exc:
-            if self.fake_error is None:
-                return {"status": "error", "reason": one_line(exc)}
-        if self.real is None:
-            self.real = _real_points(cell, self.device, self.builder)
-        if len(self.real) >= 3:
-            return self.fit(cell.T, self.real, "fit_real")
-        return {"status": "error", "reason": f"the fake pass cannot run this cell: {self.fake_error}"}
-
-
-def _agrees(fit: dict, fake: dict) -> bool:
-    """The fit through the shortest lengths reproduces the fake pass at the longest."""
-    for q, tol in (("mem_peak_bytes", 0.01), ("mem_abs_peak_bytes", 0.01), ("flops", 0.01), ("time_s", 0.05)):
-        a, b = float(fit[q]), float(fake[q])
-        if abs(a - b) > tol * max(abs(b), 1.0):
-            return False
-    return True
-
-
 def project_series(cells: list[Cell], device: Device, builder=None, slow_s: float = SLOW_FAKE_S) -> list[dict]:
-    """Results for the cells of one (label, mode) series (in the order given).
+    """Results for the cells of one (label, mode) series (in the order given), planned by
+    :mod:`profiler.project_series` (which lengths get a fake pass, which the fit)."""
+    from profiler import project_series as plan
 
-    Shortcut for five or more lengths: fake passes at the three shortest and the longest; when
-    the fit through the three reproduces the longest (memory and FLOPs within 1%, time within
-    5%), the lengths between are that fit (``method: "fit"``, ``validated_at``). Otherwise, or
-    when the longest pass would be slow, every length by :meth:`_Series.one`."""
-    order = sorted(range(len(cells)), key=lambda i: cells[i].T)
-    run = [i for i in order if not cells[i].unsupported]
-    out: dict[int, dict] = {i: {"status": "unsupported", "reason": cells[i].unsupported}
-                            for i in order if cells[i].unsupported}
-    series = _Series(device, builder, slow_s)
-    if len(run) >= 5:
-        try:
-            first = {i: series.fake(cells[i]) for i in run[:3]}
-            expected = _expected_seconds(series.times, cells[run[-1]].T)
-            if expected is not None and expected <= slow_s:
-                last = series.fake(cells[run[-1]])
-                points = series.done[:3]
-                if _agrees(_fit(points, cells[run[-1]].T), last):
-                    out.update(first)
-                    out[run[-1]] = last
-                    for i in run[3:-1]:
-                        out[i] = {**series.fit(cells[i].T, points), "validated_at": cells[run[-1]].T}
-                    return [out[i] for i in range(len(cells))]
-        except Exception:  # the sequential rule below says what failed, cell by cell
-            pass
-    series = _Series(device, builder, slow_s)
-    for i in run:
-        out[i] = series.one(cells[i])
-    return [out[i] for i in range(len(cells))]
+    return plan.project_series(cells, device, builder, slow_s, costs=lambda c, d, b: fake_costs(c, d, b),
+                               real_points=_real_points, data_dependent=_data_dependent)
 
 
 def projection_record(cell: Cell, result: dict, device: Device, run_id: str, budget: float) -> dict[str, Any]:
@@ -262,7 +191,7 @@ def projection_record(cell: Cell, result: dict, device: Device, run_id: str, bud
            "heads": cell.heads, "depth": cell.depth, "dtype": cell.dtype, "device": device.key,
            "device_name": device.name, "causal": cell.causal, "model": cell.model, "pad_fraction": cell.pad_fraction}
     rec.update({"status": result["status"], "reason": result.get("reason")})
-    for q in (*QUANTITIES, "bound", "method", "fit_lengths", "validated_at", "fake_s"):
+    for q in (*QUANTITIES, "bound", "method", "projected_by", "fit_form", "fit_lengths", "validated_at", "fake_s"):
         rec[q] = result.get(q)
     rec["memory_budget_bytes"] = budget
     rec["fits"] = None if rec["mem_abs_peak_bytes"] is None else bool(rec["mem_abs_peak_bytes"] <= budget)

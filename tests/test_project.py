@@ -13,7 +13,7 @@ import torch
 from profiler.builders import Step
 from profiler.cases import Cell
 from profiler.devices import get_device, load_devices
-from profiler.project import _fit, project_series
+from profiler.project import fit_at as _fit, project_series
 from reports.projection import calibration_rows, crossovers, largest_fitting
 from zoo.errors import ZooValueError
 
@@ -64,6 +64,29 @@ def test_slow_fake_pass_switches_to_fit():
     assert results[3]["mem_peak_bytes"] == pytest.approx(2 * 512 * 512 * 4 + 512 * D * 4, rel=0.05)
 
 
+@pytest.mark.parametrize("mixer, mode", [("deltanet", "forward"), ("gla", "train")])
+def test_chunk_loop_extrapolation_equals_a_direct_fake_pass(mixer, mode):
+    """A chunked mixer dispatches ops in proportion to T: its series is the quadratic through
+    T0/8..T0/2 checked at T0, and at a longer T that equals a direct fake pass (memory, FLOPs,
+    ops exactly; bytes and time up to rounding: gla's training step has a T^2 bytes term)."""
+    import dataclasses
+
+    from profiler.project import fake_costs
+    from profiler.project_run import _planned
+
+    dev = get_device("h100")
+    cells = _planned(mixer, "1024,1536,2048,4096", mode, None, 1, 64, 2, None, "fp32")
+    results = project_series(cells, dev)
+    assert [r["method"] for r in results] == ["fake", "fit", "fit", "fit"]
+    assert results[-1]["fit_lengths"] == [128, 256, 512] and results[-1]["validated_at"] == 1024
+    assert "from fake passes at T=128,256,512" in results[-1]["projected_by"]
+    direct = fake_costs(dataclasses.replace(cells[-1], T=4096), dev)
+    for q in ("mem_peak_bytes", "mem_abs_peak_bytes", "ops"):
+        assert results[-1][q] == direct[q], q
+    for q in ("flops", "bytes_moved", "time_s"):
+        assert results[-1][q] == pytest.approx(direct[q], rel=1e-9), q
+
+
 def test_device_table_builtin_and_user_file(tmp_path):
     table = load_devices()
     assert {"a100", "h100", "h200", "l4"} <= set(table)
@@ -84,6 +107,8 @@ def test_device_table_builtin_and_user_file(tmp_path):
     ("dtype.json", '{"x": {"memory_bytes": 1, "bandwidth_bytes_per_s": 1, "flops_per_s": {"int8": 1}}}',
      "unknown dtype 'int8'"),
     ("typo.json", '{"x": {"memory_bytes": 1, "bandwidth": 1}}', "unknown field 'bandwidth'"),
+    ("fft.json", '{"x": {"memory_bytes": 1, "bandwidth_bytes_per_s": 1, "flops_per_s": {"fp32": 1}, "fft_flops_per_s": "fast"}}',
+     "x: fft_flops_per_s: expected a positive number, got 'fast'"),
     ("table.yaml", "x: 1", "expected a .toml or .json file"),
 ])
 def test_device_file_bad_inputs(tmp_path, name, text, message):
@@ -91,6 +116,25 @@ def test_device_file_bad_inputs(tmp_path, name, text, message):
     f.write_text(text)
     with pytest.raises(ZooValueError, match=message):
         load_devices(f)
+
+
+def test_fft_ops_run_at_the_devices_fft_rate(tmp_path):
+    """A device with ``fft_flops_per_s`` charges FFT ops at that rate (the CPU's is measured:
+    FFTs run far below the GEMM peak there); others at the dtype's peak."""
+    from profiler.project import fake_costs
+
+    def build_fft(c, device, dtype):
+        x = torch.randn(c.T, D, dtype=dtype, device=device)
+        return Step(fn=lambda: torch.fft.rfft2(x))
+
+    f = tmp_path / "d.json"
+    base = '"memory_bytes": 1e9, "bandwidth_bytes_per_s": 1e15, "flops_per_s": {"fp32": 1e12}'
+    f.write_text('{"fast": {%s}, "slow": {%s, "fft_flops_per_s": 1e9}}' % (base, base))
+    fast, slow = (fake_costs(cell(4096), get_device(k, f), build_fft) for k in ("fast", "slow"))
+    assert fast["flops"] == slow["flops"] > 0
+    assert slow["time_s"] == pytest.approx(slow["flops"] / 1e9, rel=1e-3)
+    assert fast["time_s"] == pytest.approx(fast["flops"] / 1e12, rel=1e-3)
+    assert get_device("slow", f).as_dict()["fft_flops_per_s"] == 1e9
 
 
 def test_unknown_device():
@@ -140,3 +184,56 @@ def test_cli_project_and_its_errors(tmp_path):
                       (("--mixers", "softmax", "--lengths", "1k", "--out", str(out)), "already holds records")):
         r = cli(*args)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and msg in r.stderr, r.stderr
+
+
+def _synthetic(loop: bool, calls: list[int]):
+    """A fake-pass stand-in: memory and FLOPs affine in T; a loop over 64-token chunks (ops grow
+    with T) with bytes and time quadratic in T, or no loop with bytes and time a + b T^2."""
+    def costs(c, device, builder):
+        calls.append(c.T)
+        T = c.T
+        values = {"mem_peak_bytes": 1000 + 48 * T, "mem_abs_peak_bytes": 2000 + 48 * T, "flops": 7.0 * T + 3,
+                  "bytes_moved": 0.25 * T * T + (5.0 * T if loop else 100.0),
+                  "time_s": 1e-9 * T * T + (1e-6 * T if loop else 1e-3),
+                  "ops": 40 + (T // 64 if loop else 0), "bound": "memory"}
+        return values
+    return costs
+
+
+@pytest.mark.parametrize("loop, passes", [(True, [1024, 512, 128, 256]), (False, [1024, 512, 2048, 2**20])])
+def test_series_plan_passes_and_exactness(loop, passes):
+    from profiler import project_series as plan
+
+    calls: list[int] = []
+    cells = [cell(2**k) for k in range(10, 21)]  # 1k..1M
+    out = plan.project_series(cells, get_device("h100"), None, costs=_synthetic(loop, calls),
+                              real_points=None, data_dependent=lambda e: False)
+    assert calls == passes  # each pass once; nothing near 1M for a loop
+    top = out[-1]
+    assert top["mem_peak_bytes"] == 1000 + 48 * 2**20 and top["flops"] == pytest.approx(7.0 * 2**20 + 3, rel=1e-12)
+    if loop:  # the quadratic is exact for the T^2 bytes too
+        assert top["method"] == "fit" and top["fit_form"] == "a + b T + c T^2"
+        assert top["bytes_moved"] == pytest.approx(5.0 * 2**20 + 0.25 * 2**40, rel=1e-9)
+    else:
+        assert top["method"] == "fake" and out[5]["method"] == "fit" and out[5]["validated_at"] == 2**20
+
+
+def test_metadata_ops_move_no_bytes():
+    """``x.device`` in a Python loop is a dispatched ``prim.device`` op: no kernel, no bytes."""
+    from profiler.project import fake_costs
+
+    def builder(loops):
+        def build(c, device, dtype):
+            x = torch.randn(c.T, D, dtype=dtype, device=device)
+
+            def fn():
+                for _ in range(loops):
+                    assert x.device.type == "cpu"
+                return x * 2
+
+            return Step(fn=fn)
+        return build
+
+    dev = get_device("h100")
+    a, b = (fake_costs(cell(4096), dev, builder(n)) for n in (1, 50))
+    assert a["bytes_moved"] == b["bytes_moved"] == 2 * 4096 * D * 4 and a["ops"] == b["ops"] == 1

@@ -714,7 +714,8 @@ def _band_attention(
         bias = torch.zeros(allowed.shape, dtype=q.dtype, device=device)  # (B*nb, c, S)
         bias.masked_fill_(~allowed, neg_value(q.dtype))
         out = F.scaled_dot_product_attention(qb, kw, vw, attn_mask=bias[:, None], scale=scale, dropout_p=dropout_p)  # (B*nb, H, c, P)
-        out = out * has_any[:, None, :, None].to(out.dtype)  # rows without a key: 0 (no host sync)
+        keep = has_any[:, None, :, None].to(out.dtype)  # (B*nb, 1, c, 1): rows without a key -> 0 (no host sync)
+        out = out * keep if out.requires_grad else out.mul_(keep)  # in place outside autograd: no second copy
         return unblock(out), None
 
     scores = torch.matmul(qb, kw.transpose(-1, -2)).to(fdt) * scale  # (B*nb, H, c, S)
