@@ -16,9 +16,10 @@ is thousands of times its 1k pass. The plan, per (label, mode) series:
    T^2 term, :func:`poly_at`), every longer length is that quadratic
    (``validated_at`` T0); when it does not, step 2 through T0, T1, T2 (a short length in
    another regime, e.g. below a block size; its longest pass only if predicted cheap);
-4. otherwise the sequential rule: fake passes while the next one is predicted cheap (seconds
-   per op of the last pass times the op count extrapolated in T), then the fit through the
-   last three.
+4. otherwise the sequential rule: fake passes while the next one is predicted cheap (a fixed
+   cost per op, :data:`SECONDS_PER_OP`, times the op count extrapolated in T: never this
+   machine's clock, so the plan and its figures are the same on any machine), then the fit
+   through the last three.
 
 No pass runs twice: every pass is kept by length. Records say how they were obtained
 (``method``, ``fit_lengths``, ``validated_at``, ``projected_by``).
@@ -36,6 +37,7 @@ from profiler.cases import Cell
 __all__ = ["project_series", "fit_at", "poly_at", "SLOW_FAKE_S", "QUANTITIES", "FORMS"]
 
 SLOW_FAKE_S = 2.0  # a fake pass predicted slower than this is not run (the fit answers)
+SECONDS_PER_OP = 2.5e-4  # a fake pass's cost per dispatched op, measured on the 2-core CPU (chunk loops)
 QUANTITIES = ("mem_peak_bytes", "mem_abs_peak_bytes", "flops", "bytes_moved", "time_s", "ops")
 _TOLERANCE = (("mem_peak_bytes", 0.01), ("mem_abs_peak_bytes", 0.01), ("flops", 0.01), ("time_s", 0.05))
 # "exactly": to 10 parts per million (a few bytes of rounding in a chunk count's allocation)
@@ -152,13 +154,15 @@ class Series:
         return res
 
     def expected_seconds(self, T: int) -> float | None:
-        """The fake pass at T: seconds per op of the longest pass so far times the op count
-        extrapolated linearly from the two longest (never fewer than the last)."""
-        pts = [(t, r) for t, r in self.points() if t in self.seconds]
+        """The fake pass at T: :data:`SECONDS_PER_OP` times the op count extrapolated linearly
+        from the two longest passes (never fewer than the last). A constant, not this machine's
+        clock: which lengths get a fake pass (and so the projected figures) must not depend on
+        how fast or busy the machine was."""
+        pts = self.points()
         if not pts:
             return None
         t2, r2 = pts[-1]
-        per_op = self.seconds[t2] / max(r2["ops"], 1)
+        per_op = SECONDS_PER_OP
         ops = float(r2["ops"])
         if len(pts) >= 2 and T > t2:
             t1, r1 = pts[-2]

@@ -237,3 +237,22 @@ def test_metadata_ops_move_no_bytes():
     dev = get_device("h100")
     a, b = (fake_costs(cell(4096), dev, builder(n)) for n in (1, 50))
     assert a["bytes_moved"] == b["bytes_moved"] == 2 * 4096 * D * 4 and a["ops"] == b["ops"] == 1
+
+
+@pytest.mark.parametrize("loop", [True, False])
+def test_series_plan_does_not_depend_on_the_machines_clock(loop, monkeypatch):
+    """Which lengths get a fake pass (and so every projected figure) must be the same on a fast,
+    a slow or a busy machine: the plan predicts a pass's cost from its op count, not a stopwatch."""
+    from profiler import project_series as plan
+
+    cells = [cell(2**k) for k in range(10, 21)]  # 1k..1M
+
+    def run(tick: float):
+        clock = iter(range(10**6))
+        monkeypatch.setattr(plan.time, "perf_counter", lambda: next(clock) * tick)
+        calls: list[int] = []
+        out = plan.project_series(cells, get_device("h100"), None, costs=_synthetic(loop, calls),
+                                  real_points=None, data_dependent=lambda e: False)
+        return calls, [{k: v for k, v in r.items() if k != "fake_s"} for r in out]
+
+    assert run(1e-6) == run(10.0)  # every pass "took" a microsecond, or ten seconds
