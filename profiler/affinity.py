@@ -21,25 +21,17 @@ import os
 import time
 from typing import Callable
 
+from profiler.contention import per_cpu_ticks
+
 __all__ = ["PIN_WINDOW_S", "per_cpu_busy", "quietest", "pin_quietest", "restore"]
 
 PIN_WINDOW_S = 0.1  # others' per-CPU use is read over this much wall time before a cell pins
 
 
 def per_cpu_busy(proc: str = "/proc") -> dict[int, float] | None:
-    """{cpu id: busy ticks since boot} (user + nice + system + irq + softirq + steal), None where unreadable."""
-    try:
-        with open(f"{proc}/stat") as fh:
-            rows = [ln.split() for ln in fh if ln.startswith("cpu") and not ln.startswith("cpu ")]
-    except OSError:
-        return None
-    out = {}
-    for f in rows:
-        if len(f) < 9:
-            continue
-        v = [int(x) for x in f[1:9]]
-        out[int(f[0][3:])] = float(v[0] + v[1] + v[2] + v[5] + v[6] + v[7])
-    return out or None
+    """{cpu id: busy ticks since boot} (:func:`profiler.contention.per_cpu_ticks`' busy part)."""
+    ticks = per_cpu_ticks(proc)
+    return None if ticks is None else {c: busy for c, (busy, _) in ticks.items()}
 
 
 def quietest(n: int, allowed: frozenset[int], before: dict[int, float], after: dict[int, float]) -> list[int]:

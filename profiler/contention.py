@@ -55,7 +55,7 @@ from typing import Any, Callable
 
 __all__ = [
     "OTHER_LIMIT", "WAIT_LIMIT", "MIN_WINDOW_S", "TICK_SLACK", "CONTENDED_RUN",
-    "ProcReader", "ContentionProbe", "judge", "usable_cores", "current_threads", "cpu_quota", "busy_cores", "auto_threads",
+    "ProcReader", "per_cpu_ticks", "ContentionProbe", "judge", "usable_cores", "current_threads", "cpu_quota", "busy_cores", "auto_threads",
     "measure_others", "wait_for_quiet", "preflight", "preflight_line", "warn_if_busy",
 ]
 
@@ -81,20 +81,11 @@ class ProcReader:
 
     def cpu_times(self, cpus: frozenset[int] | None) -> tuple[float, float] | None:
         """(busy seconds, steal seconds) summed over ``cpus`` (None: all), since boot."""
-        try:
-            with open(f"{self.proc}/stat") as fh:
-                lines = [ln.split() for ln in fh if ln.startswith("cpu")]
-        except OSError:
+        ticks = per_cpu_ticks(self.proc)
+        if ticks is None:
             return None
-        busy = steal = 0.0
-        for f in lines:
-            if f[0] == "cpu" or len(f) < 9 or (cpus is not None and int(f[0][3:]) not in cpus):
-                continue
-            # user nice system idle iowait irq softirq steal [guest guest_nice]; guest is inside user
-            v = [int(x) for x in f[1:9]]
-            busy += v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
-            steal += v[7]
-        return busy / self.tick, steal / self.tick
+        rows = [v for c, v in ticks.items() if cpus is None or c in cpus]
+        return sum(b for b, _ in rows) / self.tick, sum(st for _, st in rows) / self.tick
 
     def now(self) -> float:
         return time.perf_counter()
@@ -145,6 +136,23 @@ class ProcReader:
             if len(f) > 12:
                 out[int(pid)] = (head.partition("(")[2], (int(f[11]) + int(f[12])) / self.tick)
         return out
+
+
+def per_cpu_ticks(proc: str = "/proc") -> dict[int, tuple[float, float]] | None:
+    """{cpu id: (busy ticks, steal ticks)} since boot from ``proc``/stat; busy is user + nice +
+    system + irq + softirq + steal (guest is inside user). None where unreadable."""
+    try:
+        with open(f"{proc}/stat") as fh:
+            rows = [ln.split() for ln in fh if ln.startswith("cpu") and not ln.startswith("cpu ")]
+    except OSError:
+        return None
+    out = {}
+    for f in rows:
+        if len(f) < 9:
+            continue
+        v = [int(x) for x in f[1:9]]  # user nice system idle iowait irq softirq steal
+        out[int(f[0][3:])] = (float(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]), float(v[7]))
+    return out
 
 
 def _listdir(path: str) -> list[str]:
