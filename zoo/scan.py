@@ -35,6 +35,7 @@ __all__ = [
     "chunked_channel_decay_attention",
     "decay_scan_flops",
     "mask_scan_inputs",
+    "masked_exp",
 ]
 
 
@@ -62,6 +63,65 @@ def _chunk_state_scan(states: torch.Tensor, chunk_decay: torch.Tensor) -> torch.
     return torch.stack(prefix, dim=2)  # (B, H, N, K, V)
 
 
+def masked_exp(log_ratio: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+    """``exp(log_ratio)`` with 0 where ``drop`` (a causal decay matrix). ``log_ratio`` must be a
+    fresh tensor: it is overwritten. The dropped entries are set to 0 *before* the exp and zeroed
+    after it, never exp'd as -inf: on CPU, exp is about 10x slower on lanes that underflow (-inf
+    included) than on ordinary ones (82 vs 7 us for a 4 x 64 x 64 causal matrix, one core)."""
+    e = log_ratio.masked_fill_(drop, 0.0).exp_()  # (..): 1 where dropped
+    # out of place when autograd records: exp_'s backward reads its own output
+    return e.masked_fill(drop, 0.0) if e.requires_grad else e.masked_fill_(drop, 0.0)
+
+
+def _records_graph(*tensors: torch.Tensor) -> bool:
+    """True when autograd records this call (or torch.compile traces it): the batched form,
+    whose graph is a few large ops. Otherwise the chunk loop below is used (inference)."""
+    if torch.compiler.is_compiling():
+        return True
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _chunk_loop_decay_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_g: torch.Tensor, chunk: int
+) -> torch.Tensor:
+    """:func:`chunked_decay_attention` without autograd: chunk by chunk, the running state
+    updated in place. The same arithmetic; no (N, C, C) or (N, K, V) tensor is held, so each
+    chunk's working set stays in cache. A decay fixed along time (``log_g`` expanded over T with
+    stride 0, as RetNet's gamma) has the same decays in every chunk: they are computed once."""
+    B, H, T, V = v.shape
+    K = q.shape[-1]
+    out = torch.empty(B, H, T, V, dtype=v.dtype, device=v.device)  # (B, H, T, V)
+    state = v.new_zeros(B, H, K, V)  # (B, H, K, V): the state entering the chunk
+    future = torch.ones(chunk, chunk, dtype=torch.bool, device=v.device).triu(1)  # [i, j]: j > i
+    fixed = T > 1 and log_g.stride(2) == 0
+    cached = None
+
+    def decays(G: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """G (B, H, c): in-chunk cumulative log decay -> the chunk's decay factors."""
+        c = G.shape[-1]
+        G_last = G[..., -1:]  # (B, H, 1)
+        return (masked_exp(G[..., :, None] - G[..., None, :], future[:c, :c]),  # (B, H, c, c): i <- j
+                G.exp()[..., None],  # (B, H, c, 1): from the chunk start to i
+                (G_last - G).exp()[..., None],  # (B, H, c, 1): from j to the chunk end
+                G_last.exp()[..., None])  # (B, H, 1, 1): over the whole chunk
+
+    for start in range(0, T, chunk):
+        s = slice(start, min(T, start + chunk))
+        full = s.stop - s.start == chunk
+        if fixed and full:
+            cached = cached or decays(log_g[:, :, s].cumsum(-1))
+            within, to_query, to_end, over = cached
+        else:
+            within, to_query, to_end, over = decays(log_g[:, :, s].cumsum(-1))
+        qn, kn, vn = q[:, :, s], k[:, :, s], v[:, :, s]  # (B, H or 1, c, K), (B, H or 1, c, K), (B, H, c, V)
+        scores = torch.matmul(qn, kn.transpose(-1, -2)) * within  # (B, H, c, c)
+        o = torch.matmul(scores, vn)  # (B, H, c, V)
+        o += torch.matmul(qn * to_query, state)  # the prefix, decayed to each query
+        out[:, :, s] = o
+        state.mul_(over).add_(torch.matmul((kn * to_end).transpose(-1, -2), vn))
+    return out
+
+
 def chunked_decay_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_g: torch.Tensor, chunk: int = 64
 ) -> torch.Tensor:
@@ -71,6 +131,8 @@ def chunked_decay_attention(
     are then computed once), v (B, H, T, V), log_g (B, H, T) (<= 0). Returns (B, H, T, V).
     Time O(T·C·(K + V) + T·K·V), memory O(T·C + (T/C)·K·V) per head.
     """
+    if not _records_graph(q, k, v, log_g):
+        return _chunk_loop_decay_attention(q, k, v, log_g, chunk)
     B, H, T, V = v.shape
     K = q.shape[-1]
     pad = (-T) % chunk
@@ -82,7 +144,7 @@ def chunked_decay_attention(
     vc = v.reshape(B, H, N, chunk, V)  # (B, H, N, C, V)
     G = log_g.reshape(B, H, N, chunk).cumsum(-1)  # (B, H, N, C): decay from chunk start to i
     future = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).triu(1)
-    decay = (G[..., :, None] - G[..., None, :]).masked_fill(future, float("-inf")).exp()  # (B, H, N, C, C)
+    decay = masked_exp(G[..., :, None] - G[..., None, :], future)  # (B, H, N, C, C)
     scores = torch.matmul(qc, kc.transpose(-1, -2)) * decay  # (B, H or 1, N, C, C) * (B, H, N, C, C)
     G_last = G[..., -1:]  # (B, H, N, 1)
     k_to_end = kc * (G_last - G).exp()[..., None]  # (B, H, N, C, K): decayed to the chunk end
@@ -108,16 +170,19 @@ def _sub_chunk_scores(qc: torch.Tensor, kc: torch.Tensor, G: torch.Tensor, sub: 
     q_hat = qs * (Gs - ref[..., None, :]).exp()  # (B, H, N, S, s, K): G_i <= ref_a
     earlier = torch.ones(S, S, dtype=torch.bool, device=qc.device).tril(-1)  # [a, b]: b < a
     # key j in sub-chunk b decayed to the start of sub-chunk a: exp(ref_a - G_j) <= 1 for b < a
-    # (in-place masking and exp on fresh differences: their backward needs only the exp's output)
+    # (in-place masking and exp on fresh differences: their backward needs only the exp's output;
+    # dropped entries are exp(0) = 1 here, zeroed in the product, never exp(-inf): see masked_exp)
+    drop = ~earlier[:, :, None, None]  # (S_a, S_b, 1, 1)
     gap = ref[:, :, :, :, None, None, :] - Gs[:, :, :, None, :, :, :]  # (B, H, N, S_a, S_b, s, K)
-    gap = gap.masked_fill_(~earlier[:, :, None, None], float("-inf")).exp_()
-    k_hat = ks[:, :, :, None] * gap  # (B, H, N, S_a, S_b, s, K), zero for b >= a
+    gap = gap.masked_fill_(drop, 0.0).exp_()
+    k_hat = (ks[:, :, :, None] * gap).masked_fill_(drop, 0.0)  # (B, H, N, S_a, S_b, s, K), zero for b >= a
     cross = torch.einsum("bhnaik,bhnacjk->bhnaicj", q_hat, k_hat)  # (B, H, N, S, s, S, s)
     # inside a sub-chunk: the exact s x s x K decays, in log space
     causal = torch.ones(sub, sub, dtype=torch.bool, device=qc.device).tril()
     within = Gs[..., :, None, :] - Gs[..., None, :, :]  # (B, H, N, S, s_i, s_j, K)
-    within = within.masked_fill_(~causal[:, :, None], float("-inf")).exp_()
-    diag = torch.matmul(within * ks[..., None, :, :], qs[..., None]).squeeze(-1)  # (B, H, N, S, s_i, s_j)
+    later = ~causal[:, :, None]  # (s_i, s_j, 1): j > i
+    within = within.masked_fill_(later, 0.0).exp_()
+    diag = torch.matmul((within * ks[..., None, :, :]).masked_fill_(later, 0.0), qs[..., None]).squeeze(-1)  # (B, H, N, S, s_i, s_j)
     eye = torch.eye(S, dtype=qc.dtype, device=qc.device)  # [a, b]
     full = cross + diag[..., :, :, None, :] * eye[:, None, :, None]  # (B, H, N, S, s, S, s)
     return full.reshape(B, H, N, C, C)

@@ -35,6 +35,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from zoo.scan import masked_exp
+
 __all__ = [
     "StateSize",
     "MixerState",
@@ -208,12 +210,12 @@ def decayed_attention_step(
         future = torch.ones(m, m, dtype=torch.bool, device=v.device).triu(1)  # [i, j]: j > i
         G = gs.cumsum(2)  # (B, H, m) or (B, H, m, K): log decay from the piece's start, inclusive
         if G.dim() == 3:  # scalar decay: an m x m matrix of decays
-            decay = (G[..., :, None] - G[..., None, :]).masked_fill(future, float("-inf")).exp()  # (B, H, m, m)
+            decay = masked_exp(G[..., :, None] - G[..., None, :], future)  # (B, H, m, m)
             scores = torch.matmul(qs, ks.transpose(-1, -2)) * decay  # (B, H, m, m)
             G_end, G = G[..., -1:, None], G[..., None]  # (B, H, 1, 1), (B, H, m, 1)
             carry = G_end.exp()  # (B, H, 1, 1): the state's decay over the piece
         else:  # per-channel decay: the m x m x K decays
-            gap = (G[:, :, :, None, :] - G[:, :, None, :, :]).masked_fill(future[..., None], float("-inf")).exp()
+            gap = masked_exp(G[:, :, :, None, :] - G[:, :, None, :, :], future[..., None])  # (B, H, m, m, K)
             scores = torch.einsum("bhik,bhjk,bhijk->bhij", qs, ks, gap)  # (B, H, m, m)
             G_end = G[:, :, -1:]  # (B, H, 1, K)
             carry = G_end.exp().transpose(-1, -2)  # (B, H, K, 1)
@@ -244,7 +246,7 @@ def delta_rule_step(
         kw, k_end, q_in, carry = kc, kc, qc, None
         if g is not None:
             G = g[:, :, s : s + chunk].cumsum(-1)  # (B, H, m)
-            gamma = (G[..., :, None] - G[..., None, :]).masked_fill(future, float("-inf")).exp()  # (B, H, m, m)
+            gamma = masked_exp(G[..., :, None] - G[..., None, :], future)  # (B, H, m, m)
             kk, qk = kk * gamma, qk * gamma
             kw, q_in = kc * G.exp()[..., None], qc * G.exp()[..., None]  # seen from the piece's start
             k_end = kc * (G[..., -1:] - G).exp()[..., None]  # seen from the piece's end

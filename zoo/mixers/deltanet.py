@@ -51,6 +51,7 @@ from zoo.base import (
 )
 from zoo.functional import compute_dtype, linear_flops, merge_heads, split_heads
 from zoo.registry import register
+from zoo.scan import masked_exp
 from zoo.state import StateSize, conv_with_tail, delta_rule_step
 
 # --- the op: gated delta rule, chunked (the ungated rule is g = None) --------------------------
@@ -99,8 +100,8 @@ def delta_rule_chunked(
         kw, k_end, gamma, last = kc, kc, None, None
     else:
         G = _chunk(g, C).cumsum(-1)  # (B, H, N, C): log decay from the chunk start, inclusive
-        # decay between positions i <= t of a chunk; -inf above the diagonal so exp gives 0
-        gamma_ti = (G.unsqueeze(-1) - G.unsqueeze(-2)).masked_fill(future, float("-inf")).exp()  # (B, H, N, C, C)
+        # decay between positions i <= t of a chunk; 0 above the diagonal
+        gamma_ti = masked_exp(G.unsqueeze(-1) - G.unsqueeze(-2), future)  # (B, H, N, C, C)
         kk, qk = kk * gamma_ti, qk * gamma_ti
         gamma = G.exp().unsqueeze(-1)  # (B, H, N, C, 1)
         last = G[..., -1:].exp().unsqueeze(-1)  # (B, H, N, 1, 1): decay over the whole chunk
