@@ -205,7 +205,11 @@ def profile_cmd(
         True, "--contention/--no-contention",
         help="CPU: check the machine before the sweep and retake timing samples during which other processes used its cores",
     ),
-    time_budget: Optional[float] = typer.Option(None, help="seconds of timed calls per cell [default: 2]"),
+    time_budget: Optional[float] = typer.Option(None, help="seconds of timed calls per cell (per round) [default: 2]"),
+    rounds: int = typer.Option(
+        1, help="time each cell in this many processes, interleaved with the other cells of its length; the "
+                "fastest clean round is kept (a slow process on a shared VM is one of k, not the cell)",
+    ),
     cpu_heap: str = typer.Option(
         "managed", help="managed (memory pass in a tracking heap, timing in a caching heap, no page-fault noise) | system (glibc as is)"
     ),
@@ -233,7 +237,8 @@ def profile_cmd(
         depth=depth, dtype=dtype, device=device, causal=causal, pad_fraction=pad_fraction, compile=compile, out=out,
         resume=resume, overwrite=overwrite,
         isolate=isolate, timeout=timeout, memory_budget=memory_budget, baseline=baseline, threads=_threads(threads), contention=contention,
-        time_budget=time_budget, cpu_heap=cpu_heap, progress=not quiet, command=[Path(sys.argv[0]).name, *sys.argv[1:]],
+        time_budget=time_budget, rounds=rounds, cpu_heap=cpu_heap, progress=not quiet,
+        command=[Path(sys.argv[0]).name, *sys.argv[1:]],
     )
     typer.echo(f"records in {path}", err=True)
 

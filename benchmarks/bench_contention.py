@@ -2,6 +2,7 @@
 
     python benchmarks/bench_contention.py                      # spin and matmul loads, one round each (~8 min on 2 cores)
     python benchmarks/bench_contention.py --settings spin --rounds 2
+    python benchmarks/bench_contention.py --settings none --threads 1   # A/A: two quiet sweeps, the VM's own noise
     python benchmarks/bench_contention.py --under-load spin -- bash scripts/main.sh   # any command under the load
 
 For each load setting and round, two ``zoo profile`` sweeps run back to back (a subprocess each,
@@ -14,6 +15,11 @@ the CLI as a user runs it, records in ``bench-out/contention/``):
 2. *quiet*: the same sweep at the thread count the loaded run recorded, so the comparison is
    like with like (the thread count changes the comparison itself).
 
+Setting ``none`` starts no load: its "loaded" sweep is a second quiet one (an A/A test), the floor
+the other settings can be judged against on a machine whose own noise is large. Both sweeps use
+``zoo profile --rounds`` (``--profile-rounds``, default 3: each cell timed in 3 processes,
+interleaved within a length, the fastest clean round kept; ``profiler/rounds.py``).
+
 Statistics (``benchmarks/contention_stats.py``), loaded against quiet, with their targets: the
 share of cells whose ratio to the baseline is within 15% of the quiet one (>= 90%) and the cells
 outside 15% not flagged noisy/contended (0); the largest difference of fitted time exponents
@@ -25,6 +31,7 @@ Writes ``bench-out/bench_contention.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -40,7 +47,9 @@ from profiler.compare import save_results  # noqa: E402
 from profiler.contention import auto_threads, usable_cores  # noqa: E402
 
 DEFAULT_MIXERS = "softmax,ponet,fnet,longformer,skeinformer,transnormer"
-SETTINGS = ("spin", "matmul")
+SETTINGS = ("spin", "matmul")  # the load generator's kinds
+SWEEP_SETTINGS = SETTINGS + ("none",)  # none: no load (A/A)
+PROFILE_ROUNDS = "3"  # zoo profile --rounds, as scripts/main.sh
 SETTLE_S = 2.0  # after starting or stopping the load, before a sweep starts
 
 # One busy process of the load generator. It dies with this script: PR_SET_PDEATHSIG where the C
@@ -150,6 +159,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--settings", default=",".join(SETTINGS), help="comma list of spin, matmul [default: both]")
     p.add_argument("--load-procs", default="1", help="busy processes (cores taken) [default: 1]")
     p.add_argument("--rounds", default="1", help="loaded/quiet pairs per setting [default: 1]")
+    p.add_argument("--profile-rounds", default=PROFILE_ROUNDS,
+                   help=f"zoo profile --rounds of every sweep [default: {PROFILE_ROUNDS}, main.sh's]")
     p.add_argument("--threads", default="auto", help="threads of the loaded sweep: auto or a count [default: auto]")
     p.add_argument("--time-budget", default="0.5", help="seconds of timed calls per cell [default: 0.5, main.sh's]")
     p.add_argument("--under-load", default=None, help="run the command after -- under this load (spin or matmul) and exit")
@@ -171,6 +182,7 @@ def _positive(name: str, text: str, kind=int):
 def _check(args: argparse.Namespace) -> None:
     """Every bad input is found here, before any load starts."""
     args.rounds = _positive("rounds", args.rounds)
+    args.profile_rounds = _positive("profile rounds", args.profile_rounds)
     args.load_procs = _positive("load procs", args.load_procs)
     args.time_budget = _positive("time budget", args.time_budget, float)
     cores = usable_cores()[0]
@@ -190,9 +202,9 @@ def _check(args: argparse.Namespace) -> None:
     if args.command:
         raise UsageError(f"unexpected command after --: {' '.join(args.command)!r} (only with --under-load)")
     args.settings = [s.strip() for s in args.settings.split(",") if s.strip()]
-    bad = [s for s in args.settings if s not in SETTINGS] or ([] if args.settings else ["(none)"])
+    bad = [s for s in args.settings if s not in SWEEP_SETTINGS] or ([] if args.settings else ["(empty)"])
     if bad:
-        raise UsageError(f"settings: expected a comma list of {', '.join(SETTINGS)}, got {bad[0]!r}")
+        raise UsageError(f"settings: expected a comma list of {', '.join(SWEEP_SETTINGS)}, got {bad[0]!r}")
     try:  # the profiler's own parsers: the same one-line errors zoo profile gives
         from profiler.cases import parse_lengths, parse_mixers, parse_modes
         from zoo.errors import ZooError
@@ -215,7 +227,7 @@ class RunFailed(Exception):
 def _profile(args: argparse.Namespace, out: Path, threads: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(ROOT / "cli.py"), "profile", "--device", "cpu", "--mixers", args.mixers,
            "--lengths", args.lengths, "--mode", args.mode, "--time-budget", str(args.time_budget),
-           "--threads", threads, "--baseline", args.baseline, "--out", str(out), "--overwrite", "--quiet"]
+           "--rounds", str(args.profile_rounds), "--threads", threads, "--baseline", args.baseline, "--out", str(out), "--overwrite", "--quiet"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     for line in proc.stderr.splitlines():
@@ -239,7 +251,7 @@ def run_pair(args: argparse.Namespace, setting: str, round_no: int) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     paths = {k: folder / f"{setting}-{round_no}-{k}.jsonl" for k in ("loaded", "quiet")}
     wall = {}
-    with LoadGenerator(setting, args.load_procs):
+    with LoadGenerator(setting, args.load_procs) if setting != "none" else contextlib.nullcontext():
         time.sleep(SETTLE_S)
         t0 = time.perf_counter()
         proc = _profile(args, paths["loaded"], args.threads)
@@ -274,7 +286,9 @@ def print_pair(r: dict, baseline: str, load_procs: int) -> None:
     t = r["targets"]
     mark = {name: "PASS" if ok else "FAIL" for name, (_, _, ok) in t.items()}
     ra, ex, rk, qf = r["ratios"], r["exponents"], r["rankings"], r["quiet_flags"]
-    print(f"\n{r['setting']} load ({load_procs} busy process{'es' if load_procs > 1 else ''}), round {r['round']}, "
+    what = "no load (A/A: two quiet sweeps)" if r["setting"] == "none" else \
+        f"{r['setting']} load ({load_procs} busy process{'es' if load_procs > 1 else ''})"
+    print(f"\n{what}, round {r['round']}, "
           f"{r['threads']} thread{'s' if r['threads'] > 1 else ''}: loaded sweep {r['wall_s']['loaded']:.0f} s, "
           f"quiet sweep {r['wall_s']['quiet']:.0f} s")
     print(f"  ratio to {baseline} within 15% of quiet   {ra['within']}/{ra['n']} cells ({_pct(ra['share_within'])})"

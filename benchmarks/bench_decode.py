@@ -2,7 +2,9 @@
 
 Runs ``zoo profile --mode decode`` on the profiler's core (:func:`profiler.settings.plan_profile`
 and :func:`profiler.sweep.run_sweep`: fork-per-cell, warm-up, adaptive repetitions, the managed
-heap) for every mixer that declares a generation state, at T = 1k..64k (D = 256, 4 heads, B = 1,
+heap; ``--rounds 3`` by default: every cell timed in three processes interleaved with the other
+cells of its length, the fastest clean round kept, since whole processes on a shared VM run up to
+2x slow) for every mixer that declares a generation state, at T = 1k..64k (D = 256, 4 heads, B = 1,
 fp32) by default, and checks the issue's targets from the records:
 
 * every constant-state mixer (``spec.state`` O(1)) and every O(w) one: ms/token at the longest
@@ -90,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--time-budget", type=float, default=2.0, help="seconds of timed steps per cell")
+    parser.add_argument("--time-budget", type=float, default=1.0, help="seconds of timed steps per cell and round")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="zoo profile --rounds: each cell in this many processes, the fastest clean round kept [default: 3]")
     parser.add_argument("--threads", type=int, default=None, help="[default: torch's default, as zoo profile]")
     parser.add_argument("--out", default="bench-out/bench_decode.jsonl")
     args = parser.parse_args(argv)
@@ -98,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         return _usage_error(f"time budget: expected a positive number of seconds, got {args.time_budget!r}")
     if args.threads is not None and args.threads < 1:
         return _usage_error(f"threads: expected a positive integer, got {args.threads!r}")
+    if args.rounds < 1:
+        return _usage_error(f"rounds: expected a positive integer, got {args.rounds!r}")
 
     from profiler.settings import plan_profile
     from profiler.sweep import run_sweep
@@ -108,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         cells, settings = plan_profile(mixers=args.mixers or _stateful_mixers(), lengths=args.lengths, modes="decode",
                                        dim=args.dim, heads=args.heads, device=args.device, out=args.out,
                                        overwrite=True, time_budget=args.time_budget, threads=args.threads,
-                                       progress=True)
+                                       rounds=args.rounds, progress=True)
     except ZooError as exc:  # unknown mixer, malformed lengths: one line, as zoo profile says it
         return _usage_error(str(exc))
     path = run_sweep(cells, settings)

@@ -171,9 +171,10 @@ def _first_call(run: _Run, step: Step, device: torch.device) -> None:
     """Call 1: set-up (and compilation) and check, under the FLOP counter / SDPA recorder for what
     is still unknown (never around a compiled step: a dispatch mode would be compiled in)."""
     eager = not run.cell.compile
-    count = eager and run.result.get("flops_counted") is None and run.opts.get("count_flops", True)
+    watch = eager and not run.opts.get("timing_only")  # a later round counts nothing
+    count = watch and run.result.get("flops_counted") is None and run.opts.get("count_flops", True)
     counter = flop_counter() if count else None
-    recorder = SdpaRecorder() if eager and run.result.get("sdpa_backend") is None else None
+    recorder = SdpaRecorder() if watch and run.result.get("sdpa_backend") is None else None
     t0 = time.perf_counter()
     with recorder if recorder is not None else _nothing(), counter if counter is not None else _nothing():
         out = step.fn()
@@ -257,7 +258,8 @@ def _time_in_heap(run: _Run, step: Step, device: torch.device, managed: bool, si
     heap = "system"
     if managed:
         # the caching heap keeps freed blocks (up to ~3x the step's measured peak)
-        fits = not run.budget or CACHING_HEAP_FOOTPRINT * (run.result.get("mem_peak_bytes") or 0) <= run.budget
+        peak = run.result.get("mem_peak_bytes") or run.opts.get("known_peak_bytes") or 0  # known: round 1's
+        fits = not run.budget or CACHING_HEAP_FOOTPRINT * peak <= run.budget
         heap = set_heap_mode("caching" if fits else "tracking")
     try:
         return _timed(run, step, device, 1, since, 1 if managed else 0), heap
@@ -276,7 +278,9 @@ def measure_cell(cell: Cell, opts: dict[str, Any], emit: Callable[[dict], None] 
 
     ``opts``: threads, time_budget_s, timeout_s (checked between calls), memory_budget_bytes,
     predict, count_flops, track_tensors (bools), fallback_predicted_abs/_step (bytes),
-    builder (reference or None), cpu_heap, probe (reference to a load-probe factory or None).
+    builder (reference or None), cpu_heap, probe (reference to a load-probe factory or None),
+    timing_only (a later round: no fake pass, memory pass or FLOP count) and known_peak_bytes
+    (round 1's measured peak, for the timing heap's choice).
     ``emit`` receives partial results as they become known (kept if the cell is later killed).
     """
     run = _Run(cell, opts, emit)
@@ -290,7 +294,8 @@ def measure_cell(cell: Cell, opts: dict[str, Any], emit: Callable[[dict], None] 
             measure_decode(run, device, dtype, managed)
             return run.result
         builder = load_builder(opts.get("builder"))
-        if _predict(run, builder, device, dtype):
+        timing_only = bool(opts.get("timing_only"))  # a later round (profiler.rounds): no fake or memory pass
+        if not timing_only and _predict(run, builder, device, dtype):
             return run.result
         step = builder(cell, device, dtype)
         run.note(params=int(step.params), flops_analytic=step.flops_analytic)
@@ -298,7 +303,8 @@ def measure_cell(cell: Cell, opts: dict[str, Any], emit: Callable[[dict], None] 
         _first_call(run, step, device)
         since = time.perf_counter()  # warm-up counts the calls after the first one
         frames = _compiled_frames()
-        _memory(run, step, device)
+        if not timing_only:
+            _memory(run, step, device)
         samples, timing_heap = _time_in_heap(run, step, device, managed, since)
         if cell.compile:  # a recompilation after the first call is compile time inside the numbers
             run.note(recompiles=_compiled_frames() - frames)

@@ -48,7 +48,8 @@ class SweepSettings:
     timeout: float | None = DEFAULT_TIMEOUT  # seconds per cell
     memory_budget: int | None = None  # bytes
     threads: int | str | None = None  # None: torch's default; "auto": free cores (profiler.contention)
-    time_budget: float = 2.0  # seconds of timed calls per cell
+    time_budget: float = 2.0  # seconds of timed calls per cell (per round)
+    rounds: int = 1  # processes per cell, interleaved within a length (profiler.rounds)
     baseline: str | None = None  # the end table's ratios
     resume: bool = False
     overwrite: bool = False
@@ -64,6 +65,7 @@ class SweepSettings:
     def __post_init__(self) -> None:
         _positive_number("timeout", self.timeout, allow_none=True)
         _positive_number("time budget", self.time_budget)
+        _positive_int("rounds", self.rounds)
         if self.threads != "auto" and not (self.threads is None or (isinstance(self.threads, int) and not isinstance(
                 self.threads, bool) and self.threads >= 1)):
             raise ZooValueError(f"threads: expected a positive integer or 'auto', got {self.threads!r}")
@@ -75,12 +77,15 @@ class SweepSettings:
 
         if self.executor is not None and self.executor not in EXECUTORS:
             raise ZooValueError(f"executor: expected one of {', '.join(EXECUTORS)}, got {self.executor!r}")
+        if self.rounds > 1 and self.executor in ("ray", "submitit"):
+            raise ZooValueError(f"rounds: expected 1 with --executor {self.executor} (rounds interleave the cells of "
+                                f"one length on one machine: fork, spawn or inline), got {self.rounds}")
 
     def header(self, threads: int, executor: str, device: str) -> dict[str, Any]:
         """The header's ``settings``."""
         return {
             **self.info, "isolate": self.isolate, "timeout_s": self.timeout, "memory_budget_bytes": self.memory_budget,
-            "threads": threads, "time_budget_s": self.time_budget, "baseline": self.baseline, "resume": self.resume,
+            "threads": threads, "time_budget_s": self.time_budget, "rounds": self.rounds, "baseline": self.baseline, "resume": self.resume,
             "cpu_heap": self.cpu_heap if not device.startswith("cuda") else None, "executor": executor,
         }
 

@@ -26,6 +26,7 @@ from profiler.cases import Cell
 from profiler.executors import make_executor
 from profiler.placement import stamp_placement
 from profiler.records import CELL_KEYS, SCHEMA, RecordWriter, check_writable, environment, now_iso, read_records
+from profiler.rounds import length_groups, merge_rounds, round_order
 from profiler.settings import SweepSettings, plan_profile
 from reports.cells import series_identity
 from zoo.errors import ZooValueError
@@ -137,9 +138,9 @@ class _Progress:
         self.bar.start()
         self.task = self.bar.add_task("starting", total=total, completed=done)
 
-    def cell(self, cell: Cell) -> None:
+    def cell(self, cell: Cell, note: str = "") -> None:
         if self.bar is not None:
-            self.bar.update(self.task, description=cell.title)
+            self.bar.update(self.task, description=f"{cell.title} {note}".strip())
 
     def done(self, cell: Cell, record: dict) -> None:
         if self.bar is None:
@@ -204,25 +205,48 @@ def _execute(cells: list[Cell], previous: dict, s: SweepSettings, executor, writ
     todo = [c for c in cells if c.key not in previous]
     progress = _Progress(s.progress, len(cells), len(cells) - len(todo))
     written = []
+
+    def opts_for(cell: Cell) -> dict:
+        opts = s.cell_opts(threads)
+        fb = fallback_prediction(history.get(series_identity(cell, threads=threads), []), cell.T,
+                                 s.declared.get(cell.label, {}).get("memory"))
+        if fb is not None:
+            opts["fallback_predicted_abs"], opts["fallback_predicted_step"] = fb
+        return opts
+
+    def write(cell: Cell, result: dict, started: str, wall: float) -> None:
+        record = make_record(cell, stamp_placement(result, cell.device), run_id, started, wall)
+        writer.append(record)
+        written.append(record)
+        frontier.add(record)
+        if record["status"] == "ok":
+            history.setdefault(series_identity(cell, threads=threads), []).append(record)
+        progress.done(cell, record)
+
     try:
-        for cell in todo:
-            progress.cell(cell)
-            started, t0 = now_iso(), time.monotonic()
-            result = decide_without_running(cell, frontier)
-            if result is None:
-                opts = s.cell_opts(threads)
-                fb = fallback_prediction(history.get(series_identity(cell, threads=threads), []), cell.T,
-                                         s.declared.get(cell.label, {}).get("memory"))
-                if fb is not None:
-                    opts["fallback_predicted_abs"], opts["fallback_predicted_step"] = fb
-                result = executor.run(cell, opts, s.timeout)
-            record = make_record(cell, stamp_placement(result, cell.device), run_id, started, time.monotonic() - t0)
-            writer.append(record)
-            written.append(record)
-            frontier.add(record)
-            if record["status"] == "ok":
-                history.setdefault(series_identity(cell, threads=threads), []).append(record)
-            progress.done(cell, record)
+        for group in length_groups(todo):  # rounds interleave the cells of one length
+            held: dict[str, list] = {}  # key -> [cell, started, wall, round 1's result, later rounds' results]
+            try:
+                for cell in group:
+                    progress.cell(cell)
+                    started, t0 = now_iso(), time.monotonic()
+                    result = decide_without_running(cell, frontier)
+                    if result is None:
+                        result = executor.run(cell, opts_for(cell), s.timeout)
+                    if s.rounds > 1 and result.get("status") == "ok" and not result.get("inferred"):
+                        held[cell.key] = [cell, started, time.monotonic() - t0, result, []]
+                    else:
+                        write(cell, result, started, time.monotonic() - t0)
+                for r in range(2, s.rounds + 1):
+                    for cell in round_order([c for c in group if c.key in held], r):
+                        progress.cell(cell, f"round {r}/{s.rounds}")
+                        t0 = time.monotonic()
+                        opts = {**opts_for(cell), "timing_only": True, "known_peak_bytes": held[cell.key][3].get("mem_peak_bytes")}
+                        held[cell.key][4].append(executor.run(cell, opts, s.timeout))
+                        held[cell.key][2] += time.monotonic() - t0
+            finally:  # an interrupted group still writes what its rounds measured
+                for cell, started, wall, first, more in held.values():
+                    write(cell, merge_rounds(first, more, s.rounds), started, wall)
     finally:
         progress.stop()
     return written

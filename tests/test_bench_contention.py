@@ -209,7 +209,8 @@ def test_one_core_is_too_few(monkeypatch, capsys):
 # --------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("argv, expected", [
     (["--rounds", "0"], "error: rounds: expected a positive integer, got '0'"),
-    (["--settings", "spin,idle"], "error: settings: expected a comma list of spin, matmul, got 'idle'"),
+    (["--profile-rounds", "x"], "error: profile rounds: expected a positive integer, got 'x'"),
+    (["--settings", "spin,idle"], "error: settings: expected a comma list of spin, matmul, none, got 'idle'"),
     (["--threads", "two"], "error: threads: expected auto or a positive integer, got 'two'"),
     (["--time-budget", "-1"], "error: time budget: expected a positive number, got '-1'"),
     (["--mixers", "ponnet"], "error: mixer: unknown name 'ponnet'"),

@@ -1,0 +1,122 @@
+"""Rounds (profiler/rounds.py): each cell timed in k processes, interleaved within a length, the
+fastest clean round kept, one record per cell even when interrupted."""
+
+import json
+
+import pytest
+
+from profiler import sweep as sweep_mod
+from profiler.rounds import length_groups, merge_rounds, round_order
+from profiler.settings import SweepSettings, plan_profile
+from zoo.errors import ZooValueError
+
+
+def _ok(samples, **extra):
+    return {"status": "ok", "reason": None, "time_samples": list(samples), "mem_peak_bytes": 100, **extra}
+
+
+def test_merge_keeps_the_fastest_clean_round_and_every_median():
+    first = _ok([3.0, 3.1, 2.9], contended=False, prefill_s=7.0)
+    merged = merge_rounds(first, [_ok([1.0, 1.0, 1.1], contended=True), _ok([2.0, 2.1, 1.9], contended=False)], 3)
+    assert merged["time_rounds_s"] == pytest.approx([3.0, 1.0, 2.0])
+    assert merged["time_round"] == 3 and merged["time_median_s"] == pytest.approx(2.0)  # round 2 was contended
+    assert merged["contended"] is False and merged["prefill_s"] == 7.0 and merged["mem_peak_bytes"] == 100
+    assert merged["round_spread"] == pytest.approx(2.0)  # 3.0 / 1.0 - 1
+    assert merged["time_samples"] == [2.0, 2.1, 1.9] and merged["rounds"] == 3
+
+
+def test_merge_all_contended_takes_the_fastest_and_stays_contended():
+    merged = merge_rounds(_ok([3.0], contended=True), [_ok([2.0], contended=True)], 2)
+    assert merged["time_median_s"] == 2.0 and merged["contended"] is True and merged["time_round"] == 2
+
+
+def test_merge_names_a_failed_round_and_keeps_the_others():
+    merged = merge_rounds(_ok([3.0, 3.0]), [{"status": "timeout", "reason": "timed out"}], 2)
+    assert merged["time_rounds_s"] == [3.0, None] and merged["time_median_s"] == 3.0
+    assert merged["round_errors"] == ["round 2: timeout: timed out"]
+
+
+def _cells():
+    cells, _ = plan_profile(mixers="softmax,fnet", lengths="8,16", modes="forward", dim=16, heads=2,
+                            device="cpu", out="unused.jsonl", contention=False)
+    return cells
+
+
+def test_groups_follow_lengths_and_even_rounds_reverse():
+    groups = length_groups(_cells())
+    assert [[c.T for c in g] for g in groups] == [[8, 8], [16, 16]]
+    assert [c.label for c in round_order(groups[0], 2)] == ["fnet", "softmax"]
+    assert [c.label for c in round_order(groups[0], 3)] == ["softmax", "fnet"]
+
+
+class _FakeExecutor:
+    name, fans_out = "fake", False
+
+    def __init__(self, interrupt_at=None):
+        self.calls, self.interrupt_at = [], interrupt_at
+
+    def run(self, cell, opts, timeout):
+        self.calls.append((cell.label, cell.T, bool(opts.get("timing_only"))))
+        if self.interrupt_at is not None and len(self.calls) == self.interrupt_at:
+            raise KeyboardInterrupt
+        base = 1.0 if cell.label == "softmax" else 2.0
+        r = sum(1 for c in self.calls if c[:2] == (cell.label, cell.T))
+        return _ok([base * (4 - r)] * 3, contended=False)  # each later round faster
+
+    def close(self):
+        pass
+
+
+def _sweep(tmp_path, monkeypatch, fake, rounds=3):
+    monkeypatch.setattr(sweep_mod, "make_executor", lambda *a, **k: fake)
+    out = tmp_path / "r.jsonl"
+    s = SweepSettings(out=str(out), rounds=rounds, progress=False, threads=1)
+    return out, s
+
+
+def test_sweep_interleaves_rounds_and_writes_one_record_per_cell(tmp_path, monkeypatch):
+    fake = _FakeExecutor()
+    out, s = _sweep(tmp_path, monkeypatch, fake)
+    sweep_mod.run_sweep(_cells(), s)
+    assert fake.calls[:6] == [("softmax", 8, False), ("fnet", 8, False), ("fnet", 8, True), ("softmax", 8, True),
+                              ("softmax", 8, True), ("fnet", 8, True)]
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    cells = [r for r in recs if r["kind"] == "cell"]
+    assert len(cells) == 4 and len({r["key"] for r in cells}) == 4
+    soft = next(r for r in cells if r["label"] == "softmax" and r["T"] == 8)
+    assert soft["time_rounds_s"] == [3.0, 2.0, 1.0] and soft["time_median_s"] == 1.0 and soft["rounds"] == 3
+    assert recs[0]["settings"]["rounds"] == 3
+
+
+def test_interrupted_round_still_writes_the_measured_cells(tmp_path, monkeypatch):
+    fake = _FakeExecutor(interrupt_at=4)  # during round 2 of T = 8
+    out, s = _sweep(tmp_path, monkeypatch, fake)
+    with pytest.raises(KeyboardInterrupt):
+        sweep_mod.run_sweep(_cells(), s)
+    cells = [json.loads(line) for line in out.read_text().splitlines() if '"kind":"cell"' in line.replace(" ", "")]
+    assert sorted(r["label"] for r in cells) == ["fnet", "softmax"]
+    fnet = next(r for r in cells if r["label"] == "fnet")
+    assert fnet["time_rounds_s"] == [6.0, 4.0] and fnet["time_median_s"] == 4.0
+
+
+def test_rounds_bad_values_are_refused():
+    with pytest.raises(ZooValueError, match="rounds: expected a positive integer"):
+        SweepSettings(out="x.jsonl", rounds=0)
+    with pytest.raises(ZooValueError, match="rounds: expected 1 with --executor ray"):
+        SweepSettings(out="x.jsonl", rounds=2, executor="ray")
+
+
+def test_a_real_two_round_sweep_in_process(tmp_path):
+    from profiler import run_profile
+
+    out = run_profile(mixers="softmax", lengths="16", modes="forward,decode", dim=16, heads=2, device="cpu",
+                      out=str(tmp_path / "real.jsonl"), isolate=False, time_budget=0.02, rounds=2, progress=False)
+    cells = [json.loads(line) for line in open(out) if '"cell"' in line]
+    assert {r["mode"] for r in cells} == {"forward", "decode"}
+    for r in cells:
+        assert r["status"] == "ok" and r["rounds"] == 2 and len(r["time_rounds_s"]) == 2
+        assert r["time_median_s"] == pytest.approx(min(r["time_rounds_s"]), rel=0.5)
+    fwd = next(r for r in cells if r["mode"] == "forward")
+    assert fwd["mem_peak_bytes"] and fwd["flops_counted"]  # round 1's measurement is kept
+    dec = next(r for r in cells if r["mode"] == "decode")
+    assert dec["prefill_s"] is not None
