@@ -6,11 +6,14 @@ its caches and memory bandwidth). Measured on the 2-core CI VM, one thread, the 
 forward (T = 2048) in six fresh processes: 30, 34, 35, 43, 34 and 37 ms, each within a few percent
 of itself. A per-sample load probe cannot see that; repetition in fresh processes can.
 
-What the sweep does with ``rounds = k > 1`` (:func:`profiler.sweep.run_sweep`): for one length at a
-time, every cell runs once in full (fake pass, memory pass, timing: round 1), then ``k - 1`` more
-times *timing only* (``opts["timing_only"]``: build, first call, warm-up, timed calls), the order
-of the cells reversed every other round so no cell always follows the same neighbour. The cell's
-record is then written once (:func:`merge_rounds`).
+What the sweep does with ``rounds = k > 1`` (:func:`profiler.sweep.run_sweep`): round 1 runs every
+cell in full (fake pass, memory pass, timing), lengths in order; then the whole sweep runs ``k - 1``
+more times *timing only* (``opts["timing_only"]``: build, first call, warm-up, timed calls). The
+cells of one length stay together in every round, their order reversed every other round so no
+cell always follows the same neighbour, and a cell's rounds are a whole sweep apart: the slow
+spells seen here last up to a minute (a decode sweep: all three rounds of a cell slow when they
+ran within the same minute). Each cell's record is written once, after its last round
+(:func:`merge_rounds`); an interrupted sweep writes the rounds it has.
 
 The estimate: the round with the lowest median, among the rounds whose samples were not
 contended when there is one (Chen & Revels 2016: timing noise is additive and positive, so the

@@ -214,40 +214,44 @@ def _execute(cells: list[Cell], previous: dict, s: SweepSettings, executor, writ
             opts["fallback_predicted_abs"], opts["fallback_predicted_step"] = fb
         return opts
 
-    def write(cell: Cell, result: dict, started: str, wall: float) -> None:
+    def write(cell: Cell, result: dict, started: str, wall: float, shown: bool = False) -> None:
         record = make_record(cell, stamp_placement(result, cell.device), run_id, started, wall)
         writer.append(record)
         written.append(record)
         frontier.add(record)
         if record["status"] == "ok":
             history.setdefault(series_identity(cell, threads=threads), []).append(record)
-        progress.done(cell, record)
+        if not shown:
+            progress.done(cell, record)
 
+    groups = length_groups(todo)
+    held: dict[str, list] = {}  # key -> [cell, started, wall, round 1's result, later rounds' results]
     try:
-        for group in length_groups(todo):  # rounds interleave the cells of one length
-            held: dict[str, list] = {}  # key -> [cell, started, wall, round 1's result, later rounds' results]
-            try:
-                for cell in group:
-                    progress.cell(cell)
-                    started, t0 = now_iso(), time.monotonic()
-                    result = decide_without_running(cell, frontier)
-                    if result is None:
-                        result = executor.run(cell, opts_for(cell), s.timeout)
-                    if s.rounds > 1 and result.get("status") == "ok" and not result.get("inferred"):
-                        held[cell.key] = [cell, started, time.monotonic() - t0, result, []]
-                    else:
-                        write(cell, result, started, time.monotonic() - t0)
-                for r in range(2, s.rounds + 1):
-                    for cell in round_order([c for c in group if c.key in held], r):
-                        progress.cell(cell, f"round {r}/{s.rounds}")
-                        t0 = time.monotonic()
-                        opts = {**opts_for(cell), "timing_only": True, "known_peak_bytes": held[cell.key][3].get("mem_peak_bytes")}
-                        held[cell.key][4].append(executor.run(cell, opts, s.timeout))
-                        held[cell.key][2] += time.monotonic() - t0
-            finally:  # an interrupted group still writes what its rounds measured
-                for cell, started, wall, first, more in held.values():
-                    write(cell, merge_rounds(first, more, s.rounds), started, wall)
-    finally:
+        for group in groups:  # round 1: the full protocol, lengths in order (the OOM frontier)
+            for cell in group:
+                progress.cell(cell)
+                started, t0 = now_iso(), time.monotonic()
+                result = decide_without_running(cell, frontier)
+                if result is None:
+                    result = executor.run(cell, opts_for(cell), s.timeout)
+                if s.rounds > 1 and result.get("status") == "ok" and not result.get("inferred"):
+                    held[cell.key] = [cell, started, time.monotonic() - t0, result, []]
+                    progress.done(cell, {"status": "ok"})
+                else:
+                    write(cell, result, started, time.monotonic() - t0)
+        # rounds 2..k: timing only, over the whole sweep again, so a cell's rounds are minutes apart
+        # (a slow spell of the host lasts up to a minute) while the cells of one length stay together
+        for r in range(2, s.rounds + 1):
+            for group in groups:
+                for cell in round_order([c for c in group if c.key in held], r):
+                    progress.cell(cell, f"round {r}/{s.rounds}")
+                    t0 = time.monotonic()
+                    opts = {**opts_for(cell), "timing_only": True, "known_peak_bytes": held[cell.key][3].get("mem_peak_bytes")}
+                    held[cell.key][4].append(executor.run(cell, opts, s.timeout))
+                    held[cell.key][2] += time.monotonic() - t0
+    finally:  # an interrupted sweep still writes what its rounds measured
+        for cell, started, wall, first, more in held.values():
+            write(cell, merge_rounds(first, more, s.rounds), started, wall, shown=True)
         progress.stop()
     return written
 

@@ -1,5 +1,6 @@
-"""Rounds (profiler/rounds.py): each cell timed in k processes, interleaved within a length, the
-fastest clean round kept, one record per cell even when interrupted."""
+"""Rounds (profiler/rounds.py): each cell timed in k processes, the rounds a whole sweep apart and
+the cells of one length together, the fastest clean round kept, one record per cell even when
+interrupted."""
 
 import json
 
@@ -78,8 +79,9 @@ def test_sweep_interleaves_rounds_and_writes_one_record_per_cell(tmp_path, monke
     fake = _FakeExecutor()
     out, s = _sweep(tmp_path, monkeypatch, fake)
     sweep_mod.run_sweep(_cells(), s)
-    assert fake.calls[:6] == [("softmax", 8, False), ("fnet", 8, False), ("fnet", 8, True), ("softmax", 8, True),
-                              ("softmax", 8, True), ("fnet", 8, True)]
+    assert fake.calls == [("softmax", 8, False), ("fnet", 8, False), ("softmax", 16, False), ("fnet", 16, False),
+                          ("fnet", 8, True), ("softmax", 8, True), ("fnet", 16, True), ("softmax", 16, True),
+                          ("softmax", 8, True), ("fnet", 8, True), ("softmax", 16, True), ("fnet", 16, True)]
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     cells = [r for r in recs if r["kind"] == "cell"]
     assert len(cells) == 4 and len({r["key"] for r in cells}) == 4
@@ -89,13 +91,13 @@ def test_sweep_interleaves_rounds_and_writes_one_record_per_cell(tmp_path, monke
 
 
 def test_interrupted_round_still_writes_the_measured_cells(tmp_path, monkeypatch):
-    fake = _FakeExecutor(interrupt_at=4)  # during round 2 of T = 8
+    fake = _FakeExecutor(interrupt_at=6)  # during round 2 of T = 8
     out, s = _sweep(tmp_path, monkeypatch, fake)
     with pytest.raises(KeyboardInterrupt):
         sweep_mod.run_sweep(_cells(), s)
     cells = [json.loads(line) for line in out.read_text().splitlines() if '"kind":"cell"' in line.replace(" ", "")]
-    assert sorted(r["label"] for r in cells) == ["fnet", "softmax"]
-    fnet = next(r for r in cells if r["label"] == "fnet")
+    assert sorted((r["label"], r["T"]) for r in cells) == [("fnet", 8), ("fnet", 16), ("softmax", 8), ("softmax", 16)]
+    fnet = next(r for r in cells if r["label"] == "fnet" and r["T"] == 8)
     assert fnet["time_rounds_s"] == [6.0, 4.0] and fnet["time_median_s"] == 4.0
 
 
