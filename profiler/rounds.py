@@ -15,9 +15,11 @@ spells seen here last up to a minute (a decode sweep: all three rounds of a cell
 ran within the same minute). Each cell's record is written once, after its last round
 (:func:`merge_rounds`); an interrupted sweep writes the rounds it has.
 
-The estimate: the round with the lowest median, among the rounds whose samples were not
-contended when there is one (Chen & Revels 2016: timing noise is additive and positive, so the
-least-disturbed process is the best estimate of the machine's own speed). Every round's median is
+The estimate: the round with the lowest median among the *clean* rounds (samples neither
+contended nor noisy, the report's rule: :func:`reports.cells.is_clean`), else among the rounds not
+contended, else among all (Chen & Revels 2016: timing noise is additive and positive, so the
+least-disturbed process is the best estimate of the machine's own speed). A cell is then marked
+noisy or contended only when every round was. Every round's median is
 kept (``time_rounds_s``), and the spread across rounds (``round_spread``, max / min - 1) is what the
 reader needs to judge how stable the machine was.
 """
@@ -75,10 +77,12 @@ def merge_rounds(first: dict[str, Any], more: list[dict[str, Any]], rounds: int)
         merged["round_errors"] = errors
     if not ok:
         return merged
-    clean = [i for i in ok if not results[i].get("contended")]
-    best = min(clean or ok, key=lambda i: medians[i])
+    summaries = {i: summarise_samples(results[i]["time_samples"]) for i in ok}
+    calm = [i for i in ok if not results[i].get("contended")]
+    clean = [i for i in calm if not summaries[i]["noisy"]]
+    best = min(clean or calm or ok, key=lambda i: medians[i])
     chosen = results[best]
-    merged.update(summarise_samples(chosen["time_samples"]))
+    merged.update(summaries[best])
     merged.update({k: chosen[k] for k in TIMING_FIELDS if k in chosen})
     merged["time_round"] = best + 1
     lo, hi = min(medians[i] for i in ok), max(medians[i] for i in ok)

@@ -26,6 +26,14 @@ def test_merge_keeps_the_fastest_clean_round_and_every_median():
     assert merged["time_samples"] == [2.0, 2.1, 1.9] and merged["rounds"] == 3
 
 
+def test_merge_prefers_a_quiet_round_to_a_faster_noisy_one():
+    noisy = [1.0, 1.5, 2.0, 1.0, 1.6]  # IQR / median > 10%
+    merged = merge_rounds(_ok([2.0, 2.0, 2.05]), [_ok(noisy)], 2)
+    assert merged["time_round"] == 1 and merged["noisy"] is False
+    merged = merge_rounds(_ok(noisy), [_ok([3.0, 1.0, 2.0])], 2)  # both noisy: the fastest
+    assert merged["time_round"] == 1 and merged["noisy"] is True
+
+
 def test_merge_all_contended_takes_the_fastest_and_stays_contended():
     merged = merge_rounds(_ok([3.0], contended=True), [_ok([2.0], contended=True)], 2)
     assert merged["time_median_s"] == 2.0 and merged["contended"] is True and merged["time_round"] == 2
