@@ -8,8 +8,8 @@
 
     python benchmarks/bench_projection.py [--out runs/projection-bench] [--measured-mixer F --measured-model F]
 
-Without ``--measured-*`` files it measures them first (``zoo profile --lengths 4k..16k --threads 1``,
-mixer then model scope: tens of minutes). The CPU is calibrated again (``--recalibrate``) before
+Without ``--measured-*`` files it measures them first (``zoo profile --lengths 4k..16k --threads 1
+--time-budget 0.5``, every mixer, mixer then model scope: tens of minutes). The CPU is calibrated again (``--recalibrate``) before
 the time ratios. Prints PASS/FAIL per target, writes the calibration tables; exits 1 on a miss.
 """
 
@@ -23,10 +23,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def _measure(out: Path, scope: str) -> Path:
+def _measure(out: Path, scope: str, time_budget: float) -> Path:
     from profiler import run_profile
 
-    return run_profile(lengths="4k..16k", scope=scope, threads=1, device="cpu", out=out, overwrite=True, progress=True)
+    return run_profile(lengths="4k..16k", scope=scope, threads=1, device="cpu", out=out, overwrite=True, progress=True,
+                       time_budget=time_budget)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/projection-bench")
     p.add_argument("--measured-mixer", default=None)
     p.add_argument("--measured-model", default=None)
+    p.add_argument("--time-budget", type=float, default=0.5, help="seconds of timed calls per measured cell [default: 0.5]")
     args = p.parse_args(argv)
+    if not args.time_budget > 0:
+        print(f"error: time budget: expected a positive number of seconds, got {args.time_budget!r}", file=sys.stderr)
+        return 2
     from profiler.project_run import run_project
     from reports.projection import MEMORY_TOLERANCE, RATIO_TOLERANCE, calibration_markdown, calibration_rows
     from zoo.errors import ZooError
@@ -56,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         check("zoo project, every mixer x 1k..1M, under a minute", wall < 60,
               f"{wall:.1f} s for {len(res['records'])} cells")
         for scope, given in (("mixer", args.measured_mixer), ("model", args.measured_model)):
-            measured = Path(given) if given else _measure(out / f"measured_{scope}.jsonl", scope)
+            measured = Path(given) if given else _measure(out / f"measured_{scope}.jsonl", scope, args.time_budget)
             res = run_project(against=str(measured), device="cpu", recalibrate=scope == "mixer",
                               out=out / f"calibration_{scope}.jsonl", overwrite=True)
             from profiler.records import read_records
