@@ -16,8 +16,10 @@ against the peers' pure-PyTorch references, loaded at run time (``peers.py``).
    each zoo mixer is at least as fast as the
    same layer running the peer's chunked pure-PyTorch core (mamba2: ssd_minimal_discrete;
    retnet: naive_chunk_simple_gla; gla: naive_recurrent_gla, since fla-core ships no chunked
-   pure-PyTorch GLA); and over T = 4k..16k the fitted log-log exponents of time and peak memory
-   of each zoo mixer, causal and bidirectional, are <= 1.15.
+   pure-PyTorch GLA; deltanet: delta_rule_chunkwise; gated_deltanet:
+   naive_chunk_gated_delta_rule); and over T = 4k..16k the fitted log-log exponents of time and
+   peak memory of each of the six modern mixers (hyena too: it has no peer), causal and
+   bidirectional, are <= 1.15.
 
     python benchmarks/bench_modern.py --part parity                  # seconds; exit 1 on a miss
     python benchmarks/bench_modern.py --part timing --threads 1      # long; exit 1 on a miss
@@ -46,10 +48,10 @@ PAIRS = [
     ("retnet", "retention", False),  # parallel form: T x T, parity only
     ("retnet", "simple_gla", True),
     ("gla", "gla", True),
-    ("deltanet", "delta_rule", False),
-    ("gated_deltanet", "gated_delta_rule", False),
+    ("deltanet", "delta_rule", True),
+    ("gated_deltanet", "gated_delta_rule", True),
 ]
-SCALED = ["mamba2", "retnet", "gla"]
+SCALED = ["mamba2", "retnet", "gla", "deltanet", "gated_deltanet", "hyena"]
 # peers whose training step is timed at a shorter length: fla's recurrent GLA builds a T-step
 # autograd graph (one core: 10.4 s a step at T = 4096 against the zoo's 0.55 s; at 16384 one step
 # did not finish in 10 minutes), so its training step is compared at 4096; its forward at --T
@@ -180,13 +182,14 @@ def build_peer(mode: str, name: str, peer: str, T: int, peers_root: str):
     return _closure(mode, m, x, True)
 
 
-def run_timing(root: Path, T: int, lengths: list[int], reps: int, threads: int | None) -> tuple[dict, bool]:
+def run_timing(root: Path, T: int, lengths: list[int], reps: int, threads: int | None,
+               only: list[str] | None = None) -> tuple[dict, bool]:
     from profiler.compare import Case, compare, fit_exponent, print_results, ratio
 
     check_peers(root, timed_only=True)
     ok, out = True, {}
     for name, peer, timed in PAIRS:
-        if not timed or swappable(name):
+        if not timed or swappable(name) or (only and name not in only):
             continue
         res = []
         for mode in ("forward", "train"):
@@ -203,14 +206,15 @@ def run_timing(root: Path, T: int, lengths: list[int], reps: int, threads: int |
             print(f"{mode:8s} time zoo/peer = {t:.3f} at T={T_mode} (target <= 1.0: {'OK' if good else 'MISSED'})")
             res += part
         out[f"{name} vs {peer}"] = res
+    scaled = [n for n in SCALED if not only or n in only]
     cases = [Case(f"{name}{' causal' if causal else ''} T={t}", f"{SCRIPT}:build_zoo",
                   {"name": name, "T": t, "causal": causal})
-             for name in SCALED for causal in (True, False) for t in lengths]
+             for name in scaled for causal in (True, False) for t in lengths]
     res = compare(cases, modes=("forward", "train"), reps=reps, threads=threads)
     print(f"\n== scaling over T = {lengths} ==")
     print_results(res)
     fits = []
-    for name in SCALED:
+    for name in scaled:
         for label in (f"{name} causal", name):
             for mode in ("forward", "train"):
                 rows = [r for r in res if r["case"].startswith(label + " T=") and r["mode"] == mode]
@@ -236,12 +240,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384])
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--mixers", default=None, help=f"timing: a comma list of {', '.join(SCALED)} [default: all]")
     args = p.parse_args(argv)
     for name in ("parity_T", "T", "reps"):
         if getattr(args, name) < 1:
             fail(f"{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
     if len(args.lengths) < 2 or min(args.lengths) < 1:
         fail(f"lengths: expected two or more positive lengths to fit an exponent, got {args.lengths}")
+    if args.mixers is not None:
+        args.mixers = [m.strip() for m in args.mixers.split(",") if m.strip()]
+        bad = [m for m in args.mixers if m not in SCALED] or ([] if args.mixers else ["(empty)"])
+        if bad:
+            fail(f"mixers: expected a comma list of {', '.join(SCALED)}, got {bad[0]!r}")
     root = peers.peers_dir(args.peers_dir)
     if not root.is_dir():
         fail(f"peers-dir: expected a folder, got {str(root)!r}; {peers.FETCH_HINT.replace('DIR', str(root))}")
@@ -259,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
         out["parity"], good = run_parity(args.root, args.parity_T)
         ok &= good
     if args.part in ("all", "timing"):
-        timing, good = run_timing(args.root, args.T, args.lengths, args.reps, args.threads)
+        timing, good = run_timing(args.root, args.T, args.lengths, args.reps, args.threads, args.mixers)
         out["timing"] = timing
         ok &= good
     path = save_results([out], "bench_modern" if args.part == "all" else f"bench_modern_{args.part}")
