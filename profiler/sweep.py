@@ -219,7 +219,7 @@ def _execute(cells: list[Cell], previous: dict, s: SweepSettings, executor, writ
         writer.append(record)
         written.append(record)
         frontier.add(record)
-        if record["status"] == "ok":
+        if record["status"] == "ok" and not shown:  # a held cell fed the history at round 1
             history.setdefault(series_identity(cell, threads=threads), []).append(record)
         if not shown:
             progress.done(cell, record)
@@ -236,6 +236,9 @@ def _execute(cells: list[Cell], previous: dict, s: SweepSettings, executor, writ
                     result = executor.run(cell, opts_for(cell), s.timeout)
                 if s.rounds > 1 and result.get("status") == "ok" and not result.get("inferred"):
                     held[cell.key] = [cell, started, time.monotonic() - t0, result, []]
+                    # longer cells of the series predict their memory from this one (fallback_prediction)
+                    history.setdefault(series_identity(cell, threads=threads), []).append(
+                        make_record(cell, result, run_id, started, 0.0))
                     progress.done(cell, {"status": "ok"})
                 else:
                     write(cell, result, started, time.monotonic() - t0)
