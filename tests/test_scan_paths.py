@@ -52,3 +52,22 @@ def test_loop_fixed_decay_equals_batched(T):
         loop = chunked_decay_attention(q, k, v, log_g, chunk=chunk)
     batched = chunked_decay_attention(q.requires_grad_(), k, v, log_g, chunk=chunk).detach()
     torch.testing.assert_close(loop, batched, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_delta_rule_inference_path_equals_the_autograd_path(gated):
+    """deltanet / gated_deltanet: the preallocated state pass (no autograd) gives the list form's values."""
+    from zoo.mixers.deltanet import delta_rule_chunked
+
+    g = torch.Generator().manual_seed(2)
+    B, H, T, K, V = 1, 2, 37, 4, 3
+    q, k = (torch.nn.functional.normalize(torch.randn(B, H, T, K, generator=g, dtype=torch.float64), dim=-1)
+            for _ in range(2))
+    v = torch.randn(B, H, T, V, generator=g, dtype=torch.float64)
+    beta = torch.rand(B, H, T, generator=g, dtype=torch.float64)
+    log_g = -torch.rand(B, H, T, generator=g, dtype=torch.float64) if gated else None
+    with torch.no_grad():
+        fast = delta_rule_chunked(q, k, v, beta, log_g, chunk_size=8)
+    graph = delta_rule_chunked(q, k, v.requires_grad_(), beta, log_g, chunk_size=8)
+    assert graph.grad_fn is not None
+    torch.testing.assert_close(fast, graph.detach(), rtol=1e-12, atol=1e-12)

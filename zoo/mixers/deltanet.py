@@ -127,6 +127,8 @@ def _pass_states(
     """
     B, H, N, C, V = u.shape
     S = u.new_zeros(B, H, w.shape[-1], V)
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (u, w, k_end))) and not torch.compiler.is_compiling():
+        return _pass_states_inference(u, w, k_end, last, S)
     # unbind once: indexing chunk n inside the loop would make autograd build a full-size
     # zero gradient per chunk (quadratic in T)
     us, ws, ks = u.unbind(2), w.unbind(2), k_end.unbind(2)
@@ -139,6 +141,25 @@ def _pass_states(
         carried = S if lasts[n] is None else S * lasts[n]
         S = carried + ks[n].transpose(-1, -2) @ new  # (B, H, K, V)
     return torch.stack(states, dim=2), torch.stack(news, dim=2)  # (B, H, N, K, V), (B, H, N, C, V)
+
+
+def _pass_states_inference(
+    u: torch.Tensor, w: torch.Tensor, k_end: torch.Tensor, last: torch.Tensor | None, S: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_pass_states` without autograd: written into two preallocated tensors. The list
+    form keeps 2N small tensors alive until it stacks them (a second full copy), and the freed
+    small blocks stay in the C heap: a deltanet forward at 16k held 46 MiB of process memory more
+    than its live tensors, 12% of its peak."""
+    N = u.shape[2]
+    states = u.new_empty(*S.shape[:2], N, *S.shape[2:])  # (B, H, N, K, V)
+    news = torch.empty_like(u)  # (B, H, N, C, V)
+    for n in range(N):
+        states[:, :, n] = S
+        new = u[:, :, n] - w[:, :, n] @ S  # (B, H, C, V)
+        news[:, :, n] = new
+        carried = S if last is None else S * last[:, :, n]
+        S = carried + k_end[:, :, n].transpose(-1, -2) @ new  # (B, H, K, V)
+    return states, news
 
 
 # --- the layer's pieces, shared with gated_deltanet --------------------------------------------
