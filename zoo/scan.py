@@ -36,6 +36,7 @@ __all__ = [
     "decay_scan_flops",
     "mask_scan_inputs",
     "masked_exp",
+    "records_graph",
 ]
 
 
@@ -73,9 +74,10 @@ def masked_exp(log_ratio: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
     return e.masked_fill(drop, 0.0) if e.requires_grad else e.masked_fill_(drop, 0.0)
 
 
-def _records_graph(*tensors: torch.Tensor) -> bool:
+def records_graph(*tensors: torch.Tensor) -> bool:
     """True when autograd records this call (or torch.compile traces it): the batched form,
-    whose graph is a few large ops. Otherwise the chunk loop below is used (inference)."""
+    whose graph is a few large ops. Otherwise an inference loop is used (this module's chunk loop,
+    the delta rule's state pass)."""
     if torch.compiler.is_compiling():
         return True
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
@@ -131,7 +133,7 @@ def chunked_decay_attention(
     are then computed once), v (B, H, T, V), log_g (B, H, T) (<= 0). Returns (B, H, T, V).
     Time O(T·C·(K + V) + T·K·V), memory O(T·C + (T/C)·K·V) per head.
     """
-    if not _records_graph(q, k, v, log_g):
+    if not records_graph(q, k, v, log_g):
         return _chunk_loop_decay_attention(q, k, v, log_g, chunk)
     B, H, T, V = v.shape
     K = q.shape[-1]

@@ -51,7 +51,7 @@ from zoo.base import (
 )
 from zoo.functional import compute_dtype, linear_flops, merge_heads, split_heads
 from zoo.registry import register
-from zoo.scan import masked_exp
+from zoo.scan import masked_exp, records_graph
 from zoo.state import StateSize, conv_with_tail, delta_rule_step
 
 # --- the op: gated delta rule, chunked (the ungated rule is g = None) --------------------------
@@ -127,7 +127,7 @@ def _pass_states(
     """
     B, H, N, C, V = u.shape
     S = u.new_zeros(B, H, w.shape[-1], V)
-    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (u, w, k_end))) and not torch.compiler.is_compiling():
+    if not records_graph(u, w, k_end):
         return _pass_states_inference(u, w, k_end, last, S)
     # unbind once: indexing chunk n inside the loop would make autograd build a full-size
     # zero gradient per chunk (quadratic in T)
