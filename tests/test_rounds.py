@@ -125,7 +125,10 @@ def test_a_real_two_round_sweep_in_process(tmp_path):
         assert r["status"] == "ok" and r["rounds"] == 2 and len(r["time_rounds_s"]) == 2
         assert r["time_median_s"] == pytest.approx(min(r["time_rounds_s"]), rel=0.5)
     fwd = next(r for r in cells if r["mode"] == "forward")
-    assert fwd["mem_peak_bytes"] and fwd["flops_counted"]  # round 1's measurement is kept
+    # round 1's measurement is kept: the method and the tensor peak (resident growth of a 5 KiB step can
+    # be 0 in a process whose heap already holds free pages, so it is only required to be there)
+    assert fwd["mem_method"] and fwd["mem_peak_bytes"] is not None
+    assert fwd["mem_tensor_peak_bytes"] > 0 and fwd["flops_counted"] > 0
     dec = next(r for r in cells if r["mode"] == "decode")
     assert dec["prefill_s"] is not None
 
