@@ -210,6 +210,11 @@ def profile_cmd(
         1, help="time each cell in this many processes, interleaved with the other cells of its length; the "
                 "fastest clean round is kept (a slow process on a shared VM is one of k, not the cell)",
     ),
+    interleave: bool = typer.Option(
+        False, "--interleave/--no-interleave",
+        help="after every cell is measured, time the cells again in turn in one process, a sample of each in turn, so "
+             "ratios and scaling see the same spells of a drifting machine (replaces --rounds)",
+    ),
     cpu_heap: str = typer.Option(
         "managed", help="managed (memory pass in a tracking heap, timing in a caching heap, no page-fault noise) | system (glibc as is)"
     ),
@@ -237,7 +242,7 @@ def profile_cmd(
         depth=depth, dtype=dtype, device=device, causal=causal, pad_fraction=pad_fraction, compile=compile, out=out,
         resume=resume, overwrite=overwrite,
         isolate=isolate, timeout=timeout, memory_budget=memory_budget, baseline=baseline, threads=_threads(threads), contention=contention,
-        time_budget=time_budget, rounds=rounds, cpu_heap=cpu_heap, progress=not quiet,
+        time_budget=time_budget, rounds=rounds, interleave=interleave, cpu_heap=cpu_heap, progress=not quiet,
         command=[Path(sys.argv[0]).name, *sys.argv[1:]],
     )
     typer.echo(f"records in {path}", err=True)

@@ -161,6 +161,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--rounds", default="1", help="loaded/quiet pairs per setting [default: 1]")
     p.add_argument("--profile-rounds", default=PROFILE_ROUNDS,
                    help=f"zoo profile --rounds of every sweep [default: {PROFILE_ROUNDS}, main.sh's]")
+    p.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=True,
+                   help="zoo profile --interleave (every cell timed again in turn with the others in one process; "
+                        "--profile-rounds is then 1) [default: on]")
     p.add_argument("--threads", default="auto", help="threads of the loaded sweep: auto or a count [default: auto]")
     p.add_argument("--time-budget", default="0.5", help="seconds of timed calls per cell [default: 0.5, main.sh's]")
     p.add_argument("--under-load", default=None, help="run the command after -- under this load (spin or matmul) and exit")
@@ -227,7 +230,7 @@ class RunFailed(Exception):
 def _profile(args: argparse.Namespace, out: Path, threads: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(ROOT / "cli.py"), "profile", "--device", "cpu", "--mixers", args.mixers,
            "--lengths", args.lengths, "--mode", args.mode, "--time-budget", str(args.time_budget),
-           "--rounds", str(args.profile_rounds), "--threads", threads, "--baseline", args.baseline, "--out", str(out), "--overwrite", "--quiet"]
+           *(["--interleave"] if args.interleave else ["--rounds", str(args.profile_rounds)]), "--threads", threads, "--baseline", args.baseline, "--out", str(out), "--overwrite", "--quiet"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     for line in proc.stderr.splitlines():

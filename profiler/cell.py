@@ -243,13 +243,18 @@ def probed_samples(run: _Run, fn: Callable[[], Any], device: torch.device, budge
     probe = load_ref(run.opts["probe"])() if run.opts.get("probe") else None
     samples = time_calls(fn, device=device, budget_s=budget, deadline=run.deadline, info=info, probe=probe,
                          min_reps=min_reps)
+    note_contention(run, info, probe)
+    return samples
+
+
+def note_contention(run: _Run, info: dict[str, Any], probe) -> None:
+    """The block size and, with a load probe, the contention fields of a cell's samples."""
     run.note(time_block=info.get("block"))
     if probe is not None:
         run.note(contended_samples=info.get("contended_samples"), other_cpu=info.get("other_cpu"),
                  contended=info.get("contended"))
         extra = probe.summary() if callable(getattr(probe, "summary", None)) else {}
         run.note(**{k: extra.get(k) for k in ("steal_cpu", "run_wait", "quiet_wait_s") if k in extra})
-    return samples
 
 
 def _time_in_heap(run: _Run, step: Step, device: torch.device, managed: bool, since: float) -> tuple[list[float], str]:
@@ -283,6 +288,10 @@ def measure_cell(cell: Cell, opts: dict[str, Any], emit: Callable[[dict], None] 
     (round 1's measured peak, for the timing heap's choice).
     ``emit`` receives partial results as they become known (kept if the cell is later killed).
     """
+    if opts.get("group"):  # an interleaved timing pass over several cells (profiler.interleave)
+        from profiler.interleave import measure_group
+
+        return measure_group([cell, *(Cell.from_dict(d) for d in opts["group"])], opts)
     run = _Run(cell, opts, emit)
     managed = False
     try:

@@ -19,16 +19,16 @@ On CPU the timed calls run in the caching heap when the profiler manages glibc's
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from profiler.builders import build_decoder
+from profiler.builders import Decoder, Step, build_decoder
 from profiler.cell import probed_samples
 from profiler.heap import set_heap_mode
 from profiler.timing import summarise_samples, warm_up
 
-__all__ = ["measure_decode"]
+__all__ = ["measure_decode", "steady_token", "token_step"]
 
 
 def _time(run, fn, device: torch.device, budget: float) -> tuple[list[float], int, float]:
@@ -46,6 +46,30 @@ def _time_prefill(run, fn, device: torch.device, budget: float, first_s: float) 
     if first_s < budget:
         return _time(run, fn, device, budget)[0]
     return probed_samples(run, fn, device, budget, min_reps=1)
+
+
+def steady_token(dec: Decoder, state, cell) -> Callable[[], Any]:
+    """Commit one token to ``state`` (context T + 1; a KV cache grows its capacity here, once) and
+    return the timed call: one new token, then the state rolled back (step 4 of the protocol)."""
+    dec.check(dec.step(state), (cell.batch, 1, cell.dim))
+    snap = state.snapshot()
+
+    def one_token():
+        y_t = dec.step(state)
+        state.restore(snap)
+        return y_t
+
+    return one_token
+
+
+def token_step(cell, device: torch.device, dtype: torch.dtype) -> Step:
+    """A decode cell as a plain step (for :mod:`profiler.interleave`): the prompt prefilled once
+    (the set-up call, checked), then one new token per call at context T + 1."""
+    dec = build_decoder(cell, device, dtype)
+    y, state = dec.prefill()
+    dec.check(y, (cell.batch, cell.T, cell.dim))
+    del y
+    return Step(fn=steady_token(dec, state, cell), params=int(dec.params))
 
 
 def measure_decode(run, device: torch.device, dtype: torch.dtype, managed: bool) -> None:
@@ -70,15 +94,8 @@ def measure_decode(run, device: torch.device, dtype: torch.dtype, managed: bool)
         run.note(prefill_s=prefill["time_median_s"], prefill_samples=prefill["time_samples"])
     run.lap("prefill")
 
-    dec.check(dec.step(state), (cell.batch, 1, cell.dim))  # committed: context T + 1
+    one_token = steady_token(dec, state, cell)
     run.note(state_bytes=int(dec.state_bytes(state)), context=cell.T + 1)
-    snap = state.snapshot()
-
-    def one_token():
-        y_t = dec.step(state)
-        state.restore(snap)
-        return y_t
-
     samples, n, seconds = _time(run, one_token, device, budget)
     run.note(warmup_calls=n, warmup_s=seconds)
     run.lap("timing")

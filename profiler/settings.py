@@ -50,6 +50,7 @@ class SweepSettings:
     threads: int | str | None = None  # None: torch's default; "auto": free cores (profiler.contention)
     time_budget: float = 2.0  # seconds of timed calls per cell (per round)
     rounds: int = 1  # processes per cell, interleaved within a length (profiler.rounds)
+    interleave: bool = False  # a last pass times the sweep's cells in turn in one process (profiler.interleave)
     baseline: str | None = None  # the end table's ratios
     resume: bool = False
     overwrite: bool = False
@@ -77,6 +78,12 @@ class SweepSettings:
 
         if self.executor is not None and self.executor not in EXECUTORS:
             raise ZooValueError(f"executor: expected one of {', '.join(EXECUTORS)}, got {self.executor!r}")
+        if self.interleave and self.rounds > 1:
+            raise ZooValueError(f"rounds: expected 1 with --interleave (the interleaved pass replaces rounds: every "
+                                f"cell is timed in turn with the others in one process), got {self.rounds}")
+        if self.interleave and self.executor in ("ray", "submitit"):
+            raise ZooValueError(f"interleave: expected --executor fork, spawn or inline (the cells are timed in turn "
+                                f"in one process on this machine), got --executor {self.executor}")
         if self.rounds > 1 and self.executor in ("ray", "submitit"):
             raise ZooValueError(f"rounds: expected 1 with --executor {self.executor} (rounds interleave the cells of "
                                 f"one length on one machine: fork, spawn or inline), got {self.rounds}")
@@ -85,7 +92,8 @@ class SweepSettings:
         """The header's ``settings``."""
         return {
             **self.info, "isolate": self.isolate, "timeout_s": self.timeout, "memory_budget_bytes": self.memory_budget,
-            "threads": threads, "time_budget_s": self.time_budget, "rounds": self.rounds, "baseline": self.baseline, "resume": self.resume,
+            "threads": threads, "time_budget_s": self.time_budget, "rounds": self.rounds,
+            "interleave": self.interleave, "baseline": self.baseline, "resume": self.resume,
             "cpu_heap": self.cpu_heap if not device.startswith("cuda") else None, "executor": executor,
         }
 

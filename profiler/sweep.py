@@ -24,6 +24,7 @@ from typing import Any
 
 from profiler.cases import Cell
 from profiler.executors import make_executor
+from profiler.interleave import can_interleave, merge_interleaved, pack_groups
 from profiler.placement import stamp_placement
 from profiler.records import CELL_KEYS, SCHEMA, RecordWriter, check_writable, environment, now_iso, read_records
 from profiler.rounds import length_groups, merge_rounds, round_order
@@ -232,9 +233,19 @@ def _execute(cells: list[Cell], previous: dict, s: SweepSettings, executor, writ
                 progress.cell(cell)
                 started, t0 = now_iso(), time.monotonic()
                 result = decide_without_running(cell, frontier)
+                later = s.interleave and can_interleave(cell, {"status": "ok"})  # timed again with the others
                 if result is None:
-                    result = executor.run(cell, opts_for(cell), s.timeout)
-                if s.rounds > 1 and result.get("status") == "ok" and not result.get("inferred"):
+                    # with --interleave a short timing of its own (MIN_REPS samples) is the fallback;
+                    # a decode cell keeps its budget (its prefill is timed here only)
+                    short = later and cell.mode != "decode"
+                    result = executor.run(cell, {**opts_for(cell), **({"time_budget_s": 0.0} if short else {})},
+                                          s.timeout)
+                if s.interleave and later and can_interleave(cell, result):
+                    held[cell.key] = [cell, started, time.monotonic() - t0, result, []]
+                    history.setdefault(series_identity(cell, threads=threads), []).append(
+                        make_record(cell, result, run_id, started, 0.0))
+                    progress.done(cell, {"status": "ok"})
+                elif s.rounds > 1 and result.get("status") == "ok" and not result.get("inferred"):
                     held[cell.key] = [cell, started, time.monotonic() - t0, result, []]
                     # longer cells of the series predict their memory from this one (fallback_prediction)
                     history.setdefault(series_identity(cell, threads=threads), []).append(
@@ -252,11 +263,35 @@ def _execute(cells: list[Cell], previous: dict, s: SweepSettings, executor, writ
                     opts = {**opts_for(cell), "timing_only": True, "known_peak_bytes": held[cell.key][3].get("mem_peak_bytes")}
                     held[cell.key][4].append(executor.run(cell, opts, s.timeout))
                     held[cell.key][2] += time.monotonic() - t0
+        if s.interleave:
+            _interleaved_pass(held, s, executor, threads, progress)
     finally:  # an interrupted sweep still writes what its rounds measured
         for cell, started, wall, first, more in held.values():
-            write(cell, merge_rounds(first, more, s.rounds), started, wall, shown=True)
+            merged = merge_interleaved(first, more[0] if more else None) if s.interleave else \
+                merge_rounds(first, more, s.rounds)
+            write(cell, merged, started, wall, shown=True)
         progress.stop()
     return written
+
+
+def _interleaved_pass(held: dict[str, list], s: SweepSettings, executor, threads: int, progress) -> None:
+    """The held cells timed in turn, one process per group that fits the memory budget
+    (:mod:`profiler.interleave`); each cell's result goes to its held entry."""
+    from profiler.cell import CACHING_HEAP_FOOTPRINT
+
+    cells = [entry[0] for entry in held.values()]
+    # a decode cell holds its state (and prompt), not a step's peak
+    peaks = {e[0].key: e[3].get("mem_peak_bytes") or e[3].get("state_bytes") for e in held.values()}
+    for group in pack_groups(cells, peaks, s.memory_budget, CACHING_HEAP_FOOTPRINT):
+        timeout = None if s.timeout is None else s.timeout * len(group)
+        progress.cell(group[0], f"interleaved timing of {len(group)} cells")
+        opts = {**s.cell_opts(threads), "timeout_s": timeout, "group": [c.to_dict() for c in group[1:]]}
+        t0 = time.monotonic()
+        result = executor.run(group[0], opts, timeout)
+        timed = result.get("group") or {}
+        for cell in group:  # a group that died gives every cell its reason; they keep their own timing
+            held[cell.key][4].append(timed.get(cell.key) or {"status": result.get("status"), "reason": result.get("reason")})
+            held[cell.key][2] += (time.monotonic() - t0) / len(group)
 
 
 def run_sweep(cells: list[Cell], settings: SweepSettings | None = None, **kwargs: Any) -> Path:

@@ -30,6 +30,10 @@ __all__ = [
     "LoadProbe",
     "CellTimeout",
     "time_calls",
+    "size_block",
+    "enough_samples",
+    "Sampler",
+    "timer",
     "warm_up",
     "summarise_samples",
     "TARGET_IQR",
@@ -88,7 +92,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timer(device: torch.device) -> Callable[[Callable[[], Any]], float]:
+def timer(device: torch.device) -> Callable[[Callable[[], Any]], float]:
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
@@ -138,7 +142,7 @@ def warm_up(
     return calls, time.perf_counter() - start
 
 
-class _Sampler:
+class Sampler:
     """Takes samples through a clock, wrapping each in a load probe when one is given."""
 
     def __init__(self, clock, probe: LoadProbe | None):
@@ -182,6 +186,42 @@ class _Sampler:
         return self.clean + self.dirty if contended else self.clean
 
 
+def size_block(sampler: Sampler, clock, fn: Callable[[], Any], min_block_s: float = MIN_BLOCK_S) -> int:
+    """Calls per sample: the median of up to 3 single calls sizes the block (a fresh process's first
+    call is often cold); a first call as long as a block is already a (probed) sample."""
+    import numpy as np
+
+    probes = [sampler.take(fn)]
+    if probes[0] < min_block_s:
+        sampler.forget_last()
+        while len(probes) < 3 and probes[-1] < min_block_s:
+            probes.append(clock(fn))
+    per_call = float(np.median(probes))
+    block = 1 if per_call >= min_block_s else int(min(MAX_BLOCK, math.ceil(min_block_s / max(per_call, 1e-7))))
+    if block == 1 and sampler.probe is None and probes[0] < min_block_s:
+        sampler.clean.extend(probes)
+    return block
+
+
+def enough_samples(sampler: Sampler, spent: float, budget_s: float, min_reps: int = MIN_REPS,
+                   max_reps: int = MAX_REPS) -> bool:
+    """The stopping rule: ``max_reps`` clean samples (or 4x that taken), the budget spent with
+    ``min_reps``, or IQR/median <= :data:`TARGET_IQR` over >= :data:`STABLE_REPS` clean samples."""
+    import numpy as np
+
+    clean = sampler.clean
+    n, taken = len(clean), len(clean) + len(sampler.dirty)
+    if n >= max_reps or taken >= 4 * max_reps:
+        return True
+    if spent >= budget_s and (n >= min_reps or taken >= min_reps):
+        return True
+    if n >= STABLE_REPS:
+        q25, q50, q75 = np.percentile(clean, [25, 50, 75])
+        if q50 > 0 and (q75 - q25) / q50 <= TARGET_IQR:
+            return True
+    return False
+
+
 def time_calls(
     fn: Callable[[], Any],
     *,
@@ -195,26 +235,15 @@ def time_calls(
     probe: LoadProbe | None = None,
 ) -> list[float]:
     """Seconds per call, one sample per block of calls (see the module docstring). Raises
-    :class:`CellTimeout` past ``deadline`` (``time.monotonic()`` seconds). The median of up to 3
-    single calls sizes the block (a fresh process's first call is often cold); calls that long
-    already are the first samples. ``info`` receives ``block`` (calls per sample) and, with a
-    ``probe``, the contention fields."""
-    import numpy as np
-
+    :class:`CellTimeout` past ``deadline`` (``time.monotonic()`` seconds). :func:`size_block`
+    sizes the block; :func:`enough_samples` decides when to stop. ``info`` receives ``block``
+    (calls per sample) and, with a ``probe``, the contention fields."""
     device = torch.device(device)
-    clock = _timer(device)
+    clock = timer(device)
     _sync(device)
-    sampler = _Sampler(clock, probe)
+    sampler = Sampler(clock, probe)
     start = time.perf_counter()
-    probes = [sampler.take(fn)]  # a call as long as a block is already a (probed) sample
-    if probes[0] < min_block_s:
-        sampler.forget_last()
-        while len(probes) < 3 and probes[-1] < min_block_s:
-            probes.append(clock(fn))
-    per_call = float(np.median(probes))
-    block = 1 if per_call >= min_block_s else int(min(MAX_BLOCK, math.ceil(min_block_s / max(per_call, 1e-7))))
-    if block == 1 and probe is None and probes[0] < min_block_s:
-        sampler.clean.extend(probes)
+    block = size_block(sampler, clock, fn, min_block_s)
     if info is not None:
         info["block"] = block
 
@@ -222,18 +251,8 @@ def time_calls(
         for _ in range(block):
             fn()
 
-    while True:
-        clean, spent = sampler.clean, time.perf_counter() - start
-        n, taken = len(clean), len(clean) + len(sampler.dirty)
-        if n >= max_reps or taken >= 4 * max_reps:
-            break
-        if spent >= budget_s and (n >= min_reps or taken >= min_reps):
-            break
-        if n >= STABLE_REPS:
-            q25, q50, q75 = np.percentile(clean, [25, 50, 75])
-            if q50 > 0 and (q75 - q25) / q50 <= TARGET_IQR:
-                break
+    while not enough_samples(sampler, time.perf_counter() - start, budget_s, min_reps, max_reps):
         if deadline is not None and time.monotonic() > deadline:
-            raise CellTimeout(f"deadline passed after {n} timed samples", clean + sampler.dirty)
+            raise CellTimeout(f"deadline passed after {len(sampler.clean)} timed samples", sampler.clean + sampler.dirty)
         sampler.take(run_block, block)
     return sampler.result(min_reps, info)

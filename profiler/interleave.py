@@ -1,0 +1,193 @@
+"""Interleaved timing: the cells of a sweep timed in one process, one sample of each in turn.
+
+Why: on a shared machine (a cloud VM above all) the host's speed drifts by 1.5x over seconds to a
+minute with nothing inside the VM to see it (other tenants share the host's caches and memory
+bandwidth). Measured on the 2-core CI VM, one thread, softmax and skeinformer forward at T = 2048
+alternated sample by sample in one process, six fresh processes: softmax's median ranged over
+44-65 ms, skeinformer's over 27-42 ms, while their ratio stayed within 0.58-0.67. Cells timed one
+after another (one process each) see different spells of the host: two quiet runs of the same sweep
+agreed within 15% on 12 of 40 ratios to softmax. Cells whose samples are taken in turn see the same
+spells, so ratios between mixers and the curve of one mixer over lengths keep their shape.
+
+Protocol (``zoo profile --interleave``, :func:`profiler.sweep.run_sweep`): round 1 measures every
+cell in its own process as usual (status, memory, FLOPs, OOM frontier), with a short timing of its
+own (``time_isolated_s``: the fallback); then one more process (:func:`measure_group`) builds the
+steps of the ok cells (eager; a decode cell is prefilled once and its step is one new token, as in
+:mod:`profiler.decode`; compiled cells keep their own timing), makes the first call and warms each
+up, and takes samples in rotation, in plan order: a cell leaves
+the rotation when :func:`profiler.timing.enough_samples` says so (the same rule, budget and load
+probe as an isolated cell; its budget counts its own samples' time). The group is sized so that the
+caching heap's footprint of its cells together (3x each one's measured peak) fits the memory budget
+(:func:`pack_groups`); a sweep that does not fit runs several groups.
+
+A cell the group could not time (its build or a call failed, the group died or timed out) keeps its
+isolated timing (``time_method: "isolated"``). A decode cell's prefill time is round 1's.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable
+
+import torch
+
+from profiler.affinity import restore
+from profiler.builders import load_builder, load_ref, torch_dtype
+from profiler.cases import Cell
+from profiler.heap import release_heap, set_heap_mode
+from profiler.memory import is_oom
+from profiler.timing import CellTimeout, Sampler, enough_samples, size_block, summarise_samples, timer, warm_up
+
+__all__ = ["measure_group", "pack_groups", "can_interleave", "merge_interleaved", "GROUP_FIELDS"]
+
+# what the group reports per cell, replacing the isolated round's values
+GROUP_FIELDS = ("contended", "contended_samples", "other_cpu", "steal_cpu", "run_wait", "quiet_wait_s",
+                "time_block", "warmup_calls", "warmup_s")
+
+
+def can_interleave(cell: Cell, result: dict[str, Any]) -> bool:
+    """A cell the group can time: measured ok in round 1 (not inferred), eager."""
+    return result.get("status") == "ok" and not result.get("inferred") and not cell.compile
+
+
+def pack_groups(cells: Iterable[Cell], peaks: dict[str, int], cap_bytes: int | None,
+                footprint: float) -> list[list[Cell]]:
+    """Consecutive cells (plan order) in groups whose summed ``footprint`` x peak fits ``cap_bytes``
+    (no cap: one group). A cell too large for any group alone is a group of its own."""
+    groups: list[list[Cell]] = []
+    used = 0.0
+    for cell in cells:
+        need = footprint * max(0, int(peaks.get(cell.key) or 0))
+        if groups and (cap_bytes is None or used + need <= cap_bytes):
+            groups[-1].append(cell)
+            used += need
+        else:
+            groups.append([cell])
+            used = need
+    return groups
+
+
+class _Entry:
+    """One cell of the rotation: its run (fields), step and sampler."""
+
+    def __init__(self, run, step, sampler: Sampler):
+        self.run, self.step, self.sampler = run, step, sampler
+        self.block, self.spent, self.probe = 1, 0.0, sampler.probe
+
+    def run_block(self) -> None:
+        for _ in range(self.block):
+            self.step.fn()
+
+
+def _prepare(run, builder, device: torch.device, clock, probe_ref: str | None) -> _Entry:
+    """Build, first call (checked), warm-up; the sampler's block size."""
+    from profiler.cell import _first_call
+
+    dtype = torch_dtype(run.cell.dtype)
+    if run.cell.mode == "decode":  # one new token per call, after a prefill (profiler.decode)
+        from profiler.decode import token_step
+
+        step = token_step(run.cell, device, dtype)
+    else:
+        step = builder(run.cell, device, dtype)
+    run.lap("build")
+    _first_call(run, step, device)  # timing_only: a check, nothing counted
+    since = time.perf_counter()
+    n, seconds = warm_up(step.fn, device=device, calls=1, since=since, deadline=run.deadline)
+    run.note(warmup_calls=n, warmup_s=seconds)
+    entry = _Entry(run, step, Sampler(clock, load_ref(probe_ref)() if probe_ref else None))
+    t0 = time.perf_counter()
+    entry.block = size_block(entry.sampler, clock, step.fn)
+    entry.spent = time.perf_counter() - t0
+    return entry
+
+
+def _rotate(entries: list[_Entry], budget: float, deadline: float | None) -> None:
+    """One sample of each cell in turn until every cell has enough (or the deadline passes)."""
+    active = list(entries)
+    while active:
+        for e in list(active):
+            if enough_samples(e.sampler, e.spent, budget):
+                active.remove(e)
+                continue
+            if deadline is not None and time.monotonic() > deadline:
+                raise CellTimeout("deadline passed during the interleaved timing")
+            t0 = time.perf_counter()
+            e.sampler.take(e.run_block, e.block)
+            e.spent += time.perf_counter() - t0
+
+
+def _fields(e: _Entry, order: int, size: int) -> dict[str, Any] | None:
+    """The cell's timing fields from its samples (None: fewer than the minimum)."""
+    from profiler.cell import note_contention
+    from profiler.timing import MIN_REPS
+
+    info = {"block": e.block}
+    samples = e.sampler.result(MIN_REPS, info)
+    if len(samples) < MIN_REPS:
+        return None
+    note_contention(e.run, info, e.probe)
+    fields = {k: e.run.result[k] for k in GROUP_FIELDS if k in e.run.result}
+    fields.update(summarise_samples(samples), time_method="interleaved", interleave_position=order,
+                  interleave_cells=size)
+    return fields
+
+
+def measure_group(cells: list[Cell], opts: dict[str, Any]) -> dict[str, Any]:
+    """Time ``cells`` interleaved in this process. Returns ``{"status": "ok", "group": {key: fields}}``
+    with a cell's timing fields, or ``{key: {"status": ..., "reason": ...}}`` for a cell that could
+    not be timed here (it keeps its own timing)."""
+    from profiler.cell import _Run, _set_up, classify_exception
+
+    runs = [_Run(c, {**opts, "timing_only": True, "group": None}, None) for c in cells]
+    lead = runs[0]
+    group: dict[str, dict[str, Any]] = {}
+    managed = False
+    entries: list[_Entry] = []
+    try:
+        device = torch.device(cells[0].device)
+        managed, _ = _set_up(lead, device)
+        if managed:
+            set_heap_mode("caching")  # every step's steady state, as an isolated cell's timing
+        builder = load_builder(opts.get("builder"))
+        clock = timer(device)
+        for run in runs:
+            run.deadline = lead.deadline
+            try:
+                entries.append(_prepare(run, builder, device, clock, opts.get("probe")))
+            except CellTimeout:
+                raise
+            except Exception as exc:  # this cell keeps its isolated timing; the others go on
+                status, reason = classify_exception(exc)
+                group[run.cell.key] = {"status": status, "reason": f"interleaved timing: {reason}"}
+                if is_oom(exc):
+                    break  # the group does not fit after all: time what was built
+        _rotate(entries, float(opts.get("time_budget_s", 2.0)), lead.deadline)
+    except Exception as exc:  # a deadline or a failure mid-rotation: cells with enough samples count
+        status, reason = classify_exception(exc)
+        for e in entries:
+            group.setdefault(e.run.cell.key, {"status": status, "reason": f"interleaved timing: {reason}"})
+    finally:
+        if managed:
+            set_heap_mode("tracking")
+            release_heap()
+        restore(lead.previous_cpus)
+    shared = {k: lead.result.get(k) for k in ("cpus", "threads")}
+    for i, e in enumerate(entries):
+        fields = _fields(e, i, len(entries))
+        if fields is not None:
+            group[e.run.cell.key] = {**shared, **fields, "status": "ok"}
+    return {"status": "ok", "inferred": False, "group": group}
+
+
+def merge_interleaved(first: dict[str, Any], timed: dict[str, Any] | None) -> dict[str, Any]:
+    """Round 1's result with the group's timing when the group timed the cell; else round 1's own,
+    said so (``time_method: "isolated"``, ``interleave_error``)."""
+    merged = dict(first)
+    merged["time_isolated_s"] = first.get("time_median_s")
+    if timed is None or timed.get("status") != "ok":
+        merged.update(time_method="isolated",
+                      interleave_error=(timed or {}).get("reason") or "not timed by the interleaved pass")
+        return merged
+    merged.update({k: v for k, v in timed.items() if k != "status"})
+    return merged

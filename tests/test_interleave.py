@@ -1,0 +1,138 @@
+"""Interleaved timing (profiler/interleave.py): the sweep's cells timed again in turn in one process,
+a sample of each in turn, so that a drifting host moves them alike; a cell the pass cannot time
+keeps its own timing, said so."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from profiler.builders import Step, build_step
+from profiler.interleave import _Entry, _rotate, can_interleave, measure_group, merge_interleaved, pack_groups
+from profiler.settings import SweepSettings, plan_profile
+from profiler.timing import Sampler
+from zoo.errors import ZooValueError
+
+HERE = Path(__file__).resolve()
+CALLS: list[str] = []
+
+
+def _cells(mixers="softmax,fnet", lengths="8,16", modes="forward"):
+    cells, _ = plan_profile(mixers=mixers, lengths=lengths, modes=modes, dim=16, heads=2, device="cpu",
+                            out="unused.jsonl", contention=False)
+    return cells
+
+
+def build_fnet_fails(cell, device, dtype):
+    """A builder for the group test: fnet's step cannot be built, the others are the registry's."""
+    if cell.label == "fnet":
+        raise RuntimeError("fnet could not be built here")
+    return build_step(cell, device, dtype)
+
+
+def test_groups_pack_consecutive_cells_under_the_cap():
+    cells = _cells(lengths="8,16,32")  # 6 cells, plan order
+    peaks = {c.key: 100 for c in cells}
+    assert [len(g) for g in pack_groups(cells, peaks, None, 3.0)] == [6]
+    assert [len(g) for g in pack_groups(cells, peaks, 650, 3.0)] == [2, 2, 2]  # 3 x 100 x 2 = 600 <= 650
+    peaks[cells[2].key] = 10_000  # larger than the cap alone: a group of its own
+    groups = pack_groups(cells, peaks, 650, 3.0)
+    assert [len(g) for g in groups] == [2, 1, 2, 1] and groups[1] == [cells[2]]
+    assert [c for g in groups for c in g] == cells  # every cell once, in plan order
+
+
+def test_only_measured_eager_cells_are_timed_in_turn():
+    import dataclasses
+
+    forward, decode = _cells(modes="forward")[0], _cells(mixers="softmax", modes="decode")[0]
+    assert can_interleave(forward, {"status": "ok"}) and can_interleave(decode, {"status": "ok"})
+    assert not can_interleave(forward, {"status": "oom", "inferred": True})
+    assert not can_interleave(forward, {"status": "ok", "inferred": True})
+    assert not can_interleave(dataclasses.replace(forward, compile="inductor"), {"status": "ok"})
+
+
+def test_the_rotation_takes_one_sample_of_each_cell_in_turn():
+    import time
+
+    from profiler.timing import timer
+
+    CALLS.clear()
+
+    def entry(name, seconds):
+        step = Step(fn=lambda: (CALLS.append(name), time.sleep(seconds)))
+        return _Entry(None, step, Sampler(timer(torch.device("cpu")), None))
+
+    a, b = entry("a", 0.002), entry("b", 0.05)
+    _rotate([a, b], budget=0.08, deadline=None)
+    # b's samples are 50 ms: its budget is spent after 2, but the minimum is 3 samples
+    assert CALLS[:6] == ["a", "b", "a", "b", "a", "b"]
+    assert len(b.sampler.clean) == 3 and CALLS.count("b") == 3
+    assert len(a.sampler.clean) > 3  # a goes on alone until its own rule says enough
+
+
+def test_merge_takes_the_group_timing_and_keeps_the_isolated_median():
+    first = {"status": "ok", "time_median_s": 2.0, "time_samples": [2.0, 2.0, 2.1], "mem_peak_bytes": 5, "noisy": False}
+    timed = {"status": "ok", "time_median_s": 1.5, "time_samples": [1.5] * 12, "noisy": True,
+             "time_method": "interleaved", "interleave_cells": 4}
+    merged = merge_interleaved(first, timed)
+    assert merged["time_median_s"] == 1.5 and merged["time_isolated_s"] == 2.0 and merged["noisy"] is True
+    assert merged["time_method"] == "interleaved" and merged["mem_peak_bytes"] == 5 and merged["status"] == "ok"
+    kept = merge_interleaved(first, {"status": "error", "reason": "interleaved timing: boom"})
+    assert kept["time_median_s"] == 2.0 and kept["time_method"] == "isolated"
+    assert kept["interleave_error"] == "interleaved timing: boom"
+    assert merge_interleaved(first, None)["interleave_error"] == "not timed by the interleaved pass"
+
+
+def test_a_group_times_every_cell_and_a_failing_build_costs_only_that_cell():
+    cells = _cells()  # softmax, fnet at 8 and 16
+    out = measure_group(cells, {"threads": 1, "time_budget_s": 0.05, "builder": f"{HERE}:build_fnet_fails",
+                                "timeout_s": 60})
+    group = out["group"]
+    assert out["status"] == "ok" and set(group) == {c.key for c in cells}
+    for c in cells:
+        r = group[c.key]
+        if c.label == "fnet":
+            assert r["status"] == "error" and "fnet could not be built here" in r["reason"]
+        else:
+            assert r["status"] == "ok" and r["time_method"] == "interleaved" and r["interleave_cells"] == 2
+            assert r["time_n"] >= 3 and r["time_median_s"] > 0 and r["threads"] == 1
+
+
+def test_an_interleaved_sweep_writes_each_cell_once_with_both_timings(tmp_path):
+    from profiler import run_profile
+
+    out = run_profile(mixers="softmax,fnet", lengths="16,32", modes="forward,decode", dim=16, heads=2, device="cpu",
+                      out=str(tmp_path / "il.jsonl"), isolate=False, time_budget=0.02, interleave=True, progress=False)
+    lines = [json.loads(line) for line in open(out)]
+    header = next(r for r in lines if r.get("kind") == "header")
+    assert header["settings"]["interleave"] is True
+    cells = [r for r in lines if r.get("kind") == "cell"]
+    assert len(cells) == len({r["key"] for r in cells}) == 8
+    timed = [r for r in cells if r["status"] == "ok"]  # fnet is not causal: no decode
+    assert len(timed) == 6 and {r["status"] for r in cells} == {"ok", "unsupported"}
+    for r in timed:  # timed in turn; round 1's own timing kept beside
+        assert r["time_method"] == "interleaved" and r["time_isolated_s"] > 0 and r["interleave_cells"] == 6
+        if r["mode"] == "forward":
+            assert r["mem_method"]
+        else:  # decode: per-token time from the pass, prefill and state from round 1
+            assert r["prefill_s"] > 0 and r["state_bytes"] > 0
+    assert sorted(r["interleave_position"] for r in timed) == list(range(6))
+
+
+def test_interleave_refuses_rounds_and_remote_executors():
+    with pytest.raises(ZooValueError, match="rounds: expected 1 with --interleave"):
+        SweepSettings(out="x.jsonl", rounds=2, interleave=True)
+    with pytest.raises(ZooValueError, match="interleave: expected --executor fork, spawn or inline"):
+        SweepSettings(out="x.jsonl", interleave=True, executor="ray")
+
+
+def test_the_cli_passes_interleave_and_names_the_conflict(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    res = CliRunner().invoke(app, ["profile", "--mixers", "softmax", "--lengths", "16", "--dim", "16", "--heads", "2",
+                                   "--interleave", "--rounds", "2", "--out", str(tmp_path / "x.jsonl"), "--quiet"])
+    assert res.exit_code != 0 and "rounds: expected 1 with --interleave" in res.output
+    assert not (tmp_path / "x.jsonl").exists()  # refused before anything is written
