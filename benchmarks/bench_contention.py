@@ -17,8 +17,9 @@ the CLI as a user runs it, records in ``bench-out/contention/``):
 
 Setting ``none`` starts no load: its "loaded" sweep is a second quiet one (an A/A test), the floor
 the other settings can be judged against on a machine whose own noise is large. Both sweeps use
-``zoo profile --rounds`` (``--profile-rounds``, default 3: each cell timed in 3 processes,
-interleaved within a length, the fastest clean round kept; ``profiler/rounds.py``).
+``zoo profile --interleave`` as ``scripts/main.sh`` does (every cell measured in its own process,
+then all timed again in turn in one process, the host's drift taken out: ``profiler/interleave.py``);
+``--no-interleave`` uses ``--rounds`` (``--profile-rounds``, default 3) instead.
 
 Statistics (``benchmarks/contention_stats.py``), loaded against quiet, with their targets: the
 share of cells whose ratio to the baseline is within 15% of the quiet one (>= 90%) and the cells
@@ -49,7 +50,7 @@ from profiler.contention import auto_threads, usable_cores  # noqa: E402
 DEFAULT_MIXERS = "softmax,ponet,fnet,longformer,skeinformer,transnormer"
 SETTINGS = ("spin", "matmul")  # the load generator's kinds
 SWEEP_SETTINGS = SETTINGS + ("none",)  # none: no load (A/A)
-PROFILE_ROUNDS = "3"  # zoo profile --rounds, as scripts/main.sh
+PROFILE_ROUNDS = "3"  # zoo profile --rounds, with --no-interleave
 SETTLE_S = 2.0  # after starting or stopping the load, before a sweep starts
 
 # One busy process of the load generator. It dies with this script: PR_SET_PDEATHSIG where the C
@@ -160,7 +161,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--load-procs", default="1", help="busy processes (cores taken) [default: 1]")
     p.add_argument("--rounds", default="1", help="loaded/quiet pairs per setting [default: 1]")
     p.add_argument("--profile-rounds", default=PROFILE_ROUNDS,
-                   help=f"zoo profile --rounds of every sweep [default: {PROFILE_ROUNDS}, main.sh's]")
+                   help=f"zoo profile --rounds of every sweep, with --no-interleave [default: {PROFILE_ROUNDS}]")
     p.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=True,
                    help="zoo profile --interleave (every cell timed again in turn with the others in one process; "
                         "--profile-rounds is then 1) [default: on]")
@@ -230,7 +231,8 @@ class RunFailed(Exception):
 def _profile(args: argparse.Namespace, out: Path, threads: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(ROOT / "cli.py"), "profile", "--device", "cpu", "--mixers", args.mixers,
            "--lengths", args.lengths, "--mode", args.mode, "--time-budget", str(args.time_budget),
-           *(["--interleave"] if args.interleave else ["--rounds", str(args.profile_rounds)]), "--threads", threads, "--baseline", args.baseline, "--out", str(out), "--overwrite", "--quiet"]
+           *(["--interleave"] if args.interleave else ["--rounds", str(args.profile_rounds)]),
+           "--threads", threads, "--baseline", args.baseline, "--out", str(out), "--overwrite", "--quiet"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     for line in proc.stderr.splitlines():

@@ -2,9 +2,9 @@
 
 Runs ``zoo profile --mode decode`` on the profiler's core (:func:`profiler.settings.plan_profile`
 and :func:`profiler.sweep.run_sweep`: fork-per-cell, warm-up, adaptive repetitions, the managed
-heap; ``--rounds 3`` by default: every cell timed in three processes interleaved with the other
-cells of its length, the fastest clean round kept, since whole processes on a shared VM run up to
-2x slow) for every mixer that declares a generation state, at T = 1k..64k (D = 256, 4 heads, B = 1,
+heap; ``--interleave`` by default: after every cell is measured, the cells are timed again in turn
+in one process and the host's drift is taken out, since whole processes on a shared VM run up to 2x
+slow; ``--no-interleave --rounds 3`` times each cell in three processes instead) for every mixer that declares a generation state, at T = 1k..64k (D = 256, 4 heads, B = 1,
 fp32) by default, and checks the issue's targets from the records:
 
 * every constant-state mixer (``spec.state`` O(1)) and every O(w) one: ms/token at the longest
@@ -93,8 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--time-budget", type=float, default=1.0, help="seconds of timed steps per cell and round")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="zoo profile --rounds: each cell in this many processes, the fastest clean round kept [default: 3]")
+    parser.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=True,
+                        help="zoo profile --interleave: the cells timed again in turn in one process, the host's drift "
+                             "taken out [default: on]")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="zoo profile --rounds (with --no-interleave): each cell in this many processes, the fastest "
+                             "clean round kept [default: 3]")
     parser.add_argument("--threads", type=int, default=None, help="[default: torch's default, as zoo profile]")
     parser.add_argument("--out", default="bench-out/bench_decode.jsonl")
     args = parser.parse_args(argv)
@@ -102,8 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         return _usage_error(f"time budget: expected a positive number of seconds, got {args.time_budget!r}")
     if args.threads is not None and args.threads < 1:
         return _usage_error(f"threads: expected a positive integer, got {args.threads!r}")
-    if args.rounds < 1:
+    if args.rounds is not None and args.rounds < 1:
         return _usage_error(f"rounds: expected a positive integer, got {args.rounds!r}")
+    if args.interleave and args.rounds not in (None, 1):
+        return _usage_error(f"rounds: expected 1 with --interleave (use --no-interleave for rounds), got {args.rounds}")
+    rounds = args.rounds or (1 if args.interleave else 3)
 
     from profiler.settings import plan_profile
     from profiler.sweep import run_sweep
@@ -114,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         cells, settings = plan_profile(mixers=args.mixers or _stateful_mixers(), lengths=args.lengths, modes="decode",
                                        dim=args.dim, heads=args.heads, device=args.device, out=args.out,
                                        overwrite=True, time_budget=args.time_budget, threads=args.threads,
-                                       rounds=args.rounds, progress=True)
+                                       rounds=rounds, interleave=args.interleave, progress=True)
     except ZooError as exc:  # unknown mixer, malformed lengths: one line, as zoo profile says it
         return _usage_error(str(exc))
     path = run_sweep(cells, settings)

@@ -16,7 +16,9 @@ steps of the ok cells (eager; a decode cell is prefilled once and its step is on
 :mod:`profiler.decode`; compiled cells keep their own timing), makes the first call and warms each
 up, and takes samples in rotation, in plan order: a cell leaves
 the rotation when :func:`profiler.timing.enough_samples` says so (the same rule, budget and load
-probe as an isolated cell; its budget counts its own samples' time). The group is sized so that the
+probe as an isolated cell, its budget counting its own samples' time; at least :data:`MIN_SAMPLES`).
+Then the host's drift is read from the samples of the other cells taken at the same moment and
+taken out of each sample (:mod:`profiler.drift`); the raw samples are kept beside. The group is sized so that the
 caching heap's footprint of its cells together (3x each one's measured peak) fits the memory budget
 (:func:`pack_groups`); a sweep that does not fit runs several groups.
 
@@ -34,11 +36,16 @@ import torch
 from profiler.affinity import restore
 from profiler.builders import load_builder, load_ref, torch_dtype
 from profiler.cases import Cell
+from profiler.drift import drift_factors
 from profiler.heap import release_heap, set_heap_mode
 from profiler.memory import is_oom
 from profiler.timing import CellTimeout, Sampler, enough_samples, size_block, summarise_samples, timer, warm_up
 
 __all__ = ["measure_group", "pack_groups", "can_interleave", "merge_interleaved", "GROUP_FIELDS"]
+
+# samples a cell takes at least in the pass: its spread (the noisy flag) is read from them, and the
+# IQR of 3 samples is half their range (train steps at 4k took 3 at 0.5 s a cell and were flagged by chance)
+MIN_SAMPLES = 5
 
 # what the group reports per cell, replacing the isolated round's values
 GROUP_FIELDS = ("contended", "contended_samples", "other_cpu", "steal_cpu", "run_wait", "quiet_wait_s",
@@ -73,6 +80,7 @@ class _Entry:
     def __init__(self, run, step, sampler: Sampler):
         self.run, self.step, self.sampler = run, step, sampler
         self.block, self.spent, self.probe = 1, 0.0, sampler.probe
+        self.marks: list[tuple[float, float, bool]] = []  # (midpoint, seconds, clean) per sample, in order
 
     def run_block(self) -> None:
         for _ in range(self.block):
@@ -99,6 +107,8 @@ def _prepare(run, builder, device: torch.device, clock, probe_ref: str | None) -
     t0 = time.perf_counter()
     entry.block = size_block(entry.sampler, clock, step.fn)
     entry.spent = time.perf_counter() - t0
+    for kept in (entry.sampler.clean, entry.sampler.dirty, entry.sampler.cpu):
+        kept.clear()  # a sizing call long enough to be a sample was not taken in turn with the others
     return entry
 
 
@@ -107,29 +117,38 @@ def _rotate(entries: list[_Entry], budget: float, deadline: float | None) -> Non
     active = list(entries)
     while active:
         for e in list(active):
-            if enough_samples(e.sampler, e.spent, budget):
+            if enough_samples(e.sampler, e.spent, budget, MIN_SAMPLES):
                 active.remove(e)
                 continue
             if deadline is not None and time.monotonic() > deadline:
                 raise CellTimeout("deadline passed during the interleaved timing")
             t0 = time.perf_counter()
-            e.sampler.take(e.run_block, e.block)
-            e.spent += time.perf_counter() - t0
+            seconds = e.sampler.take(e.run_block, e.block)
+            t1 = time.perf_counter()
+            e.spent += t1 - t0
+            e.marks.append((0.5 * (t0 + t1), seconds, e.sampler.last_clean))
 
 
-def _fields(e: _Entry, order: int, size: int) -> dict[str, Any] | None:
-    """The cell's timing fields from its samples (None: fewer than the minimum)."""
+def _fields(e: _Entry, factors: list[float], order: int, size: int) -> dict[str, Any] | None:
+    """The cell's timing fields: its samples with the host's drift taken out (``factors``, one per
+    mark, :mod:`profiler.drift`), the raw ones beside. None: fewer than the minimum."""
     from profiler.cell import note_contention
-    from profiler.timing import MIN_REPS
 
     info = {"block": e.block}
-    samples = e.sampler.result(MIN_REPS, info)
-    if len(samples) < MIN_REPS:
+    e.sampler.result(MIN_SAMPLES, info)  # the contention fields; which samples count (below, the same rule)
+    used = [k for k, m in enumerate(e.marks) if m[2]]
+    if info.get("contended"):  # too few clean samples: the contended ones count as well
+        used += [k for k, m in enumerate(e.marks) if not m[2]]
+    if len(used) < MIN_SAMPLES:
         return None
     note_contention(e.run, info, e.probe)
+    raw = [e.marks[k][1] for k in used]
+    applied = [factors[k] for k in used]
     fields = {k: e.run.result[k] for k in GROUP_FIELDS if k in e.run.result}
-    fields.update(summarise_samples(samples), time_method="interleaved", interleave_position=order,
-                  interleave_cells=size)
+    fields.update(summarise_samples([s / f for s, f in zip(raw, applied)]), time_method="interleaved",
+                  interleave_position=order, interleave_cells=size, time_raw_samples=raw,
+                  time_raw_median_s=summarise_samples(raw)["time_median_s"],
+                  drift_range=[round(min(applied), 4), round(max(applied), 4)])
     return fields
 
 
@@ -173,8 +192,9 @@ def measure_group(cells: list[Cell], opts: dict[str, Any]) -> dict[str, Any]:
             release_heap()
         restore(lead.previous_cpus)
     shared = {k: lead.result.get(k) for k in ("cpus", "threads")}
+    factors = drift_factors([[(m[0], m[1]) for m in e.marks] for e in entries])
     for i, e in enumerate(entries):
-        fields = _fields(e, i, len(entries))
+        fields = _fields(e, factors[i], i, len(entries))
         if fields is not None:
             group[e.run.cell.key] = {**shared, **fields, "status": "ok"}
     return {"status": "ok", "inferred": False, "group": group}

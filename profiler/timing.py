@@ -169,6 +169,11 @@ class Sampler:
         self._last = (kept, read)
         return t
 
+    @property
+    def last_clean(self) -> bool:
+        """Whether the sample just taken went to the clean list (False: contended)."""
+        return self._last[0] is self.clean
+
     def forget_last(self) -> None:
         """Drop the sample just taken (a sizing call that turned out shorter than a block)."""
         kept, read = self._last

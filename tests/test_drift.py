@@ -1,0 +1,81 @@
+"""The host's drift in an interleaved pass (profiler/drift.py): a slow spell seen by every cell at
+once is taken out of each cell's samples; a cell's own variation never is."""
+
+import math
+import random
+
+import pytest
+
+from profiler.drift import drift_factors
+
+
+def _pass(levels, speed, rotations=20, noise=0.0, seed=0):
+    """Cells sampled in turn (one sample each per rotation, 0.1 s apart): marks per cell."""
+    rng = random.Random(seed)
+    marks = [[] for _ in levels]
+    t = 0.0
+    for r in range(rotations):
+        for i, level in enumerate(levels):
+            t += 0.1
+            marks[i].append((t, level * speed(t) * math.exp(rng.gauss(0.0, noise))))
+    return marks
+
+
+def _corrected(marks):
+    factors = drift_factors(marks)
+    return [[s / f for (_, s), f in zip(cell, fs)] for cell, fs in zip(marks, factors)]
+
+
+def test_a_spell_every_cell_sees_is_taken_out():
+    levels = [1.0, 2.0, 0.5, 3.0, 1.5]
+    marks = _pass(levels, lambda t: 1.3 if t > 5.0 else 1.0)  # +30% for the second half of the pass
+    for cell, fixed in zip(marks, _corrected(marks)):
+        # away from the step's moment (the 8 neighbours straddle it there) the step is gone
+        away = [c for (t, _), c in zip(cell, fixed) if abs(t - 5.0) > 0.5]
+        assert max(away) / min(away) == pytest.approx(1.0, abs=1e-9)
+        assert max(s for _, s in cell) / min(s for _, s in cell) == pytest.approx(1.3)
+
+
+def test_a_cell_that_left_early_is_put_on_the_others_scale():
+    """A cell sampled only before the spell and one sampled through it: their ratio is the levels'."""
+    levels = [1.0, 2.0, 4.0, 1.0]
+    marks = _pass(levels, lambda t: 1.0 if t < 2.0 else 1.5, rotations=30)
+    marks[3] = marks[3][:4]  # the last cell left the rotation at t = 1.6 s, before the spell
+    cells = _corrected(marks)
+    med = [sorted(c)[len(c) // 2] for c in cells]
+    assert med[0] / med[3] == pytest.approx(1.0, rel=1e-9)
+    raw0 = sorted(s for _, s in marks[0])[len(marks[0]) // 2]
+    assert raw0 / marks[3][0][1] == pytest.approx(1.5)  # uncorrected, the spell was in the ratio
+
+
+def test_a_cell_of_its_own_keeps_its_variation():
+    """Only this cell slows down: the others cannot explain it, so it is not corrected away."""
+    levels = [1.0, 2.0, 0.5, 3.0]
+    marks = _pass(levels, lambda t: 1.0)
+    marks[0] = [(t, s * (1.5 if k % 2 else 1.0)) for k, (t, s) in enumerate(marks[0])]
+    cells = _corrected(marks)
+    assert max(cells[0]) / min(cells[0]) == pytest.approx(1.5, rel=1e-6)
+    for cell in cells[1:]:
+        assert max(cell) / min(cell) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_a_quiet_pass_is_left_as_it_was_and_noise_is_not_amplified():
+    levels = [1.0, 2.0, 0.5, 3.0, 1.5, 0.8]
+    marks = _pass(levels, lambda t: 1.0, noise=0.03, seed=1)
+    for cell, fs in zip(marks, drift_factors(marks)):
+        assert all(abs(math.log(f)) < 0.05 for f in fs)  # median of 8 neighbours: well inside the noise
+
+
+def test_nothing_to_compare_means_no_correction():
+    assert drift_factors([]) == []
+    assert drift_factors([[(0.1, 1.0), (0.2, 2.0)]]) == [[1.0, 1.0]]  # a cell alone
+    far = [[(0.0, 1.0)], [(100.0, 5.0)], [(200.0, 3.0)], [(300.0, 2.0)]]  # no neighbour within the window
+    assert drift_factors(far) == [[1.0]] * 4
+
+
+def test_the_correction_is_relative_to_the_typical_speed_not_the_best():
+    levels = [1.0, 2.0, 0.5, 3.0]
+    marks = _pass(levels, lambda t: 0.8 if t < 1.0 else 1.0)  # a short fast spell at the start
+    cells = _corrected(marks)
+    for level, cell in zip(levels, cells):
+        assert sorted(cell)[len(cell) // 2] == pytest.approx(level, rel=1e-9)  # the typical speed's time
