@@ -9,7 +9,7 @@
     python benchmarks/bench_projection.py [--out runs/projection-bench] [--measured-mixer F --measured-model F]
 
 Without ``--measured-*`` files it measures them first (``zoo profile --lengths 4k..16k --threads 1
---time-budget 0.5``, every mixer, mixer then model scope: tens of minutes). The CPU is calibrated again (``--recalibrate``) before
+--time-budget 0.5 --interleave``: measured ratios between mixers on a drifting VM, every mixer, mixer then model scope: tens of minutes). The CPU is calibrated again (``--recalibrate``) before
 the time ratios. Prints PASS/FAIL per target, writes the calibration tables; exits 1 on a miss.
 """
 
@@ -27,7 +27,7 @@ def _measure(out: Path, scope: str, time_budget: float) -> Path:
     from profiler import run_profile
 
     return run_profile(lengths="4k..16k", scope=scope, threads=1, device="cpu", out=out, overwrite=True, progress=True,
-                       time_budget=time_budget)
+                       time_budget=time_budget, interleave=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ fit records and the report.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -294,6 +295,28 @@ def _interleaved_pass(held: dict[str, list], s: SweepSettings, executor, threads
             held[cell.key][2] += (time.monotonic() - t0) / len(group)
 
 
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt inside the block (main thread only), so a sweep stopped by
+    ``kill`` or ``timeout`` unwinds as after Ctrl-C: the cells held for later rounds or the
+    interleaved pass are written and the cell processes are stopped. SIGKILL cannot be caught."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"stopped by signal {signum} (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_sweep(cells: list[Cell], settings: SweepSettings | None = None, **kwargs: Any) -> Path:
     """Run planned cells, appending one record each to ``settings.out`` (returned), then the fit
     records. ``kwargs`` build the settings when none are given (``out=...``, ``isolate=...``: the
@@ -316,7 +339,8 @@ def run_sweep(cells: list[Cell], settings: SweepSettings | None = None, **kwargs
     writer = RecordWriter(path, truncate=s.overwrite)
     try:
         writer.append(header)
-        written = _execute(cells, previous, s, executor, writer, run_id, threads)
+        with terminate_as_interrupt():  # `kill`, `timeout`, a CI's stop: held records are still written
+            written = _execute(cells, previous, s, executor, writer, run_id, threads)
         latest = {**previous, **{r["key"]: r for r in written}}
         mine = [latest[c.key] for c in cells if c.key in latest]
         for fit in fit_records(mine, s.declared, run_id=run_id):

@@ -10,7 +10,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck disable=SC1091
 . "$root/scripts/setup.sh"
 cd "$root"
-zoo profile --device cpu --lengths 256..4k --time-budget 0.5 --interleave --out runs/cpu.jsonl --overwrite "$@"
+zoo profile --device cpu --lengths 256..4k --time-budget 0.5 --interleave --threads auto --out runs/cpu.jsonl --overwrite "$@"
 rm -f runs/fidelity.jsonl
 zoo fidelity --device cpu --lengths 256..2k --out runs/fidelity.jsonl
 zoo compare runs/cpu.jsonl runs/fidelity.jsonl --out reports-out/cpu

@@ -59,13 +59,18 @@ def test_groups_follow_lengths_and_even_rounds_reverse():
 class _FakeExecutor:
     name, fans_out = "fake", False
 
-    def __init__(self, interrupt_at=None):
-        self.calls, self.interrupt_at = [], interrupt_at
+    def __init__(self, interrupt_at=None, terminate_at=None):
+        self.calls, self.interrupt_at, self.terminate_at = [], interrupt_at, terminate_at
 
     def run(self, cell, opts, timeout):
         self.calls.append((cell.label, cell.T, bool(opts.get("timing_only"))))
         if self.interrupt_at is not None and len(self.calls) == self.interrupt_at:
             raise KeyboardInterrupt
+        if self.terminate_at is not None and len(self.calls) == self.terminate_at:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGTERM)  # as `timeout` or `kill` stops a sweep
         base = 1.0 if cell.label == "softmax" else 2.0
         r = sum(1 for c in self.calls if c[:2] == (cell.label, cell.T))
         return _ok([base * (4 - r)] * 3, contended=False)  # each later round faster
@@ -107,6 +112,19 @@ def test_interrupted_round_still_writes_the_measured_cells(tmp_path, monkeypatch
     assert fnet["time_rounds_s"] == [6.0, 4.0] and fnet["time_median_s"] == 4.0
 
 
+def test_a_terminated_sweep_still_writes_the_measured_cells(tmp_path, monkeypatch):
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    fake = _FakeExecutor(terminate_at=6)  # SIGTERM during round 2 of T = 8
+    out, s = _sweep(tmp_path, monkeypatch, fake)
+    with pytest.raises(KeyboardInterrupt):
+        sweep_mod.run_sweep(_cells(), s)
+    cells = [json.loads(line) for line in out.read_text().splitlines() if '"kind":"cell"' in line.replace(" ", "")]
+    assert len(cells) == 4  # round 1 of every cell, not lost with the process
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is the sweep's only while it runs
+
+
 def test_rounds_bad_values_are_refused():
     with pytest.raises(ZooValueError, match="rounds: expected a positive integer"):
         SweepSettings(out="x.jsonl", rounds=0)
@@ -123,7 +141,8 @@ def test_a_real_two_round_sweep_in_process(tmp_path):
     assert {r["mode"] for r in cells} == {"forward", "decode"}
     for r in cells:
         assert r["status"] == "ok" and r["rounds"] == 2 and len(r["time_rounds_s"]) == 2
-        assert r["time_median_s"] == pytest.approx(min(r["time_rounds_s"]), rel=0.5)
+        # the chosen round's median (which round is chosen depends on contention: the merge tests above)
+        assert r["time_median_s"] == pytest.approx(r["time_rounds_s"][r["time_round"] - 1])
     fwd = next(r for r in cells if r["mode"] == "forward")
     # round 1's measurement is kept: the method and the tensor peak (resident growth of a 5 KiB step can
     # be 0 in a process whose heap already holds free pages, so it is only required to be there)
