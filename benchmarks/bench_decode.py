@@ -4,8 +4,8 @@ Runs ``zoo profile --mode decode`` on the profiler's core (:func:`profiler.setti
 and :func:`profiler.sweep.run_sweep`: fork-per-cell, warm-up, adaptive repetitions, the managed
 heap; ``--interleave`` by default: after every cell is measured, the cells are timed again in turn
 in one process and the host's drift is taken out, since whole processes on a shared VM run up to 2x
-slow; ``--no-interleave --rounds 3`` times each cell in three processes instead) for every mixer that declares a generation state, at T = 1k..64k (D = 256, 4 heads, B = 1,
-fp32) by default, and checks the issue's targets from the records:
+slow; ``--no-interleave --rounds 3`` times each cell in three processes instead) for every mixer
+that declares a generation state, at T = 1k..64k (D = 256, 4 heads, B = 1, fp32) by default, and checks the issue's targets from the records:
 
 * every constant-state mixer (``spec.state`` O(1)) and every O(w) one: ms/token at the longest
   context within 1.2x of the shortest; decode exponent (``reports.generation.decode_exponent``:

@@ -79,7 +79,7 @@ class _Entry:
 
     def __init__(self, run, step, sampler: Sampler):
         self.run, self.step, self.sampler = run, step, sampler
-        self.block, self.spent, self.probe = 1, 0.0, sampler.probe
+        self.block, self.spent = 1, 0.0
         self.marks: list[tuple[float, float, bool]] = []  # (midpoint, seconds, clean) per sample, in order
 
     def run_block(self) -> None:
@@ -100,8 +100,7 @@ def _prepare(run, builder, device: torch.device, clock, probe_ref: str | None) -
         step = builder(run.cell, device, dtype)
     run.lap("build")
     _first_call(run, step, device)  # timing_only: a check, nothing counted
-    since = time.perf_counter()
-    n, seconds = warm_up(step.fn, device=device, calls=1, since=since, deadline=run.deadline)
+    n, seconds = warm_up(step.fn, device=device, calls=1, deadline=run.deadline)  # the clock starts now
     run.note(warmup_calls=n, warmup_s=seconds)
     entry = _Entry(run, step, Sampler(clock, load_ref(probe_ref)() if probe_ref else None))
     t0 = time.perf_counter()
@@ -141,7 +140,7 @@ def _fields(e: _Entry, factors: list[float], order: int, size: int) -> dict[str,
         used += [k for k, m in enumerate(e.marks) if not m[2]]
     if len(used) < MIN_SAMPLES:
         return None
-    note_contention(e.run, info, e.probe)
+    note_contention(e.run, info, e.sampler.probe)
     raw = [e.marks[k][1] for k in used]
     applied = [factors[k] for k in used]
     fields = {k: e.run.result[k] for k in GROUP_FIELDS if k in e.run.result}

@@ -241,12 +241,10 @@ def _execute(cells: list[Cell], previous: dict, s: SweepSettings, executor, writ
                     short = later and cell.mode != "decode"
                     result = executor.run(cell, {**opts_for(cell), **({"time_budget_s": 0.0} if short else {})},
                                           s.timeout)
-                if s.interleave and later and can_interleave(cell, result):
-                    held[cell.key] = [cell, started, time.monotonic() - t0, result, []]
-                    history.setdefault(series_identity(cell, threads=threads), []).append(
-                        make_record(cell, result, run_id, started, 0.0))
-                    progress.done(cell, {"status": "ok"})
-                elif s.rounds > 1 and result.get("status") == "ok" and not result.get("inferred"):
+                # held until the interleaved pass or the last round; ok, measured (not inferred) cells only
+                hold = can_interleave(cell, result) if later else (
+                    s.rounds > 1 and result.get("status") == "ok" and not result.get("inferred"))
+                if hold:
                     held[cell.key] = [cell, started, time.monotonic() - t0, result, []]
                     # longer cells of the series predict their memory from this one (fallback_prediction)
                     history.setdefault(series_identity(cell, threads=threads), []).append(
