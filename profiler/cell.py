@@ -30,10 +30,10 @@ import torch
 from profiler.affinity import pin_quietest, restore
 from profiler.builders import Step, build_step, load_builder, load_ref, torch_dtype
 from profiler.cases import Cell
-from profiler.flops import SdpaRecorder, flop_counter, sdpa_backend
+from profiler.flops import FlopTally, SdpaRecorder, flop_counter, sdpa_backend
 from profiler.heap import CPU_HEAP_CHOICES, release_heap, set_heap_mode
-from profiler.memory import LiveTensorTracker, is_oom, memory_pass_cpu, memory_pass_cuda, set_cuda_memory_limit
-from profiler.timing import MIN_REPS, CellTimeout, summarise_samples, time_calls, warm_up
+from profiler.memory import CountingTracker, is_oom, memory_pass_cpu, memory_pass_cuda, set_cuda_memory_limit
+from profiler.timing import MIN_REPS, WARMUP_SECONDS, CellTimeout, summarise_samples, time_calls, warm_up
 from reports.metrics import format_bytes
 
 __all__ = ["measure_cell", "classify_exception", "warm_fake_mode", "one_line"]
@@ -60,22 +60,23 @@ def classify_exception(exc: BaseException) -> tuple[str, str]:
 
 
 def _fake_pass(cell: Cell, builder, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    """Predicted peaks and counted FLOPs with fake tensors (no compute, no memory)."""
+    """Predicted peaks and counted FLOPs with fake tensors (no compute, no memory): one dispatch
+    mode, the live-tensor tracker counting FLOPs as it goes (``FlopCounterMode``'s formulas)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode():
-        tracker = LiveTensorTracker()
+        tracker = CountingTracker()
         with tracker:
             step = builder(cell, device, dtype)
             before = tracker.current
             tracker.mark()
-            counter = flop_counter()
-            with counter:
-                out = step.fn()
+            tally = tracker.counter = FlopTally()
+            out = step.fn()
+            tracker.counter = None
             del out
             step_peak = tracker.window_peak
     return {"mem_predicted_bytes": int(step_peak), "_predicted_abs": int(before + step_peak),
-            "flops_counted": float(counter.get_total_flops()), "_ops": sorted(tracker.ops)}
+            "flops_counted": tally.flops, "_ops": sorted(tracker.ops)}
 
 
 def warm_fake_mode() -> None:
@@ -154,6 +155,7 @@ def _predict(run: _Run, builder, device: torch.device, dtype: torch.dtype) -> bo
             run.result["_predict_error"] = one_line(exc)
         if fake is not None:
             predicted_abs = fake["_predicted_abs"]
+            run.result["_fake_peak"] = fake["mem_predicted_bytes"]  # the memory pass's tensor peak (same tracker)
             run.note(mem_predicted_bytes=fake["mem_predicted_bytes"], flops_counted=fake["flops_counted"],
                      sdpa_backend=sdpa_backend(set(fake["_ops"])))
         run.lap("predict")
@@ -217,7 +219,7 @@ def _memory(run: _Run, step: Step, device: torch.device) -> None:
     else:
         # compiled kernels bypass the dispatcher the tensor tracker watches: RSS alone
         track = run.opts.get("track_tensors", True) and not run.cell.compile
-        mem = memory_pass_cpu(step.fn, track=track, reset=step.reset)
+        mem = memory_pass_cpu(step.fn, track=track, reset=step.reset, tensor_peak=run.result.get("_fake_peak"))
     ops = mem.pop("_ops", None)
     if ops and run.result.get("sdpa_backend") is None:
         mem["sdpa_backend"] = sdpa_backend(set(ops))
@@ -227,7 +229,8 @@ def _memory(run: _Run, step: Step, device: torch.device) -> None:
 
 def _timed(run: _Run, step: Step, device: torch.device, calls: int, since: float | None, in_heap: int) -> list[float]:
     """Warm-up (``calls`` made after the first since ``since``), then the timed samples."""
-    n, seconds = warm_up(step.fn, device=device, calls=calls, since=since, at_least=in_heap, deadline=run.deadline)
+    n, seconds = warm_up(step.fn, device=device, calls=calls, since=since, at_least=in_heap, deadline=run.deadline,
+                         min_seconds=float(run.opts.get("warmup_min_s", WARMUP_SECONDS)))
     run.note(warmup_calls=n, warmup_s=seconds)
     run.lap("warmup")
     samples = probed_samples(run, step.fn, device, float(run.opts.get("time_budget_s", 2.0)))
@@ -284,7 +287,8 @@ def measure_cell(cell: Cell, opts: dict[str, Any], emit: Callable[[dict], None] 
     ``opts``: threads, time_budget_s, timeout_s (checked between calls), memory_budget_bytes,
     predict, count_flops, track_tensors (bools), fallback_predicted_abs/_step (bytes),
     builder (reference or None), cpu_heap, probe (reference to a load-probe factory or None),
-    timing_only (a later round: no fake pass, memory pass or FLOP count) and known_peak_bytes
+    timing_only (a later round: no fake pass, memory pass or FLOP count), warmup_min_s (the
+    warm-up's minimum seconds; 0 for an interleaved sweep's fallback timing) and known_peak_bytes
     (round 1's measured peak, for the timing heap's choice).
     ``emit`` receives partial results as they become known (kept if the cell is later killed).
     """

@@ -12,13 +12,14 @@ Added to ``FlopCounterMode`` (:func:`extra_flop_formulas`):
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable
 
 import torch
 
-__all__ = ["extra_flop_formulas", "count_flops", "flop_counter", "SDPA_BACKENDS", "sdpa_backend", "SDPA_CAUSAL_ARG",
-           "SdpaRecorder"]
+__all__ = ["extra_flop_formulas", "count_flops", "flop_counter", "flop_registry", "FlopTally", "SDPA_BACKENDS",
+           "sdpa_backend", "SDPA_CAUSAL_ARG", "SdpaRecorder"]
 
 SDPA_BACKENDS = {
     "_scaled_dot_product_flash_attention_for_cpu": "flash_cpu",
@@ -99,6 +100,28 @@ def flop_counter():
     from torch.utils.flop_counter import FlopCounterMode
 
     return FlopCounterMode(display=False, custom_mapping=extra_flop_formulas())
+
+
+@functools.lru_cache(maxsize=1)
+def flop_registry() -> dict:
+    """torch's FLOP formulas plus :func:`extra_flop_formulas`, by op overload packet (what
+    :func:`flop_counter` counts with), built once."""
+    return dict(flop_counter().flop_registry)
+
+
+class FlopTally:
+    """The FLOPs of the ops handed to :meth:`count` by :func:`flop_registry`'s formulas: the count
+    ``FlopCounterMode`` gives, without a dispatch mode of its own (it rides on another mode's
+    dispatch, :class:`profiler.memory.CountingTracker`: a fake pass's cost is per-op dispatch)."""
+
+    def __init__(self) -> None:
+        self.registry = flop_registry()
+        self.flops = 0.0
+
+    def count(self, func, args, kwargs, out) -> None:
+        formula = self.registry.get(func.overloadpacket)
+        if formula is not None:
+            self.flops += float(formula(*args, **kwargs, out_val=out))
 
 
 def count_flops(fn: Callable[[], Any]) -> float:

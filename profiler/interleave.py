@@ -13,8 +13,9 @@ Protocol (``zoo profile --interleave``, :func:`profiler.sweep.run_sweep`): round
 cell in its own process as usual (status, memory, FLOPs, OOM frontier), with a short timing of its
 own (``time_isolated_s``: the fallback); then one more process (:func:`measure_group`) builds the
 steps of the ok cells (eager; a decode cell is prefilled once and its step is one new token, as in
-:mod:`profiler.decode`; compiled cells keep their own timing), makes the first call and warms each
-up, and takes samples in rotation, in plan order: a cell leaves
+:mod:`profiler.decode`; compiled cells keep their own timing), makes the first call and one more
+(:data:`PASS_WARMUP_CALLS`), sizes each cell's sample from round 1's time per call (a block of calls lasting >= 25 ms, as
+an isolated cell's), and takes samples in rotation, in plan order: a cell leaves
 the rotation when :func:`profiler.timing.enough_samples` says so (the same rule, budget and load
 probe as an isolated cell, its budget counting its own samples' time; at least :data:`MIN_SAMPLES`).
 Then the host's drift is read from the samples of the other cells taken at the same moment and
@@ -39,13 +40,19 @@ from profiler.cases import Cell
 from profiler.drift import drift_factors
 from profiler.heap import release_heap, set_heap_mode
 from profiler.memory import is_oom
-from profiler.timing import CellTimeout, Sampler, enough_samples, size_block, summarise_samples, timer, warm_up
+from profiler.timing import (CellTimeout, Sampler, block_for, enough_samples, size_block, summarise_samples, timer,
+                             warm_up)
 
 __all__ = ["measure_group", "pack_groups", "can_interleave", "merge_interleaved", "GROUP_FIELDS"]
 
 # samples a cell takes at least in the pass: its spread (the noisy flag) is read from them, and the
 # IQR of 3 samples is half their range (train steps at 4k took 3 at 0.5 s a cell and were flagged by chance)
 MIN_SAMPLES = 5
+
+# warm-up in the pass: the first call (set-up, checked) and one more (the caching heap's pages are
+# then faulted in); the cell was warmed for its timing in round 1, and in rotation every sample
+# follows the other cells' work whatever the warm-up did
+PASS_WARMUP_CALLS = 2
 
 # what the group reports per cell, replacing the isolated round's values
 GROUP_FIELDS = ("contended", "contended_samples", "other_cpu", "steal_cpu", "run_wait", "quiet_wait_s",
@@ -87,8 +94,9 @@ class _Entry:
             self.step.fn()
 
 
-def _prepare(run, builder, device: torch.device, clock, probe_ref: str | None) -> _Entry:
-    """Build, first call (checked), warm-up; the sampler's block size."""
+def _prepare(run, builder, device: torch.device, clock, probe_ref: str | None, per_call: float | None) -> _Entry:
+    """Build, first call (checked), warm-up; the sampler's block size (from round 1's time per call,
+    ``per_call``, when there is one; else sized here)."""
     from profiler.cell import _first_call
 
     dtype = torch_dtype(run.cell.dtype)
@@ -100,14 +108,18 @@ def _prepare(run, builder, device: torch.device, clock, probe_ref: str | None) -
         step = builder(run.cell, device, dtype)
     run.lap("build")
     _first_call(run, step, device)  # timing_only: a check, nothing counted
-    n, seconds = warm_up(step.fn, device=device, calls=1, deadline=run.deadline)  # the clock starts now
+    n, seconds = warm_up(step.fn, device=device, calls=1, min_calls=PASS_WARMUP_CALLS, min_seconds=0.0,
+                         deadline=run.deadline)
     run.note(warmup_calls=n, warmup_s=seconds)
     entry = _Entry(run, step, Sampler(clock, load_ref(probe_ref)() if probe_ref else None))
-    t0 = time.perf_counter()
-    entry.block = size_block(entry.sampler, clock, step.fn)
-    entry.spent = time.perf_counter() - t0
-    for kept in (entry.sampler.clean, entry.sampler.dirty, entry.sampler.cpu):
-        kept.clear()  # a sizing call long enough to be a sample was not taken in turn with the others
+    if per_call:
+        entry.block = block_for(per_call)
+    else:
+        t0 = time.perf_counter()
+        entry.block = size_block(entry.sampler, clock, step.fn)
+        entry.spent = time.perf_counter() - t0
+        for kept in (entry.sampler.clean, entry.sampler.dirty, entry.sampler.cpu):
+            kept.clear()  # a sizing call long enough to be a sample was not taken in turn with the others
     return entry
 
 
@@ -172,7 +184,8 @@ def measure_group(cells: list[Cell], opts: dict[str, Any]) -> dict[str, Any]:
         for run in runs:
             run.deadline = lead.deadline
             try:
-                entries.append(_prepare(run, builder, device, clock, opts.get("probe")))
+                per_call = (opts.get("per_call_s") or {}).get(run.cell.key)
+                entries.append(_prepare(run, builder, device, clock, opts.get("probe"), per_call))
             except CellTimeout:
                 raise
             except Exception as exc:  # this cell keeps its isolated timing; the others go on

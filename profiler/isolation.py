@@ -17,6 +17,7 @@ Whatever a child reported before dying (memory, FLOPs) is kept.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import select
@@ -232,6 +233,11 @@ def zygote_main() -> None:
         profiler.cell.warm_fake_mode()
     except Exception:  # only a speed-up
         pass
+    # Every object imported so far lives as long as the zygote: out of the collector's sight, a
+    # child's gc.collect() (the memory pass's baseline) walks only its own objects (0.15 s -> 0.1 ms
+    # here, per cell), and collections do not write to pages shared with the zygote
+    gc.collect()
+    gc.freeze()
     proto.write(json.dumps({"ready": os.getpid()}) + "\n")
     while True:
         line = sys.stdin.readline()

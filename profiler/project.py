@@ -21,7 +21,7 @@ Records: ``kind = "projection"``, ``projected: true`` (``docs/RECORDS.md``).
 
 from __future__ import annotations
 
-import functools
+import gc
 import uuid
 from typing import Any
 
@@ -31,6 +31,8 @@ from torch.utils._pytree import tree_flatten
 
 from profiler.cases import Cell
 from profiler.devices import Device
+from profiler.flops import flop_registry
+from profiler.memory import CountingTracker
 from profiler.project_series import QUANTITIES, SLOW_FAKE_S, fit_at
 from profiler.records import SCHEMA, now_iso
 
@@ -56,20 +58,12 @@ def _metadata_only(func) -> bool:
 _FFT_OPS = frozenset({torch.ops.aten._fft_r2c, torch.ops.aten._fft_c2c, torch.ops.aten._fft_c2r})
 
 
-@functools.lru_cache(maxsize=1)
-def _flop_registry() -> dict:
-    """torch's FLOP formulas plus the profiler's (FFT, SDPA), by op overload packet."""
-    from profiler.flops import flop_counter
-
-    return dict(flop_counter().flop_registry)
-
-
 class RooflineCounter(TorchDispatchMode):
     """Per-op roofline time on ``device`` for ``dtype``; totals of FLOPs, bytes and ops."""
 
     def __init__(self, device: Device, dtype: str):
         super().__init__()
-        self.registry = _flop_registry()
+        self.registry = flop_registry()
         self.peak, self.bw, self.over = device.peak_flops(dtype), device.bandwidth_bytes_per_s, device.op_overhead_s
         self.fft_peak = device.fft_flops_per_s or self.peak
         self.flops = self.bytes = self.time = 0.0
@@ -97,27 +91,6 @@ class RooflineCounter(TorchDispatchMode):
         self.time += max(c, m) + self.over
 
 
-def _tracker():
-    """The profiler's live-tensor tracker, with a fast path for ``prim`` ops (a tensor's device
-    or layout: no tensor out, nothing to track; a Python loop calls them per chunk), that also
-    charges every op to ``counter`` while one is set (one dispatch mode instead of two: a fake
-    pass's cost is mostly per-op dispatch)."""
-    from profiler.memory import LiveTensorTracker
-
-    class _Tracker(LiveTensorTracker):
-        counter: RooflineCounter | None = None
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.namespace == "prim":
-                return func(*args, **(kwargs or {}))
-            out = super().__torch_dispatch__(func, types, args, kwargs)
-            if self.counter is not None:
-                self.counter.count(func, args, kwargs or {}, out)
-            return out
-
-    return _Tracker()
-
-
 def fake_costs(cell: Cell, device: Device, builder=None, fake: bool = True) -> dict[str, Any]:
     """One fake step of ``cell`` (built on the CPU dispatch): peaks, FLOPs, bytes, roofline time.
     ``fake=False``: a real step (small T only: :func:`_real_points`)."""
@@ -129,7 +102,7 @@ def fake_costs(cell: Cell, device: Device, builder=None, fake: bool = True) -> d
 
     builder = builder or build_step
     with FakeTensorMode() if fake else contextlib.nullcontext():
-        tracker = _tracker()
+        tracker = CountingTracker()
         with tracker:
             step = builder(cell, torch.device("cpu"), torch_dtype(cell.dtype))
             if cell.scope == "model" and cell.mode == "train":
@@ -210,6 +183,8 @@ def project_cells(cells: list[Cell], device: Device, *, budget: float | None = N
     threads = torch.get_num_threads()
     _THREADS[0] = threads
     torch.set_num_threads(1)  # fake passes compute nothing (the real ones get the threads back)
+    gc.collect()
+    gc.freeze()  # the objects alive now outlive the passes: a collection need not walk them (0.15 s each)
     try:
         for key, group in series.items():
             if progress is not None:
@@ -217,6 +192,7 @@ def project_cells(cells: list[Cell], device: Device, *, budget: float | None = N
             for cell, result in zip(group, project_series(group, device, builder)):
                 records.append(projection_record(cell, result, device, run_id, budget))
     finally:
+        gc.unfreeze()
         torch.set_num_threads(threads)
     return records
 

@@ -36,6 +36,7 @@ from zoo.errors import ZooValueError
 __all__ = ["run_sweep", "run_profile", "decide_without_running", "make_record", "FRONTIER_STATUSES"]
 
 FRONTIER_STATUSES = ("oom", "timeout")  # observed (or predicted) failures that skip longer lengths
+SHORT_TIMING = {"time_budget_s": 0.0, "warmup_min_s": 0.0}  # an interleaved sweep's round 1: the fallback
 
 
 class _Frontier:
@@ -236,10 +237,10 @@ def _execute(cells: list[Cell], previous: dict, s: SweepSettings, executor, writ
                 result = decide_without_running(cell, frontier)
                 later = s.interleave and can_interleave(cell, {"status": "ok"})  # timed again with the others
                 if result is None:
-                    # with --interleave a short timing of its own (MIN_REPS samples) is the fallback;
-                    # a decode cell keeps its budget (its prefill is timed here only)
+                    # with --interleave a short timing of its own (MIN_REPS samples after the least
+                    # warm-up) is the fallback; a decode cell keeps its budget (its prefill is timed here only)
                     short = later and cell.mode != "decode"
-                    result = executor.run(cell, {**opts_for(cell), **({"time_budget_s": 0.0} if short else {})},
+                    result = executor.run(cell, {**opts_for(cell), **SHORT_TIMING} if short else opts_for(cell),
                                           s.timeout)
                 # held until the interleaved pass or the last round; ok, measured (not inferred) cells only
                 hold = can_interleave(cell, result) if later else (
@@ -284,7 +285,8 @@ def _interleaved_pass(held: dict[str, list], s: SweepSettings, executor, threads
     for group in pack_groups(cells, peaks, s.memory_budget, CACHING_HEAP_FOOTPRINT):
         timeout = None if s.timeout is None else s.timeout * len(group)
         progress.cell(group[0], f"interleaved timing of {len(group)} cells")
-        opts = {**s.cell_opts(threads), "timeout_s": timeout, "group": [c.to_dict() for c in group[1:]]}
+        opts = {**s.cell_opts(threads), "timeout_s": timeout, "group": [c.to_dict() for c in group[1:]],
+                "per_call_s": {c.key: held[c.key][3].get("time_median_s") for c in group}}  # round 1's: the blocks
         t0 = time.monotonic()
         result = executor.run(group[0], opts, timeout)
         timed = result.get("group") or {}

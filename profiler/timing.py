@@ -31,6 +31,7 @@ __all__ = [
     "CellTimeout",
     "time_calls",
     "size_block",
+    "block_for",
     "enough_samples",
     "Sampler",
     "timer",
@@ -191,6 +192,13 @@ class Sampler:
         return self.clean + self.dirty if contended else self.clean
 
 
+def block_for(per_call: float, min_block_s: float = MIN_BLOCK_S) -> int:
+    """Calls per sample so that a sample lasts at least ``min_block_s`` (at most :data:`MAX_BLOCK`)."""
+    if per_call >= min_block_s:
+        return 1
+    return int(min(MAX_BLOCK, math.ceil(min_block_s / max(per_call, 1e-7))))
+
+
 def size_block(sampler: Sampler, clock, fn: Callable[[], Any], min_block_s: float = MIN_BLOCK_S) -> int:
     """Calls per sample: the median of up to 3 single calls sizes the block (a fresh process's first
     call is often cold); a first call as long as a block is already a (probed) sample."""
@@ -201,8 +209,7 @@ def size_block(sampler: Sampler, clock, fn: Callable[[], Any], min_block_s: floa
         sampler.forget_last()
         while len(probes) < 3 and probes[-1] < min_block_s:
             probes.append(clock(fn))
-    per_call = float(np.median(probes))
-    block = 1 if per_call >= min_block_s else int(min(MAX_BLOCK, math.ceil(min_block_s / max(per_call, 1e-7))))
+    block = block_for(float(np.median(probes)), min_block_s)
     if block == 1 and sampler.probe is None and probes[0] < min_block_s:
         sampler.clean.extend(probes)
     return block

@@ -101,6 +101,22 @@ def test_a_group_times_every_cell_and_a_failing_build_costs_only_that_cell():
             assert r["drift_range"][0] <= 1.0 <= r["drift_range"][1] or r["drift_range"] == [1.0, 1.0]
 
 
+def test_round_1s_time_per_call_sizes_the_sample_without_sizing_calls():
+    from profiler.interleave import PASS_WARMUP_CALLS
+    from profiler.timing import MIN_BLOCK_S, block_for
+
+    cells = _cells(mixers="softmax", lengths="8")
+    per_call = {cells[0].key: 0.004}  # round 1's median: a 25 ms sample is 7 calls
+    r = measure_group(cells, {"threads": 1, "time_budget_s": 0.05, "timeout_s": 60, "per_call_s": per_call})["group"]
+    got = r[cells[0].key]
+    assert got["status"] == "ok" and got["time_block"] == block_for(0.004) == 7
+    assert got["warmup_calls"] == PASS_WARMUP_CALLS  # the first call and one more
+    assert block_for(0.2) == 1 and block_for(1e-9) == 1000  # one call; the cap
+    # without round 1's figure the pass sizes the sample itself, to the same minimum
+    r = measure_group(cells, {"threads": 1, "time_budget_s": 0.05, "timeout_s": 60})["group"][cells[0].key]
+    assert r["time_median_s"] * r["time_block"] >= 0.5 * MIN_BLOCK_S
+
+
 def test_an_interleaved_sweep_writes_each_cell_once_with_both_timings(tmp_path):
     from profiler import run_profile
 
