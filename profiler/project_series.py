@@ -14,8 +14,8 @@ is thousands of times its 1k pass. The plan, per (label, mode) series:
    quadratic through T0/8, T0/4, T0/2 reproduces the direct pass at T0 exactly (memory, FLOPs,
    ops are affine in the number of chunks once a few chunks exist; bytes and time can gain a
    T^2 term, :func:`poly_at`), every longer length is that quadratic
-   (``validated_at`` T0); when it does not, step 2 through T0, T1, T2 (a short length in
-   another regime, e.g. below a block size; its longest pass only if predicted cheap);
+   (``validated_at`` T0); when it does not, step 4 (step 2 would need a pass at the longest
+   length, which a loop makes costly);
 4. otherwise the sequential rule: fake passes while the next one is predicted cheap (a fixed
    cost per op, :data:`SECONDS_PER_OP`, times the op count extrapolated in T: never this
    machine's clock, so the plan and its figures are the same on any machine), then the fit
@@ -235,10 +235,10 @@ def _shortcut(s: Series, lengths: list[int]) -> dict[int, dict] | None:
     if T0 // 2 < _MIN_AUX_T or len(lengths) < 4:
         return None
     if s.fake(T0)["ops"] == s.fake(T0 // 2)["ops"]:
-        found = _no_loop(s, lengths, (T0 // 2, T0, lengths[1]))
-    else:
-        found = _loop(s, lengths)
-    return found or _no_loop(s, lengths, tuple(lengths[:3]))
+        return _no_loop(s, lengths, (T0 // 2, T0, lengths[1])) or _no_loop(s, lengths, tuple(lengths[:3]))
+    # a loop: step 2 would check at the longest length, whose pass costs in proportion to T (never
+    # cheap), after paying for three passes; when the quadratic does not hold, the sequential rule
+    return _loop(s, lengths)
 
 
 def project_series(cells: list[Cell], device, builder=None, slow_s: float = SLOW_FAKE_S, *, costs: Callable,

@@ -218,6 +218,28 @@ def test_series_plan_passes_and_exactness(loop, passes):
         assert top["method"] == "fake" and out[5]["method"] == "fit" and out[5]["validated_at"] == 2**20
 
 
+def test_a_loop_whose_quadratic_fails_pays_for_no_pass_it_cannot_use():
+    """A loop series (ops grow with T) whose memory changes regime between T0/8 and T0: the plan
+    falls to the sequential rule, without first buying passes at T0, T1, T2 to check a fit at the
+    longest length, which a loop makes too costly to pass (mamba2 and retnet forward paid a 3.6 s pass each)."""
+    from profiler import project_series as plan
+
+    calls: list[int] = []
+
+    def costs(c, device, builder):
+        calls.append(c.T)
+        T = c.T
+        return {"mem_peak_bytes": max(40_000 + 8 * T, 48 * T), "mem_abs_peak_bytes": 2000 + 48 * T,
+                "flops": 7.0 * T, "bytes_moved": 5.0 * T, "time_s": 1e-6 * T, "ops": 40 + T // 2, "bound": "memory"}
+
+    cells = [cell(2**k) for k in range(10, 21)]  # 1k..1M
+    out = plan.project_series(cells, get_device("h100"), None, costs=costs, real_points=None,
+                              data_dependent=lambda e: False)
+    # T0 and T0/2, T0/8, T0/4 (the loop check fails at T0), then passes while predicted under SLOW_FAKE_S
+    assert calls == [1024, 512, 128, 256, 2048]
+    assert [r["method"] for r in out[:3]] == ["fake", "fake", "fit"] and out[2]["fit_lengths"] == [512, 1024, 2048]
+
+
 def test_metadata_ops_move_no_bytes():
     """``x.device`` in a Python loop is a dispatched ``prim.device`` op: no kernel, no bytes."""
     from profiler.project import fake_costs
