@@ -287,9 +287,10 @@ def measure_cell(cell: Cell, opts: dict[str, Any], emit: Callable[[dict], None] 
     ``opts``: threads, time_budget_s, timeout_s (checked between calls), memory_budget_bytes,
     predict, count_flops, track_tensors (bools), fallback_predicted_abs/_step (bytes),
     builder (reference or None), cpu_heap, probe (reference to a load-probe factory or None),
-    timing_only (a later round: no fake pass, memory pass or FLOP count), warmup_min_s (the
-    warm-up's minimum seconds; 0 for an interleaved sweep's fallback timing) and known_peak_bytes
-    (round 1's measured peak, for the timing heap's choice).
+    timing_only (a later round: no fake pass, memory pass or FLOP count), untimed (an interleaved
+    sweep's round 1: everything but the timing, which the interleaved pass takes), warmup_min_s (the
+    warm-up's minimum seconds) and known_peak_bytes (round 1's measured peak, for the timing heap's
+    choice).
     ``emit`` receives partial results as they become known (kept if the cell is later killed).
     """
     if opts.get("group"):  # an interleaved timing pass over several cells (profiler.interleave)
@@ -318,6 +319,11 @@ def measure_cell(cell: Cell, opts: dict[str, Any], emit: Callable[[dict], None] 
         frames = _compiled_frames()
         if not timing_only:
             _memory(run, step, device)
+        if opts.get("untimed"):  # an interleaved sweep's round 1: the pass times it (profiler.interleave)
+            if device.type == "cpu":
+                run.note(cpu_heap={"memory": memory_heap, "timing": None})
+            run.note(status="ok", reason=None, inferred=False)
+            return run.result
         samples, timing_heap = _time_in_heap(run, step, device, managed, since)
         if cell.compile:  # a recompilation after the first call is compile time inside the numbers
             run.note(recompiles=_compiled_frames() - frames)

@@ -10,27 +10,89 @@ quiet sweep).
 
 Model: a sample of cell i taken at time t is ``level_i * speed(t) * noise``. ``speed`` is estimated at
 each sample from the samples of the *other* cells taken nearest in time (at most :data:`NEIGHBOURS`,
-within :data:`WINDOW_S`): the median of their log deviation from their own levels. Leaving the cell
-out means a cell can never explain away its own variation; a sample with fewer than
-:data:`MIN_NEIGHBOURS` such neighbours is not corrected. Levels and speeds are refined a few times
-(each level is the median of the cell's corrected samples). Speeds are normalised to the pass's
-median, so a corrected sample is the time at the machine's typical speed during the pass, not at its
-best. The raw samples are kept beside the corrected ones.
+within :data:`WINDOW_S`): a weighted mean of their log deviation from their own levels, the nearest
+counting most (weight ``exp(-rank / RANK_SCALE)``: the host moves within 100 ms, so the samples
+just before and after say most), made robust by Huber's rule (a deviation beyond
+:data:`HUBER_K` robust standard deviations of the neighbours counts as if it were that far: one
+neighbour's own hiccup moves the estimate by little). Leaving the cell out means a cell can never
+explain away its own variation; a sample with fewer than :data:`MIN_NEIGHBOURS` such neighbours is
+not corrected. Levels and speeds are refined a few times (each level is the median of the cell's
+corrected samples). Speeds are normalised to the pass's median, so a corrected sample is the time
+at the machine's typical speed during the pass, not at its best. The raw samples are kept beside the
+corrected ones.
+
+Measured on two passes of main.sh's 200 cells (2-core VM, one thread, 2026-12-02), against the
+plain median of the 8 nearest: cells whose corrected IQR/median exceeded 10% 13.5% -> 8.5% and
+18% -> 13%; median corrected IQR/median 6.1 -> 5.7% and 6.9 -> 6.1% (raw: 13-16%).
 
 No torch here (numpy only).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
-__all__ = ["drift_factors", "NEIGHBOURS", "WINDOW_S", "MIN_NEIGHBOURS"]
+__all__ = ["drift_factors", "NEIGHBOURS", "WINDOW_S", "MIN_NEIGHBOURS", "RANK_SCALE", "HUBER_K"]
 
 NEIGHBOURS = 8  # other cells' samples nearest in time that estimate the speed at a sample
 WINDOW_S = 2.0  # farther than this is not "the same moment"
 MIN_NEIGHBOURS = 3
+RANK_SCALE = 2.0  # the k-th nearest neighbour weighs exp(-k / RANK_SCALE) (k = 0 for the nearest)
+HUBER_K = 1.5  # a neighbour's deviation counts at most this many robust standard deviations
 ITERATIONS = 3
+_HUBER_STEPS = 5
+_SCALE_FLOOR = 1e-3  # log units: neighbours that agree exactly still have a scale
+
+
+def _neighbours(owner, when):
+    """(index matrix, valid mask): for each sample, the nearest samples of other cells (nearest
+    first), at most NEIGHBOURS, within WINDOW_S; rows with fewer than MIN_NEIGHBOURS are empty."""
+    import numpy as np
+
+    n = len(owner)
+    order = np.argsort(when, kind="stable")
+    rank = np.empty(n, dtype=int)
+    rank[order] = np.arange(n)
+    span = 4 * NEIGHBOURS  # candidates on each side in time order
+    offsets = np.arange(-span, span + 1)
+    pos = rank[:, None] + offsets[None, :]  # (n, 2*span+1) positions in time order
+    inside = (pos >= 0) & (pos < n)
+    cand = order[np.clip(pos, 0, n - 1)]  # (n, 2*span+1) sample indices
+    gap = np.abs(when[cand] - when[:, None])
+    gap[~inside | (owner[cand] == owner[:, None])] = np.inf
+    pick = np.argsort(gap, axis=1, kind="stable")[:, :NEIGHBOURS]  # (n, NEIGHBOURS)
+    idx = np.take_along_axis(cand, pick, axis=1)
+    ok = np.take_along_axis(gap, pick, axis=1) <= WINDOW_S
+    # a row whose candidates ran out (a cell alone for a while): the exact search over every sample
+    short = ok.sum(axis=1) < NEIGHBOURS
+    for s in np.flatnonzero(short):
+        g = np.abs(when - when[s])
+        g[owner == owner[s]] = np.inf
+        near = np.argsort(g, kind="stable")[:NEIGHBOURS]
+        k = len(near)
+        idx[s, :k], ok[s, :] = near, False
+        ok[s, :k] = g[near] <= WINDOW_S
+    ok[ok.sum(axis=1) < MIN_NEIGHBOURS] = False
+    return idx, ok
+
+
+def _huber_rows(values, weights):
+    """Per row, the Huber location of ``values`` under ``weights`` (0 where not a neighbour); NaN
+    for a row without weight."""
+    import numpy as np
+
+    has = weights.sum(axis=1) > 0
+    v = np.where(weights > 0, values, np.nan)
+    with np.errstate(all="ignore"):
+        loc = np.nanmedian(np.where(has[:, None], v, 0.0), axis=1)
+        scale = np.maximum(1.4826 * np.nanmedian(np.abs(np.where(has[:, None], v, 0.0) - loc[:, None]), axis=1),
+                           _SCALE_FLOOR)
+        for _ in range(_HUBER_STEPS):
+            r = np.abs(values - loc[:, None]) / (HUBER_K * scale[:, None])
+            w = weights * np.minimum(1.0, 1.0 / np.maximum(r, 1e-12))
+            total = w.sum(axis=1)
+            loc = np.where(total > 0, (w * np.nan_to_num(values)).sum(axis=1) / np.where(total > 0, total, 1.0), loc)
+    return np.where(has, loc, np.nan)
 
 
 def drift_factors(marks: Sequence[Sequence[tuple[float, float]]]) -> list[list[float]]:
@@ -44,14 +106,8 @@ def drift_factors(marks: Sequence[Sequence[tuple[float, float]]]) -> list[list[f
         return [[1.0] * len(cell) for cell in marks]
     when = np.array([m[0] for cell in marks for m in cell], dtype=float)
     value = np.log(np.maximum(np.array([m[1] for cell in marks for m in cell], dtype=float), 1e-12))
-    # each sample's neighbours: the nearest samples of other cells within the window
-    neighbours: list[np.ndarray] = []
-    for s in range(len(owner)):
-        gap = np.abs(when - when[s])
-        gap[owner == owner[s]] = np.inf
-        near = np.argsort(gap, kind="stable")[:NEIGHBOURS]
-        near = near[gap[near] <= WINDOW_S]
-        neighbours.append(near if len(near) >= MIN_NEIGHBOURS else np.empty(0, dtype=int))
+    idx, ok = _neighbours(owner, when)
+    weights = np.where(ok, np.exp(-np.arange(NEIGHBOURS) / RANK_SCALE)[None, :], 0.0)  # nearest first
     speed = np.zeros(len(owner))  # log factor per sample
     for _ in range(ITERATIONS):
         level = np.zeros(len(marks))
@@ -60,7 +116,7 @@ def drift_factors(marks: Sequence[Sequence[tuple[float, float]]]) -> list[list[f
             if mine.any():
                 level[i] = float(np.median(value[mine] - speed[mine]))
         deviation = value - level[owner]
-        new = np.array([float(np.median(deviation[n])) if len(n) else math.nan for n in neighbours])
+        new = _huber_rows(deviation[idx], weights)
         told = ~np.isnan(new)
         if told.any():
             new[told] -= float(np.median(new[told]))  # relative to the pass's typical speed

@@ -36,7 +36,7 @@ from zoo.errors import ZooValueError
 __all__ = ["run_sweep", "run_profile", "decide_without_running", "make_record", "FRONTIER_STATUSES"]
 
 FRONTIER_STATUSES = ("oom", "timeout")  # observed (or predicted) failures that skip longer lengths
-SHORT_TIMING = {"time_budget_s": 0.0, "warmup_min_s": 0.0}  # an interleaved sweep's round 1: the fallback
+UNTIMED = {"untimed": True}  # an interleaved sweep's round 1: the pass times the cell (its own timing only if not)
 
 
 class _Frontier:
@@ -237,11 +237,11 @@ def _execute(cells: list[Cell], previous: dict, s: SweepSettings, executor, writ
                 result = decide_without_running(cell, frontier)
                 later = s.interleave and can_interleave(cell, {"status": "ok"})  # timed again with the others
                 if result is None:
-                    # with --interleave a short timing of its own (MIN_REPS samples after the least
-                    # warm-up) is the fallback; a decode cell keeps its budget (its prefill is timed here only)
-                    short = later and cell.mode != "decode"
-                    result = executor.run(cell, {**opts_for(cell), **SHORT_TIMING} if short else opts_for(cell),
-                                          s.timeout)
+                    # with --interleave no timing of its own: the pass times it, and a cell the pass
+                    # could not time is timed alone afterwards; a decode cell keeps its own timing
+                    # (its prefill is timed here only)
+                    untimed = later and cell.mode != "decode"
+                    result = executor.run(cell, {**opts_for(cell), **UNTIMED} if untimed else opts_for(cell), s.timeout)
                 # held until the interleaved pass or the last round; ok, measured (not inferred) cells only
                 hold = can_interleave(cell, result) if later else (
                     s.rounds > 1 and result.get("status") == "ok" and not result.get("inferred"))
@@ -265,10 +265,10 @@ def _execute(cells: list[Cell], previous: dict, s: SweepSettings, executor, writ
                     held[cell.key][2] += time.monotonic() - t0
         if s.interleave:
             _interleaved_pass(held, s, executor, threads, progress)
+            _time_the_rest_alone(held, s, executor, progress, opts_for)
     finally:  # an interrupted sweep still writes what its rounds measured
         for cell, started, wall, first, more in held.values():
-            merged = merge_interleaved(first, more[0] if more else None) if s.interleave else \
-                merge_rounds(first, more, s.rounds)
+            merged = merge_interleaved(first, *more[:2]) if s.interleave else merge_rounds(first, more, s.rounds)
             write(cell, merged, started, wall, shown=True)
         progress.stop()
     return written
@@ -286,13 +286,27 @@ def _interleaved_pass(held: dict[str, list], s: SweepSettings, executor, threads
         timeout = None if s.timeout is None else s.timeout * len(group)
         progress.cell(group[0], f"interleaved timing of {len(group)} cells")
         opts = {**s.cell_opts(threads), "timeout_s": timeout, "group": [c.to_dict() for c in group[1:]],
-                "per_call_s": {c.key: held[c.key][3].get("time_median_s") for c in group}}  # round 1's: the blocks
+                "per_call_s": {c.key: held[c.key][3].get("time_median_s") for c in group}}  # round 1's, if timed: the blocks
         t0 = time.monotonic()
         result = executor.run(group[0], opts, timeout)
         timed = result.get("group") or {}
         for cell in group:  # a group that died gives every cell its reason; they keep their own timing
             held[cell.key][4].append(timed.get(cell.key) or {"status": result.get("status"), "reason": result.get("reason")})
             held[cell.key][2] += (time.monotonic() - t0) / len(group)
+
+
+def _time_the_rest_alone(held: dict[str, list], s: SweepSettings, executor, progress, opts_for) -> None:
+    """A cell the interleaved pass could not time (its build or a call failed there, the pass died)
+    and that round 1 did not time is timed in its own process, as a sweep without ``--interleave``
+    would (``time_method: isolated``); the result goes to its held entry after the pass's."""
+    for cell, _, _, first, more in held.values():
+        if first.get("time_median_s") is not None or (more and more[0].get("status") == "ok"):
+            continue
+        progress.cell(cell, "timed alone (not by the interleaved pass)")
+        t0 = time.monotonic()
+        opts = {**opts_for(cell), "timing_only": True, "known_peak_bytes": first.get("mem_peak_bytes")}
+        more.append(executor.run(cell, opts, s.timeout))
+        held[cell.key][2] += time.monotonic() - t0
 
 
 @contextlib.contextmanager

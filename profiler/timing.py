@@ -33,6 +33,7 @@ __all__ = [
     "size_block",
     "block_for",
     "enough_samples",
+    "enough",
     "Sampler",
     "timer",
     "warm_up",
@@ -217,12 +218,18 @@ def size_block(sampler: Sampler, clock, fn: Callable[[], Any], min_block_s: floa
 
 def enough_samples(sampler: Sampler, spent: float, budget_s: float, min_reps: int = MIN_REPS,
                    max_reps: int = MAX_REPS) -> bool:
-    """The stopping rule: ``max_reps`` clean samples (or 4x that taken), the budget spent with
-    ``min_reps``, or IQR/median <= :data:`TARGET_IQR` over >= :data:`STABLE_REPS` clean samples."""
+    """The stopping rule (:func:`enough`) over a sampler's clean samples."""
+    return enough(sampler.clean, len(sampler.clean) + len(sampler.dirty), spent, budget_s, min_reps, max_reps)
+
+
+def enough(clean: list[float], taken: int, spent: float, budget_s: float, min_reps: int = MIN_REPS,
+           max_reps: int = MAX_REPS) -> bool:
+    """The stopping rule: ``max_reps`` clean samples (or 4x that ``taken`` in all), the budget spent
+    with ``min_reps``, or IQR/median <= :data:`TARGET_IQR` over >= :data:`STABLE_REPS` clean samples.
+    (The interleaved pass applies it to its samples with the host's drift taken out.)"""
     import numpy as np
 
-    clean = sampler.clean
-    n, taken = len(clean), len(clean) + len(sampler.dirty)
+    n = len(clean)
     if n >= max_reps or taken >= 4 * max_reps:
         return True
     if spent >= budget_s and (n >= min_reps or taken >= min_reps):

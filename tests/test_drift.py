@@ -49,21 +49,22 @@ def test_a_cell_that_left_early_is_put_on_the_others_scale():
 
 
 def test_a_cell_of_its_own_keeps_its_variation():
-    """Only this cell slows down: the others cannot explain it, so it is not corrected away."""
+    """Only this cell slows down: the others cannot explain it, so it is not corrected away; as one
+    neighbour among eight it moves the others' correction by next to nothing (Huber's rule)."""
     levels = [1.0, 2.0, 0.5, 3.0]
     marks = _pass(levels, lambda t: 1.0)
     marks[0] = [(t, s * (1.5 if k % 2 else 1.0)) for k, (t, s) in enumerate(marks[0])]
     cells = _corrected(marks)
-    assert max(cells[0]) / min(cells[0]) == pytest.approx(1.5, rel=1e-6)
+    assert max(cells[0]) / min(cells[0]) == pytest.approx(1.5, rel=1e-4)
     for cell in cells[1:]:
-        assert max(cell) / min(cell) == pytest.approx(1.0, abs=1e-9)
+        assert max(cell) / min(cell) == pytest.approx(1.0, abs=5e-3)
 
 
 def test_a_quiet_pass_is_left_as_it_was_and_noise_is_not_amplified():
     levels = [1.0, 2.0, 0.5, 3.0, 1.5, 0.8]
     marks = _pass(levels, lambda t: 1.0, noise=0.03, seed=1)
     for cell, fs in zip(marks, drift_factors(marks)):
-        assert all(abs(math.log(f)) < 0.05 for f in fs)  # median of 8 neighbours: well inside the noise
+        assert all(abs(math.log(f)) < 0.05 for f in fs)  # a mean over 8 neighbours: well inside the noise
 
 
 def test_nothing_to_compare_means_no_correction():
@@ -79,3 +80,17 @@ def test_the_correction_is_relative_to_the_typical_speed_not_the_best():
     cells = _corrected(marks)
     for level, cell in zip(levels, cells):
         assert sorted(cell)[len(cell) // 2] == pytest.approx(level, rel=1e-9)  # the typical speed's time
+
+
+def test_the_nearest_neighbours_say_most_and_the_fast_search_finds_them():
+    """A short spell (one rotation of 5 cells, +40%) is mostly taken out of the samples inside it
+    (the samples just before and after, outside it, weigh less than those inside), and the
+    vectorised neighbour search agrees with the definition when a cell runs alone for a while."""
+    levels = [1.0, 2.0, 0.5, 3.0, 1.5]
+    marks = _pass(levels, lambda t: 1.4 if 3.0 < t <= 3.5 else 1.0)  # exactly one rotation slowed
+    cells = _corrected(marks)
+    inside = [c / s for cell, fixed in zip(marks, cells) for (t, s), c in zip(cell, fixed) if 3.05 < t < 3.45]
+    assert len(inside) == 4 and max(inside) < 1 / 1.2 and sum(inside) / 4 < 1 / 1.25
+    alone = [[(0.1 * k, 1.0) for k in range(60)], [(0.05, 2.0), (6.05, 2.0)], [(0.07, 3.0), (6.07, 3.0)],
+             [(0.09, 1.0), (6.09, 1.0)]]  # cell 0 sampled alone between 0.1 s and 5.9 s
+    assert drift_factors(alone) == [[1.0] * 60, [1.0] * 2, [1.0] * 2, [1.0] * 2]
