@@ -70,7 +70,8 @@ def _neighbours(owner, when):
         g[owner == owner[s]] = np.inf
         near = np.argsort(g, kind="stable")[:NEIGHBOURS]
         k = len(near)
-        idx[s, :k], ok[s, :] = near, False
+        idx[s, :k] = near
+        ok[s, :] = False
         ok[s, :k] = g[near] <= WINDOW_S
     ok[ok.sum(axis=1) < MIN_NEIGHBOURS] = False
     return idx, ok
@@ -83,10 +84,10 @@ def _huber_rows(values, weights):
 
     has = weights.sum(axis=1) > 0
     v = np.where(weights > 0, values, np.nan)
+    v[~has] = 0.0  # a row without neighbours: a finite placeholder, answered NaN below
     with np.errstate(all="ignore"):
-        loc = np.nanmedian(np.where(has[:, None], v, 0.0), axis=1)
-        scale = np.maximum(1.4826 * np.nanmedian(np.abs(np.where(has[:, None], v, 0.0) - loc[:, None]), axis=1),
-                           _SCALE_FLOOR)
+        loc = np.nanmedian(v, axis=1)
+        scale = np.maximum(1.4826 * np.nanmedian(np.abs(v - loc[:, None]), axis=1), _SCALE_FLOOR)
         for _ in range(_HUBER_STEPS):
             r = np.abs(values - loc[:, None]) / (HUBER_K * scale[:, None])
             w = weights * np.minimum(1.0, 1.0 / np.maximum(r, 1e-12))

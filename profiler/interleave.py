@@ -186,9 +186,8 @@ def _rotate(entries: list[_Entry], budget: float, deadline: float | None) -> Non
         now = time.perf_counter()
         if now - judged < REJUDGE_COST * cost:
             continue
-        factors = drift_factors([[(m[0], m[1]) for m in x.marks] for x in entries])
-        still = {id(e) for e, f in zip(entries, factors) if id(e) in {id(a) for a in active} and not _leaves(e, f, budget)}
-        active = [e for e in active if id(e) in still]
+        factors = dict(zip(map(id, entries), drift_factors([[(m[0], m[1]) for m in x.marks] for x in entries])))
+        active = [e for e in active if not _leaves(e, factors[id(e)], budget)]
         judged = time.perf_counter()
         cost = judged - now
 
