@@ -127,7 +127,9 @@ def _set_up(run: _Run, device: torch.device) -> tuple[bool, str]:
             run.note(cuda_memory_fraction=round(fraction, 6))
     if run.opts.get("threads"):
         torch.set_num_threads(int(run.opts["threads"]))
-    if device.type == "cpu" and run.opts.get("probe"):  # the probe's cores are then exactly the cell's
+    # the probe's cores are then exactly the cell's; a cell that times nothing (round 1 of an
+    # interleaved sweep, maybe beside another: profiler.side_by_side) stays where the scheduler puts it
+    if device.type == "cpu" and run.opts.get("probe") and not run.opts.get("untimed"):
         pinned = pin_quietest(torch.get_num_threads())
         run.previous_cpus = None if pinned is None else pinned[1]
         run.note(cpus=None if pinned is None else pinned[0])

@@ -93,9 +93,15 @@ class ZygoteExecutor:
             self.close()
             raise RuntimeError("the profiler's worker process did not start (see the lines above)")
 
-    def run(self, cell: Cell, opts: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+    def start(self) -> None:
+        """Start the zygote now, unless it runs. Its parent-death signal follows the *thread* that
+        starts it (``PR_SET_PDEATHSIG``): a caller that runs cells from worker threads starts it
+        from the thread that outlives them (:mod:`profiler.side_by_side`)."""
         if self.proc is None or self.proc.poll() is not None:
             self._start()
+
+    def run(self, cell: Cell, opts: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+        self.start()
         request = {"cell": cell.to_dict(), "opts": opts, "timeout": timeout}
         try:
             self.proc.stdin.write((json.dumps(request) + "\n").encode())

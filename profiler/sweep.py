@@ -30,6 +30,7 @@ from profiler.placement import stamp_placement
 from profiler.records import CELL_KEYS, SCHEMA, RecordWriter, check_writable, environment, now_iso, read_records
 from profiler.rounds import length_groups, merge_rounds, round_order
 from profiler.settings import SweepSettings, plan_profile
+from profiler.side_by_side import free_workers, run_side_by_side
 from reports.cells import series_identity
 from zoo.errors import ZooValueError
 
@@ -177,6 +178,21 @@ def _resolve_threads(s: SweepSettings, device: str) -> tuple[int, dict | None]:
     return (torch.get_num_threads() if s.threads is None else s.threads), info
 
 
+def side_workers(s: SweepSettings, executor: str, device: str, threads: int, contention: dict | None) -> int:
+    """How many cells round 1 runs side by side (:mod:`profiler.side_by_side`): only when it times
+    nothing (``--interleave``) on the CPU, each cell in a process of its own (``fork``, ``spawn``):
+    the cores left free (the pre-flight's busy cores and a cgroup quota taken off), ``threads`` each."""
+    if not s.interleave or device != "cpu" or executor not in ("fork", "spawn"):
+        return 1
+    from profiler.contention import cpu_quota, usable_cores
+
+    cores, _ = usable_cores()
+    quota = cpu_quota()
+    if quota is not None:
+        cores = min(cores, max(1, int(quota)))
+    return free_workers(cores, threads, (contention or {}).get("busy_cores") or 0)
+
+
 def _report_fanout(name: str, stats: dict, enabled: bool) -> None:
     """One line on stderr: the executor's overhead per cell, and any dropped or filled result."""
     if not enabled:
@@ -190,8 +206,11 @@ def _report_fanout(name: str, stats: dict, enabled: bool) -> None:
     print(line, file=sys.stderr)
 
 
-def _execute(cells: list[Cell], previous: dict, s: SweepSettings, executor, writer, run_id: str, threads: int):
-    """Decide and run every cell not already in ``previous``; returns the records written."""
+def _execute(cells: list[Cell], previous: dict, s: SweepSettings, executor, writer, run_id: str, threads: int,
+             side_executors: list | None = None):
+    """Decide and run every cell not already in ``previous``; returns the records written.
+    ``side_executors``: more than one when round 1 runs cells side by side (:func:`side_workers`), one per worker."""
+    side_executors = side_executors or []
     planned = {series_identity(c, threads=threads) for c in cells}
     frontier, history = _Frontier(), {}
     for rec in previous.values():
@@ -229,30 +248,45 @@ def _execute(cells: list[Cell], previous: dict, s: SweepSettings, executor, writ
 
     groups = length_groups(todo)
     held: dict[str, list] = {}  # key -> [cell, started, wall, round 1's result, later rounds' results]
+
+    def options(cell: Cell) -> dict:
+        # with --interleave no timing of its own: the pass times it, and a cell the pass could not
+        # time is timed alone afterwards; a decode cell keeps its own timing (its prefill is timed here only)
+        untimed = s.interleave and can_interleave(cell, {"status": "ok"}) and cell.mode != "decode"
+        return {**opts_for(cell), **UNTIMED} if untimed else opts_for(cell)
+
+    def settle(cell: Cell, result: dict, started: str, wall: float) -> None:
+        """Round 1's result: held until the interleaved pass or the last round (ok, measured cells), else written."""
+        later = s.interleave and can_interleave(cell, {"status": "ok"})  # timed again with the others
+        hold = can_interleave(cell, result) if later else (
+            s.rounds > 1 and result.get("status") == "ok" and not result.get("inferred"))
+        if hold:
+            held[cell.key] = [cell, started, wall, result, []]
+            # longer cells of the series predict their memory from this one (fallback_prediction)
+            history.setdefault(series_identity(cell, threads=threads), []).append(
+                make_record(cell, result, run_id, started, 0.0))
+            progress.done(cell, {"status": "ok"})
+        else:
+            write(cell, result, started, wall)
+
     try:
-        for group in groups:  # round 1: the full protocol, lengths in order (the OOM frontier)
-            for cell in group:
-                progress.cell(cell)
-                started, t0 = now_iso(), time.monotonic()
-                result = decide_without_running(cell, frontier)
-                later = s.interleave and can_interleave(cell, {"status": "ok"})  # timed again with the others
-                if result is None:
-                    # with --interleave no timing of its own: the pass times it, and a cell the pass
-                    # could not time is timed alone afterwards; a decode cell keeps its own timing
-                    # (its prefill is timed here only)
-                    untimed = later and cell.mode != "decode"
-                    result = executor.run(cell, {**opts_for(cell), **UNTIMED} if untimed else opts_for(cell), s.timeout)
-                # held until the interleaved pass or the last round; ok, measured (not inferred) cells only
-                hold = can_interleave(cell, result) if later else (
-                    s.rounds > 1 and result.get("status") == "ok" and not result.get("inferred"))
-                if hold:
-                    held[cell.key] = [cell, started, time.monotonic() - t0, result, []]
-                    # longer cells of the series predict their memory from this one (fallback_prediction)
-                    history.setdefault(series_identity(cell, threads=threads), []).append(
-                        make_record(cell, result, run_id, started, 0.0))
-                    progress.done(cell, {"status": "ok"})
-                else:
-                    write(cell, result, started, time.monotonic() - t0)
+        if len(side_executors) > 1:  # round 1 times nothing: cells side by side (profiler.side_by_side)
+            run_side_by_side(todo, workers=len(side_executors), budget=s.memory_budget,
+                             decide=lambda c: decide_without_running(c, frontier),
+                             prepare=lambda c: (options(c), history.get(series_identity(c, threads=threads), [])),
+                             handle=settle, started=progress.cell, executors=side_executors, timeout=s.timeout)
+            plan = {c.key: i for i, c in enumerate(todo)}
+            for key in sorted(held, key=plan.__getitem__):  # plan order: the pass's rotation, the records
+                held[key] = held.pop(key)
+        else:
+            for group in groups:  # round 1: the full protocol, lengths in order (the OOM frontier)
+                for cell in group:
+                    progress.cell(cell)
+                    started, t0 = now_iso(), time.monotonic()
+                    result = decide_without_running(cell, frontier)
+                    if result is None:
+                        result = executor.run(cell, options(cell), s.timeout)
+                    settle(cell, result, started, time.monotonic() - t0)
         # rounds 2..k: timing only, over the whole sweep again, so a cell's rounds are minutes apart
         # (a slow spell of the host lasts up to a minute) while the cells of one length stay together
         for r in range(2, s.rounds + 1):
@@ -344,22 +378,27 @@ def run_sweep(cells: list[Cell], settings: SweepSettings | None = None, **kwargs
     threads, contention = _resolve_threads(s, device)
     executor = make_executor(s.executor, isolate=s.isolate, device=device, preload=[s.builder] if s.builder else [],
                              options={**s.executor_options, "threads": threads, "timeout": s.timeout})
+    workers = side_workers(s, executor.name, device, threads, contention)
+    side = [executor] + [make_executor(executor.name, isolate=s.isolate, device=device,
+                                       preload=[s.builder] if s.builder else []) for _ in range(workers - 1)]
     run_id = uuid.uuid4().hex[:12]
     header = {"kind": "header", "schema": SCHEMA, "run_id": run_id, "created": now_iso(),
               "command": list(s.command if s.command is not None else sys.argv), "env": environment(threads, device),
-              "settings": s.header(threads, executor.name, device)}
+              "settings": {**s.header(threads, executor.name, device), "side_by_side": workers}}
     if contention is not None:
         header["contention"] = contention
     writer = RecordWriter(path, truncate=s.overwrite)
     try:
         writer.append(header)
         with terminate_as_interrupt():  # `kill`, `timeout`, a CI's stop: held records are still written
-            written = _execute(cells, previous, s, executor, writer, run_id, threads)
+            written = _execute(cells, previous, s, executor, writer, run_id, threads, side)
         latest = {**previous, **{r["key"]: r for r in written}}
         mine = [latest[c.key] for c in cells if c.key in latest]
         for fit in fit_records(mine, s.declared, run_id=run_id):
             writer.append(fit)
     finally:
+        for ex in side[1:]:
+            ex.close()
         executor.close()
         writer.close()
     if s.progress:
