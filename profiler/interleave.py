@@ -147,16 +147,23 @@ def _prepare(run, builder, device: torch.device, clock, probe_ref: str | None, p
     return entry
 
 
-def _corrected_clean(e: _Entry, factors: list[float]) -> list[float]:
-    """The entry's clean samples with the host's drift (``factors``, one per mark) taken out."""
-    return [m[1] / f for m, f in zip(e.marks, factors) if m[2]]
+def _used(e: _Entry, contended: bool = False) -> list[int]:
+    """The marks whose samples count: the clean ones; and the contended ones too when the cell could
+    not get enough clean samples (``contended``, :meth:`profiler.timing.Sampler.result`'s verdict)."""
+    used = [k for k, m in enumerate(e.marks) if m[2]]
+    return used + [k for k, m in enumerate(e.marks) if not m[2]] if contended else used
+
+
+def _corrected(e: _Entry, factors: list[float], used: list[int]) -> list[float]:
+    """The ``used`` marks' samples with the host's drift (``factors``, one per mark) taken out."""
+    return [e.marks[k][1] / factors[k] for k in used]
 
 
 def _leaves(e: _Entry, factors: list[float], budget: float) -> bool:
     """Whether the entry leaves the rotation: the stopping rule (:func:`profiler.timing.enough`) over
     its samples with the drift taken out; a cell still noisy when its budget is spent samples for
     as long again (:data:`EXTEND`), once."""
-    clean = _corrected_clean(e, factors)
+    clean = _corrected(e, factors, _used(e))
     taken = len(e.marks)
     if e.until is not None:  # extended: until its time is spent (or the rule's other exits)
         return e.spent >= e.until or enough(clean, taken, 0.0, math.inf, MIN_SAMPLES)
@@ -199,17 +206,15 @@ def _fields(e: _Entry, factors: list[float], order: int, size: int, start: float
     from profiler.cell import note_contention
 
     info = {"block": e.block}
-    e.sampler.result(MIN_SAMPLES, info)  # the contention fields; which samples count (below, the same rule)
-    used = [k for k, m in enumerate(e.marks) if m[2]]
-    if info.get("contended"):  # too few clean samples: the contended ones count as well
-        used += [k for k, m in enumerate(e.marks) if not m[2]]
+    e.sampler.result(MIN_SAMPLES, info)  # the contention fields and the verdict _used follows
+    used = _used(e, bool(info.get("contended")))
     if len(used) < MIN_SAMPLES:
         return None
     note_contention(e.run, info, e.sampler.probe)
     raw = [e.marks[k][1] for k in used]
     applied = [factors[k] for k in used]
     fields = {k: e.run.result[k] for k in GROUP_FIELDS if k in e.run.result}
-    fields.update(summarise_samples([s / f for s, f in zip(raw, applied)]), time_method="interleaved",
+    fields.update(summarise_samples(_corrected(e, factors, used)), time_method="interleaved",
                   interleave_position=order, interleave_cells=size, time_raw_samples=raw,
                   time_raw_median_s=summarise_samples(raw)["time_median_s"],
                   time_sample_at_s=[round(e.marks[k][0] - start, 4) for k in used],

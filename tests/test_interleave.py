@@ -152,9 +152,10 @@ def test_round_1s_time_per_call_sizes_the_sample_without_sizing_calls():
     assert got["status"] == "ok" and got["time_block"] == block_for(0.004, PASS_BLOCK_S) == 13
     assert got["warmup_calls"] == PASS_WARMUP_CALLS  # the first call and one more
     assert block_for(0.2) == 1 and block_for(1e-9) == 1000  # one call; the cap
-    # without round 1's figure the pass sizes the sample itself, to the same minimum
+    # without round 1's figure the pass sizes the sample itself (size_block, tested on a fake clock in
+    # test_measure_core: a sample's length on this clock depends on the host, so it is not asserted here)
     r = measure_group(cells, {"threads": 1, "time_budget_s": 0.05, "timeout_s": 60})["group"][cells[0].key]
-    assert r["time_median_s"] * r["time_block"] >= 0.5 * PASS_BLOCK_S and r["warmup_calls"] == PASS_WARMUP_CALLS
+    assert r["status"] == "ok" and r["time_block"] > 13 and r["warmup_calls"] == PASS_WARMUP_CALLS
 
 
 def test_an_interleaved_sweep_writes_each_cell_once_with_both_timings(tmp_path):

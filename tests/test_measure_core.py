@@ -82,6 +82,31 @@ def test_a_first_call_as_long_as_a_block_is_a_probed_sample():
             assert probe.n == 3 and info["contended_samples"] == 0
 
 
+def test_a_block_sized_from_single_calls_is_checked_on_a_quarter_of_it():
+    """A single short call costs more than its share of a block (seen: CI's interleaved pass sized
+    a 50 ms sample from 0.2 ms calls that ran at 0.1 ms in a block, so its samples lasted 25 ms).
+    A fake clock: every call costs 0.1 ms, and each reading of the clock 0.1 ms more."""
+    from profiler.timing import CONFIRM_MIN_BLOCK, Sampler, block_for, size_block
+
+    calls = []
+
+    def clock(fn):
+        before = len(calls)
+        fn()
+        return 1e-4 * (len(calls) - before) + 1e-4
+
+    def fn():
+        calls.append(1)
+
+    block = size_block(Sampler(clock, None), clock, fn, 0.05)
+    # single calls read 0.2 ms (a 250-call block); a run of 62 reads 6.3 ms, 0.1016 ms a call
+    assert block_for(2e-4, 0.05) == 250 and block == block_for(6.3e-3 / 62, 0.05) == 493
+    assert len(calls) == 3 + 62 and 493 * 1e-4 >= 0.95 * 0.05
+    calls.clear()  # a block this short is not worth checking: single calls size it alone
+    assert size_block(Sampler(clock, None), clock, fn, 1.3e-3) == block_for(2e-4, 1.3e-3) == 7 < CONFIRM_MIN_BLOCK
+    assert len(calls) == 3
+
+
 def test_no_probe_means_no_contention_fields():
     info = {}
     time_calls(_fast, budget_s=0.02, min_block_s=0.002, info=info)
