@@ -7,7 +7,9 @@
   from the series' shorter cells (for mixers the fake pass cannot follow);
 * *record* (:func:`make_record`): one JSON line per cell, appended atomically
   (:mod:`profiler.records`); an interrupted sweep keeps every finished cell, ``resume`` runs
-  only the missing ones.
+  only the missing ones. A cell held for later rounds or the interleaved pass is journalled when
+  round 1 ends for it (``kind: "held"``); Ctrl-C and SIGTERM still write its cell record from what
+  its rounds measured, and after a SIGKILL the journal is what is left (``zoo compare`` says so).
 
 Series identity (what varies is T alone) is :data:`reports.cells.SERIES_FIELDS`, shared with the
 fit records and the report.
@@ -37,6 +39,7 @@ from zoo.errors import ZooValueError
 __all__ = ["run_sweep", "run_profile", "decide_without_running", "make_record", "FRONTIER_STATUSES"]
 
 FRONTIER_STATUSES = ("oom", "timeout")  # observed (or predicted) failures that skip longer lengths
+HELD = "held"  # the kind of a round-1 record journalled for a cell timed again later (docs/RECORDS.md)
 UNTIMED = {"untimed": True}  # an interleaved sweep's round 1: the pass times the cell (its own timing only if not)
 
 
@@ -262,9 +265,11 @@ def _execute(cells: list[Cell], previous: dict, s: SweepSettings, executor, writ
             s.rounds > 1 and result.get("status") == "ok" and not result.get("inferred"))
         if hold:
             held[cell.key] = [cell, started, wall, result, []]
+            first = make_record(cell, stamp_placement(result, cell.device), run_id, started, wall)
+            # journalled now: a sweep killed (SIGKILL: no unwinding) before its cell record keeps round 1's
+            writer.append({**first, "kind": HELD})
             # longer cells of the series predict their memory from this one (fallback_prediction)
-            history.setdefault(series_identity(cell, threads=threads), []).append(
-                make_record(cell, result, run_id, started, 0.0))
+            history.setdefault(series_identity(cell, threads=threads), []).append(first)
             progress.done(cell, {"status": "ok"})
         else:
             write(cell, result, started, wall)

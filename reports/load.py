@@ -102,6 +102,7 @@ class Profile:
     fidelity: pd.DataFrame
     bad_lines: list[int] = field(default_factory=list)  # 1-based numbers of skipped lines
     ignored: int = 0  # records of a kind this reader does not know (newer writers)
+    cut: list[str] = field(default_factory=list)  # keys journalled as "held" that never got a cell record
     superseded: int = 0  # cell / fidelity records replaced by a later one for the same cell (resume)
 
     @property
@@ -194,6 +195,7 @@ def read_profile(path: str | Path, name: str | None = None) -> Profile:
     bad: list[int] = []
     schemas: dict[Any, int] = {}
     ignored = 0
+    held: list[Any] = []
     first_line = ""
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
@@ -208,6 +210,9 @@ def read_profile(path: str | Path, name: str | None = None) -> Profile:
         if record["schema"] != SCHEMA_VERSION:
             continue
         kind = record["kind"]
+        if kind == "held":  # a round-1 journal entry (profiler.sweep); its cell record supersedes it
+            held.append(record.get("key"))
+            continue
         if kind not in _REQUIRED:
             ignored += 1
             continue
@@ -273,7 +278,14 @@ def read_profile(path: str | Path, name: str | None = None) -> Profile:
         bad_lines=bad,
         ignored=ignored,
         superseded=superseded,
+        cut=_cut(held, by_kind["cell"]),
     )
+
+
+def _cut(held: list[Any], cells: list[dict[str, Any]]) -> list[str]:
+    """The held keys with no cell record in the file: cells of a sweep killed before writing them."""
+    written = {c.get("key") for c in cells}
+    return sorted({str(k) for k in held if k is not None and k not in written})
 
 
 def _unique_names(paths: list[Path]) -> list[str]:

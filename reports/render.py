@@ -343,10 +343,24 @@ def thread_mismatch(runs: list[tuple[str, pd.DataFrame]]) -> str:
             "fitted together or drawn as one series.")
 
 
-def _consumption_section(doc: Doc, runs: list[tuple[str, pd.DataFrame]], baseline: str, latex: list[str]) -> None:
+def cut_sweep(profile) -> str:
+    """A sentence when a sweep was killed before writing cells it had measured in round 1 ('' when
+    not): they are in the file only as ``held`` records, so the tables and fits lack them."""
+    if not profile.cut:
+        return ""
+    n = len(profile.cut)
+    return (f"{profile.name}: the sweep was killed before writing {n} cell(s) it had measured in round 1 "
+            f"(journalled as held records, without their timing); they are missing from every table and "
+            f"fit. Run the same `zoo profile` command with --resume to measure them.")
+
+
+def _consumption_section(doc: Doc, runs: list[tuple[str, pd.DataFrame]], baseline: str, latex: list[str],
+                         cut: list[str] = ()) -> None:
     """Per run, the paper's table per group of comparable cells; with several runs, each other
-    run against the first on the cells they share."""
+    run against the first on the cells they share. ``cut``: :func:`cut_sweep`'s sentences, first."""
     doc.h2("Consumption", "consumption")
+    for text in cut:
+        doc.p(f"⚠ {text}")
     if not runs:
         doc.p("No sweep in the inputs (only fidelity records).")
     for run, run_cells in runs:
@@ -614,7 +628,9 @@ def build_report(
         p.ignored -= quality.attrs.get("counts", {}).get(str(p.path), 0)
     if not runs_p and not fidelity_frames and quality.empty:
         names = ", ".join(str(p.path) for p in profiles)
-        raise ReportError(f"{names}: no cell, fidelity or quality records (only headers: an interrupted or empty sweep?)")
+        cut = " ".join(text for text in map(cut_sweep, profiles) if text)
+        raise ReportError(f"{names}: no cell, fidelity or quality records "
+                          + (f"({cut})" if cut else "(only headers: an interrupted or empty sweep?)"))
     baseline = baseline or _default_baseline(profiles)
     runs = [(p.name, p.cells.assign(run=p.name)) for p in runs_p]
     if len(runs) > 1:
@@ -624,10 +640,12 @@ def build_report(
     cells = pd.concat([c for _, c in runs], ignore_index=True) if runs else pd.DataFrame(columns=["run", "noisy", "mem_disagree"])
 
     warnings: list[str] = [mixed] if len(runs) > 1 and mixed else []
+    cut = [text for text in map(cut_sweep, profiles) if text]
+    warnings += cut
     figures: list[Figure] = []
     doc = Doc()
     latex: list[str] = []
-    _consumption_section(doc, runs, baseline, latex)
+    _consumption_section(doc, runs, baseline, latex, cut)
     _scaling_section(doc, runs, cells, figures, warnings, baseline)
     if runs:
         complexity_section(doc, runs, profiles, declared() if callable(declared) else declared, baseline)

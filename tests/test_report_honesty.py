@@ -191,3 +191,25 @@ def test_series_identity_includes_the_thread_count():
     assert series_identity(a) == series_identity({**a, "T": 1024, "threads": 1.0})
     assert is_clean(a) and not is_clean({**a, "contended": True}) and not is_clean({**a, "noisy": "true"})
     assert not is_clean({**a, "status": "oom"})
+
+
+def test_held_records_without_a_cell_record_are_named_as_missing(tmp_path):
+    """A sweep killed (SIGKILL) after round 1 leaves ``held`` records only: the report says which run
+    lost how many cells, up front, and is otherwise built from the cells that were written; a held
+    record followed by its cell record is silent (the usual case)."""
+    records = _records()
+    cells = [r for r in records if r["kind"] == "cell"]
+    done, lost = cells[0], cells[1]
+    held = [{**done, "kind": "held"}, {**lost, "kind": "held"}, {**cells[2], "kind": "held", "key": "gone-1"}]
+    kept = [r for r in records if r is not lost]
+    path = tmp_path / "cut.jsonl"
+    write_jsonl(path, kept[:1] + held + kept[1:])
+    profile = read_profile(path)
+    assert profile.cut == sorted([lost["key"], "gone-1"]) and profile.ignored == 0
+    assert len(profile.cells) == len(cells) - 1
+    report = build_report([path], tmp_path / "out", formats="md", declared=DECLARED)
+    assert report.warnings == [f"cut: the sweep was killed before writing 2 cell(s) it had measured in round 1 "
+                               "(journalled as held records, without their timing); they are missing from every "
+                               "table and fit. Run the same `zoo profile` command with --resume to measure them."]
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert md.index("killed before writing 2 cell(s)") < md.index("| ")  # above the first table

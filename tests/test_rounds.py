@@ -169,3 +169,56 @@ def test_round_one_feeds_the_memory_fallback_of_longer_lengths(tmp_path, monkeyp
     out, s = _sweep(tmp_path, monkeypatch, _Mem())
     sweep_mod.run_sweep(cells, s)
     assert seen[8] is None and seen[16] is None and seen[32] == 1000 + 10 * 32
+
+
+_KILLED_IN_ROUND_2 = """
+import os, signal, sys
+from profiler import run_profile, sweep
+
+made = sweep.make_executor
+
+def make_killing(*args, **kwargs):  # SIGKILL at round 2's first call: nothing unwinds, no finally runs
+    executor = made(*args, **kwargs)
+    run = executor.run
+
+    def killing(cell, opts, timeout):
+        if opts.get("timing_only"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return run(cell, opts, timeout)
+
+    executor.run = killing
+    return executor
+
+sweep.make_executor = make_killing
+run_profile(mixers="softmax,fnet", lengths="16,32", modes="forward", dim=16, heads=2, device="cpu",
+            out=sys.argv[1], isolate=False, time_budget=0.02, rounds=2, progress=False)
+"""
+
+
+def test_a_killed_sweep_keeps_round_1_as_held_records_and_the_report_says_so(tmp_path):
+    """SIGKILL cannot be caught: the cells held for round 2 were lost with the process until each was
+    journalled when round 1 ended for it. The report names what is missing; --resume measures it."""
+    import subprocess
+    import sys
+
+    from profiler import run_profile
+    from reports.load import ReportError, read_profile
+    from reports.render import build_report
+
+    out = tmp_path / "killed.jsonl"
+    proc = subprocess.run([sys.executable, "-c", _KILLED_IN_ROUND_2, str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    kinds = [json.loads(line)["kind"] for line in out.read_text().splitlines()]
+    assert kinds == ["header"] + ["held"] * 4  # round 1 of all four cells, no cell record
+    held = [json.loads(line) for line in out.read_text().splitlines()][1:]
+    assert all(r["status"] == "ok" and r["mem_tensor_peak_bytes"] > 0 and r["flops_counted"] > 0 for r in held)
+    assert len(read_profile(out).cut) == 4
+    with pytest.raises(ReportError, match=r"killed before writing 4 cell\(s\).*--resume"):
+        build_report([out], tmp_path / "report")
+
+    run_profile(mixers="softmax,fnet", lengths="16,32", modes="forward", dim=16, heads=2, device="cpu",
+                out=str(out), isolate=False, time_budget=0.02, rounds=2, progress=False, resume=True)
+    profile = read_profile(out)
+    assert profile.cut == [] and len(profile.cells) == 4 and set(profile.cells["rounds"]) == {2}
+    report = build_report([out], tmp_path / "report")
+    assert not any("killed before" in w for w in report.warnings)
