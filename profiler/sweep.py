@@ -34,12 +34,12 @@ from profiler.rounds import length_groups, merge_rounds, round_order
 from profiler.settings import SweepSettings, plan_profile
 from profiler.side_by_side import free_workers, run_side_by_side
 from reports.cells import series_identity
+from reports.load import HELD
 from zoo.errors import ZooValueError
 
 __all__ = ["run_sweep", "run_profile", "decide_without_running", "make_record", "FRONTIER_STATUSES"]
 
 FRONTIER_STATUSES = ("oom", "timeout")  # observed (or predicted) failures that skip longer lengths
-HELD = "held"  # the kind of a round-1 record journalled for a cell timed again later (docs/RECORDS.md)
 UNTIMED = {"untimed": True}  # an interleaved sweep's round 1: the pass times the cell (its own timing only if not)
 
 

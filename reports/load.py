@@ -24,6 +24,7 @@ from reports.cells import SERIES_FIELDS, series_identity
 from reports.errors import ReportError
 
 __all__ = [
+    "HELD",
     "SCHEMA_VERSION",
     "STATUSES",
     "Profile",
@@ -38,6 +39,7 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "oom", "killed", "timeout", "unsupported", "error", "skipped")
+HELD = "held"  # the kind of a round-1 journal entry (profiler.sweep); its cell record supersedes it
 
 # Columns every loaded table has (a key absent from a record reads as null), in RECORDS.md order.
 CELL_COLUMNS = [
@@ -210,7 +212,7 @@ def read_profile(path: str | Path, name: str | None = None) -> Profile:
         if record["schema"] != SCHEMA_VERSION:
             continue
         kind = record["kind"]
-        if kind == "held":  # a round-1 journal entry (profiler.sweep); its cell record supersedes it
+        if kind == HELD:
             held.append(record.get("key"))
             continue
         if kind not in _REQUIRED:

@@ -626,11 +626,11 @@ def build_report(
     quality = read_quality(p.path for p in profiles)
     for p in profiles:  # quality records are read here, not "of a kind this reader does not know"
         p.ignored -= quality.attrs.get("counts", {}).get(str(p.path), 0)
+    cut = [text for text in map(cut_sweep, profiles) if text]
     if not runs_p and not fidelity_frames and quality.empty:
         names = ", ".join(str(p.path) for p in profiles)
-        cut = " ".join(text for text in map(cut_sweep, profiles) if text)
         raise ReportError(f"{names}: no cell, fidelity or quality records "
-                          + (f"({cut})" if cut else "(only headers: an interrupted or empty sweep?)"))
+                          + (f"({' '.join(cut)})" if cut else "(only headers: an interrupted or empty sweep?)"))
     baseline = baseline or _default_baseline(profiles)
     runs = [(p.name, p.cells.assign(run=p.name)) for p in runs_p]
     if len(runs) > 1:
@@ -640,7 +640,6 @@ def build_report(
     cells = pd.concat([c for _, c in runs], ignore_index=True) if runs else pd.DataFrame(columns=["run", "noisy", "mem_disagree"])
 
     warnings: list[str] = [mixed] if len(runs) > 1 and mixed else []
-    cut = [text for text in map(cut_sweep, profiles) if text]
     warnings += cut
     figures: list[Figure] = []
     doc = Doc()
