@@ -43,7 +43,7 @@ import torch
 from profiler.affinity import restore
 from profiler.builders import load_builder, load_ref, torch_dtype
 from profiler.cases import Cell
-from profiler.drift import drift_factors
+from profiler.drift import drift_factors, sensitivity
 from profiler.heap import release_heap, set_heap_mode
 from profiler.memory import is_oom
 from profiler.rounds import TIMING_FIELDS
@@ -154,9 +154,16 @@ def _used(e: _Entry, contended: bool = False) -> list[int]:
     return used + [k for k, m in enumerate(e.marks) if not m[2]] if contended else used
 
 
+def _applied(e: _Entry, factors: list[float], used: list[int]) -> tuple[float, list[float]]:
+    """(b, the factor taken out of each ``used`` mark's sample): the host's drift (``factors``, one
+    per mark) to the power ``b``, the cell's own sensitivity to it fitted on those marks."""
+    b = sensitivity([e.marks[k][1] for k in used], [factors[k] for k in used])
+    return b, [factors[k] ** b for k in used]
+
+
 def _corrected(e: _Entry, factors: list[float], used: list[int]) -> list[float]:
-    """The ``used`` marks' samples with the host's drift (``factors``, one per mark) taken out."""
-    return [e.marks[k][1] / factors[k] for k in used]
+    """The ``used`` marks' samples with the host's drift taken out (:func:`_applied`)."""
+    return [e.marks[k][1] / f for k, f in zip(used, _applied(e, factors, used)[1])]
 
 
 def _leaves(e: _Entry, factors: list[float], budget: float) -> bool:
@@ -212,13 +219,14 @@ def _fields(e: _Entry, factors: list[float], order: int, size: int, start: float
         return None
     note_contention(e.run, info, e.sampler.probe)
     raw = [e.marks[k][1] for k in used]
-    applied = [factors[k] for k in used]
+    b, applied = _applied(e, factors, used)
     fields = {k: e.run.result[k] for k in GROUP_FIELDS if k in e.run.result}
-    fields.update(summarise_samples(_corrected(e, factors, used)), time_method="interleaved",
+    fields.update(summarise_samples([s / f for s, f in zip(raw, applied)]), time_method="interleaved",
                   interleave_position=order, interleave_cells=size, time_raw_samples=raw,
                   time_raw_median_s=summarise_samples(raw)["time_median_s"],
                   time_sample_at_s=[round(e.marks[k][0] - start, 4) for k in used],
-                  drift_range=[round(min(applied), 4), round(max(applied), 4)])
+                  drift_range=[round(min(applied), 4), round(max(applied), 4)],
+                  drift_sensitivity=round(b, 4))
     return fields
 
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from profiler.drift import drift_factors
+from profiler.drift import MIN_FIT, PRIOR_SD, drift_factors, sensitivity
 
 
 def _pass(levels, speed, rotations=20, noise=0.0, seed=0):
@@ -94,3 +94,42 @@ def test_the_nearest_neighbours_say_most_and_the_fast_search_finds_them():
     alone = [[(0.1 * k, 1.0) for k in range(60)], [(0.05, 2.0), (6.05, 2.0)], [(0.07, 3.0), (6.07, 3.0)],
              [(0.09, 1.0), (6.09, 1.0)]]  # cell 0 sampled alone between 0.1 s and 5.9 s
     assert drift_factors(alone) == [[1.0] * 60, [1.0] * 2, [1.0] * 2, [1.0] * 2]
+
+
+def _iqr_share(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return (xs[(3 * n) // 4] - xs[n // 4]) / xs[n // 2]
+
+
+def test_a_cell_that_follows_the_drift_more_than_the_others_is_corrected_by_its_own_exponent():
+    """fnet on the VM: its samples moved 1.6x as far (in log) as the factor its neighbours read.
+    The plain factor leaves that in its spread; the fitted exponent takes it out."""
+    levels = [1.0, 2.0, 0.5, 3.0, 1.5, 0.8]
+    speed = lambda t: math.exp(0.2 * math.sin(1.5 * t))  # the host's speed swinging +-20% every 4 s
+    marks = _pass(levels, speed, rotations=20, noise=0.01)
+    marks[0] = [(t, levels[0] * speed(t) ** 1.6 * s / (levels[0] * speed(t))) for t, s in marks[0]]  # cell 0: ^1.6
+    factors = drift_factors(marks)
+    plain = [s / f for (_, s), f in zip(marks[0], factors[0])]
+    b = sensitivity([s for _, s in marks[0]], factors[0])
+    assert 1.4 < b < 1.6  # the prior draws 1.6 towards 1 by little: the factors moved far, 20 samples
+    fitted = [s / f ** b for (_, s), f in zip(marks[0], factors[0])]
+    assert _iqr_share(plain) > 0.10 and _iqr_share(fitted) < 0.05
+    for cell, fs in zip(marks[1:], factors[1:]):  # the others follow the drift as the factors say (cell 0,
+        assert abs(sensitivity([s for _, s in cell], fs) - 1.0) < 0.15  # one of their 5 neighbours, moves them a little)
+
+
+def test_a_cell_cannot_fit_away_its_own_noise():
+    rng = random.Random(3)
+    noise = [math.exp(rng.gauss(0.0, 0.15)) for _ in range(8)]
+    assert sensitivity(noise, [1.0] * 8) == 1.0  # the factors did not move: nothing to fit
+    unrelated = [math.exp(rng.gauss(0.0, 0.05)) for _ in range(8)]  # the host moved, this cell did not follow
+    b = sensitivity(noise, unrelated)
+    assert abs(b - 1.0) < 2 * PRIOR_SD  # a slope of 8 noisy points is held near 1 by the prior
+    few = noise[: MIN_FIT - 1]
+    assert sensitivity(few, [1.2, 0.8, 1.1, 0.9][: len(few)]) == 1.0
+
+
+def test_sensitivity_needs_one_factor_per_sample():
+    with pytest.raises(ValueError, match="one factor per sample, got 2 for 3"):
+        sensitivity([1.0, 2.0, 3.0], [1.0, 1.0])
