@@ -65,12 +65,29 @@ def test_the_rotation_takes_one_sample_of_each_cell_in_turn():
 
     a, b = entry("a", 0.002), entry("b", 0.05)
     _rotate([a, b], budget=0.08, deadline=None)
-    # b's samples are 50 ms: its budget is spent after 2, but the pass takes at least MIN_SAMPLES
-    # (more only when the drift read from a's 2 ms samples made b's look noisy: then it was extended)
-    assert CALLS[:10] == ["a", "b"] * 5
-    assert len(b.sampler.clean) == CALLS.count("b")
-    assert CALLS.count("b") == MIN_SAMPLES or b.until is not None
-    assert len(a.sampler.clean) > MIN_SAMPLES  # a goes on alone until its own rule says enough
+    # b's samples are 50 ms: its budget is spent after 2, but the pass takes at least MIN_SAMPLES;
+    # a goes on until its own rule says enough, and b samples on beside it (a companion: the drift
+    # at a's samples is read from b's), so the two alternate to the end
+    assert CALLS == ["a", "b"] * (len(CALLS) // 2) and len(CALLS) % 2 == 0
+    assert len(b.sampler.clean) == CALLS.count("b") >= MIN_SAMPLES
+    assert len(a.sampler.clean) > MIN_SAMPLES
+
+
+def test_the_last_cells_rotating_keep_the_cheapest_finished_cells_beside_them():
+    from types import SimpleNamespace
+
+    from profiler.interleave import COMPANIONS, _companions
+
+    def entry(name, per_sample, samples=5):
+        return SimpleNamespace(name=name, marks=[(0.0, per_sample, True)] * samples, spent=per_sample * samples)
+
+    cells = [entry(n, t) for n, t in zip("abcdefg", (0.3, 0.05, 0.2, 0.06, 0.5, 0.07, 0.08))]
+    cells.append(entry("h", 0.01, samples=0))  # never sampled (built, then the deadline): not a companion
+    names = lambda got: [e.name for e in got]
+    assert COMPANIONS == 4
+    assert names(_companions(cells, [cells[0]])) == ["b", "d", "f", "g"]  # a alone: the 4 cheapest others
+    assert names(_companions(cells, cells[:3])) == ["d", "f"]  # a, b, c: 2 others each already
+    assert _companions(cells, cells[:5]) == [] and _companions(cells, cells) == []
 
 
 def test_a_cell_still_noisy_when_its_budget_is_spent_samples_as_long_again():
@@ -90,8 +107,9 @@ def test_a_cell_still_noisy_when_its_budget_is_spent_samples_as_long_again():
 
     steady, other, jitter = entry([0.010]), entry([0.020]), entry([0.010, 0.014])
     _rotate([steady, other, jitter], budget=0.03, deadline=None)
-    assert len(steady.marks) == len(other.marks) == MIN_SAMPLES
-    assert steady.until is None and jitter.until is not None
+    # the steady cells have enough after MIN_SAMPLES and sample on beside jitter (companions)
+    assert len(steady.marks) == len(other.marks) == len(jitter.marks)
+    assert steady.until is None and other.until is None and jitter.until is not None
     assert jitter.spent >= jitter.until and 2 * MIN_SAMPLES - 2 <= len(jitter.marks) <= 3 * MIN_SAMPLES
 
 
