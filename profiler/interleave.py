@@ -121,7 +121,9 @@ class _Entry:
         self.run, self.step, self.sampler = run, step, sampler
         self.block, self.spent = 1, 0.0
         self.until: float | None = None  # extended (still noisy when its budget was spent): until this much spent
-        self.marks: list[tuple[float, float, bool]] = []  # (midpoint, seconds, clean) per sample, in order
+        # (midpoint, seconds, clean, own) per sample, in order; own: False for a companion's sample
+        # (taken after the cell had enough, beside the last cells: it reads the drift, it does not count)
+        self.marks: list[tuple[float, float, bool, bool]] = []
 
     def run_block(self) -> None:
         for _ in range(self.block):
@@ -157,10 +159,11 @@ def _prepare(run, builder, device: torch.device, clock, probe_ref: str | None, p
 
 
 def _used(e: _Entry, contended: bool = False) -> list[int]:
-    """The marks whose samples count: the clean ones; and the contended ones too when the cell could
-    not get enough clean samples (``contended``, :meth:`profiler.timing.Sampler.result`'s verdict)."""
-    used = [k for k, m in enumerate(e.marks) if m[2]]
-    return used + [k for k, m in enumerate(e.marks) if not m[2]] if contended else used
+    """The marks whose samples count: the cell's own (not a companion's), clean ones; and the
+    contended ones too when the cell could not get enough clean samples (``contended``,
+    :meth:`profiler.timing.Sampler.result`'s verdict)."""
+    used = [k for k, m in enumerate(e.marks) if m[3] and m[2]]
+    return used + [k for k, m in enumerate(e.marks) if m[3] and not m[2]] if contended else used
 
 
 def _applied(e: _Entry, factors: list[float], used: list[int]) -> tuple[float, list[float]]:
@@ -198,14 +201,17 @@ def _rotate(entries: list[_Entry], budget: float, deadline: float | None) -> Non
     active = list(entries)
     judged, cost = -math.inf, 0.0
     while active:
-        for e in active + _companions(entries, active):
+        for e, own in [(e, True) for e in active] + [(e, False) for e in _companions(entries, active)]:
             if deadline is not None and time.monotonic() > deadline:
                 raise CellTimeout("deadline passed during the interleaved timing")
             t0 = time.perf_counter()
             seconds = e.sampler.take(e.run_block, e.block)
             t1 = time.perf_counter()
             e.spent += t1 - t0
-            e.marks.append((0.5 * (t0 + t1), seconds, e.sampler.last_clean))
+            clean = e.sampler.last_clean
+            if not own:  # a companion's reading: not one of its samples (its counts and verdict stand)
+                e.sampler.forget_last()
+            e.marks.append((0.5 * (t0 + t1), seconds, clean, own))
         now = time.perf_counter()
         if now - judged < REJUDGE_COST * cost:
             continue
@@ -218,7 +224,9 @@ def _rotate(entries: list[_Entry], budget: float, deadline: float | None) -> Non
 def _companions(entries: list[_Entry], active: list[_Entry]) -> list[_Entry]:
     """Cells that have left the rotation and sample on beside the last ones, so that each sample of
     a cell still rotating has :data:`COMPANIONS` other cells around it to read the drift from: the
-    cheapest per sample first. Their samples count for them too."""
+    cheapest per sample first. Their samples there are drift readings only: they do not count for
+    them (taken in a few cells' company at the end of the pass, they moved fnet's medians by up to
+    14% when they counted)."""
     short = COMPANIONS - (len(active) - 1)
     if short <= 0:
         return []

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from profiler.builders import Step, build_step
-from profiler.interleave import MIN_SAMPLES, _Entry, _rotate, can_interleave, measure_group, merge_interleaved, pack_groups
+from profiler.interleave import MIN_SAMPLES, _Entry, _rotate, _used, can_interleave, measure_group, merge_interleaved, pack_groups
 from profiler.settings import SweepSettings, plan_profile
 from profiler.timing import Sampler
 from zoo.errors import ZooValueError
@@ -67,10 +67,12 @@ def test_the_rotation_takes_one_sample_of_each_cell_in_turn():
     _rotate([a, b], budget=0.08, deadline=None)
     # b's samples are 50 ms: its budget is spent after 2, but the pass takes at least MIN_SAMPLES;
     # a goes on until its own rule says enough, and b samples on beside it (a companion: the drift
-    # at a's samples is read from b's), so the two alternate to the end
+    # at a's samples is read from b's), so the two alternate to the end; those readings are not b's samples
     assert CALLS == ["a", "b"] * (len(CALLS) // 2) and len(CALLS) % 2 == 0
-    assert len(b.sampler.clean) == CALLS.count("b") >= MIN_SAMPLES
-    assert len(a.sampler.clean) > MIN_SAMPLES
+    own = [m for m in b.marks if m[3]]
+    assert len(b.marks) == CALLS.count("b") > len(own) == len(b.sampler.clean) >= MIN_SAMPLES
+    assert all(m[3] for m in a.marks) and len(a.sampler.clean) == len(a.marks) > MIN_SAMPLES
+    assert _used(b) == [k for k, m in enumerate(b.marks) if m[3]]  # only its own samples count for b
 
 
 def test_the_last_cells_rotating_keep_the_cheapest_finished_cells_beside_them():
@@ -107,8 +109,9 @@ def test_a_cell_still_noisy_when_its_budget_is_spent_samples_as_long_again():
 
     steady, other, jitter = entry([0.010]), entry([0.020]), entry([0.010, 0.014])
     _rotate([steady, other, jitter], budget=0.03, deadline=None)
-    # the steady cells have enough after MIN_SAMPLES and sample on beside jitter (companions)
+    # the steady cells have enough after MIN_SAMPLES and sample on beside jitter (companions' readings)
     assert len(steady.marks) == len(other.marks) == len(jitter.marks)
+    assert len(_used(steady)) == len(_used(other)) == MIN_SAMPLES == len(steady.sampler.clean)
     assert steady.until is None and other.until is None and jitter.until is not None
     assert jitter.spent >= jitter.until and 2 * MIN_SAMPLES - 2 <= len(jitter.marks) <= 3 * MIN_SAMPLES
 
