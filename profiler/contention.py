@@ -56,7 +56,7 @@ from typing import Any, Callable
 __all__ = [
     "OTHER_LIMIT", "WAIT_LIMIT", "MIN_WINDOW_S", "TICK_SLACK", "CONTENDED_RUN",
     "ProcReader", "per_cpu_ticks", "ContentionProbe", "judge", "usable_cores", "current_threads", "cpu_quota", "busy_cores", "auto_threads",
-    "measure_others", "wait_for_quiet", "preflight", "preflight_line", "warn_if_busy",
+    "measure_others", "wait_for_quiet", "preflight", "preflight_line", "neighbour_line", "warn_if_busy", "NEIGHBOUR_CPU",
 ]
 
 OTHER_LIMIT = 0.2  # cores of the cell's cores others may use before a sample is contended
@@ -66,6 +66,9 @@ TICK_SLACK = 2.0  # ticks of truncation/sampling error in a window's busy time
 CONTENDED_RUN = 3  # contended samples in a row before the probe waits for a quiet window
 QUIET_POLL_S = 0.25  # window of each look for quiet
 PREFLIGHT_WINDOW_S = 0.5
+# others' CPU (cores) on cores a sweep leaves free from which the pre-flight notes them: they share the
+# caches, memory bandwidth and perhaps the physical cores with the sweep, which no sample figure sees
+NEIGHBOUR_CPU = 0.5
 
 
 # --------------------------------------------------------------------------- readers
@@ -411,6 +414,8 @@ def preflight(threads: int | str | None = None, *, window_s: float = PREFLIGHT_W
         "top": top, "busy": busy,
     }
     info["message"] = preflight_line(info)
+    info["neighbours"] = bool(not busy and (info["other_cpu"] or 0.0) >= NEIGHBOUR_CPU)
+    info["note"] = neighbour_line(info)
     return info
 
 
@@ -444,9 +449,25 @@ def preflight_line(info: dict[str, Any]) -> str | None:
             f"marked contended. Remedy: {remedy}")
 
 
+def neighbour_line(info: dict[str, Any]) -> str | None:
+    """The one-line note for a :func:`preflight` result whose ``neighbours`` are busy on the cores
+    the sweep leaves free (None otherwise): its samples will not be marked contended, yet they share
+    the machine."""
+    if not info.get("neighbours"):
+        return None
+    top = ", ".join(f"{p['name']} {p['cpu']:.2f}" for p in info.get("top") or [])
+    return (f"note: other processes use {info['other_cpu']:.2f} of {info['cores']} cores"
+            f"{f' (busiest: {top})' if top else ''}, on cores the sweep's {info['threads']} thread(s) leave free: "
+            f"its samples are not marked contended, but they share caches, memory bandwidth and perhaps "
+            f"physical cores with them, which no sample figure sees (ratios between mixers moved by up to "
+            f"28% under one such process on the 2-core VM). For numbers to quote, stop them")
+
+
 def warn_if_busy(info: dict[str, Any], stream=None) -> bool:
-    """Print :func:`preflight_line` on stderr (or ``stream``) when busy; True if printed."""
+    """Print :func:`preflight_line` on stderr (or ``stream``) when busy, else the
+    :func:`neighbour_line` when others are busy on the free cores; True if printed."""
     line = info.get("message") if "message" in info else preflight_line(info)
+    line = line or info.get("note")
     if not line:
         return False
     print(line, file=stream if stream is not None else sys.stderr, flush=True)

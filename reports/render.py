@@ -354,12 +354,29 @@ def cut_sweep(profile) -> str:
             f"fit. Run the same `zoo profile` command with --resume to measure them.")
 
 
+def busy_neighbours(profile) -> str:
+    """A sentence when the sweep's pre-flight found other processes busy on the cores the sweep left
+    free ('' when not; ``neighbours`` in the header's ``contention``, decided by the profiler):
+    nothing flags its cells, yet they were timed beside that load."""
+    info = next((h["contention"] for h in reversed(profile.headers) if isinstance(h.get("contention"), dict)), {})
+    if not info.get("neighbours"):
+        return ""
+    top = ", ".join(f"{p.get('name')} {p.get('cpu', 0):.2f}" for p in info.get("top") or [])
+    return (f"{profile.name}: when the sweep started, other processes used {info.get('other_cpu', 0):.2f} of "
+            f"{info.get('cores')} cores{f' ({top})' if top else ''}, on the cores its {info.get('threads')} "
+            f"thread(s) left free, so no cell is marked contended. They still shared the caches, the memory "
+            f"bandwidth and perhaps the physical cores with it, which no per-sample figure sees (on the 2-core "
+            f"VM one such process moved ratios between mixers by up to 28%, unflagged). Quote numbers from a "
+            f"run on a quiet machine.")
+
+
 def _consumption_section(doc: Doc, runs: list[tuple[str, pd.DataFrame]], baseline: str, latex: list[str],
-                         cut: list[str] = ()) -> None:
+                         notes: list[str] = ()) -> None:
     """Per run, the paper's table per group of comparable cells; with several runs, each other
-    run against the first on the cells they share. ``cut``: :func:`cut_sweep`'s sentences, first."""
+    run against the first on the cells they share. ``notes``: :func:`cut_sweep`'s and
+    :func:`busy_neighbours`' sentences, first."""
     doc.h2("Consumption", "consumption")
-    for text in cut:
+    for text in notes:
         doc.p(f"⚠ {text}")
     if not runs:
         doc.p("No sweep in the inputs (only fidelity records).")
@@ -640,11 +657,12 @@ def build_report(
     cells = pd.concat([c for _, c in runs], ignore_index=True) if runs else pd.DataFrame(columns=["run", "noisy", "mem_disagree"])
 
     warnings: list[str] = [mixed] if len(runs) > 1 and mixed else []
-    warnings += cut
+    busy = [text for text in map(busy_neighbours, runs_p) if text]
+    warnings += cut + busy
     figures: list[Figure] = []
     doc = Doc()
     latex: list[str] = []
-    _consumption_section(doc, runs, baseline, latex, cut)
+    _consumption_section(doc, runs, baseline, latex, cut + busy)
     _scaling_section(doc, runs, cells, figures, warnings, baseline)
     if runs:
         complexity_section(doc, runs, profiles, declared() if callable(declared) else declared, baseline)

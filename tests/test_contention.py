@@ -265,6 +265,11 @@ def test_preflight_with_threads_auto_warns_only_when_auto_cannot_help():
         pytest.skip("needs 2 usable cores")
     assert info["threads"] == info["auto_threads"] == info["cores"] - 1 and info["threads_requested"] == "auto"
     assert not info["busy"] and info["message"] is None
+    # the sweep's threads have cores of their own, but the load shares the machine with them: a note
+    assert info["neighbours"] and info["note"].startswith("note: other processes use 1.00 of")
+    assert "not marked contended" in info["note"] and "\n" not in info["note"]
+    stream = io.StringIO()
+    assert C.warn_if_busy(info, stream) and stream.getvalue() == info["note"] + "\n"
     with pytest.raises(ValueError, match="threads: expected a positive integer, 'auto' or None, got 0"):
         C.preflight(0, reader=r)
 
@@ -273,6 +278,7 @@ def test_preflight_quiet_machine_says_nothing():
     r = FakeReader()
     info = C.preflight(1, window_s=0.5, reader=r, sleep=lambda dt: r.advance(dt, others=0.05))
     assert not info["busy"] and info["message"] is None and info["busy_cores"] == 0
+    assert not info["neighbours"] and info["note"] is None
     stream = io.StringIO()
     assert not C.warn_if_busy(info, stream) and stream.getvalue() == ""
 

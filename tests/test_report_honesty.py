@@ -213,3 +213,23 @@ def test_held_records_without_a_cell_record_are_named_as_missing(tmp_path):
                                "table and fit. Run the same `zoo profile` command with --resume to measure them."]
     md = (tmp_path / "out" / "report.md").read_text()
     assert md.index("killed before writing 2 cell(s)") < md.index("| ")  # above the first table
+
+
+def test_a_sweep_timed_beside_busy_neighbours_says_so_above_the_tables(tmp_path):
+    """Others busy on the cores the sweep left free: no cell is contended, so the report's only
+    word on it is the header's pre-flight (the profiler decides ``neighbours``; the report says it)."""
+    busy = _records(run_id="busy")
+    busy[0]["contention"] = {"cores": 2, "threads": 1, "other_cpu": 1.02, "neighbours": True,
+                             "top": [{"pid": 1, "name": "python", "cpu": 1.0}]}
+    quiet = _records(run_id="quiet")
+    quiet[0]["contention"] = {"cores": 2, "threads": 1, "other_cpu": 0.0, "neighbours": False, "top": []}
+    paths = [write_jsonl(tmp_path / "busy.jsonl", busy), write_jsonl(tmp_path / "quiet.jsonl", quiet)]
+    report = build_report(paths, tmp_path / "out", formats="md", declared=DECLARED)
+    sentence = ("busy: when the sweep started, other processes used 1.02 of 2 cores (python 1.00), on the cores "
+                "its 1 thread(s) left free, so no cell is marked contended.")
+    assert [w for w in report.warnings if "other processes" in w] == [report.warnings[-1]]
+    assert report.warnings[-1].startswith(sentence) and "Quote numbers from a run on a quiet machine." in report.warnings[-1]
+    md = (report.out_dir / "report.md").read_text()
+    assert md.count("when the sweep started") == 1  # the quiet run has no such sentence
+    assert md.index(f"⚠ {sentence}") < md.index("| softmax | ")  # above the first table
+    assert "neighbours" in busy[0]["contention"] and "busy" not in [w.split(":")[0] for w in report.warnings[:-1]]
