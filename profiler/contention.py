@@ -66,8 +66,8 @@ TICK_SLACK = 2.0  # ticks of truncation/sampling error in a window's busy time
 CONTENDED_RUN = 3  # contended samples in a row before the probe waits for a quiet window
 QUIET_POLL_S = 0.25  # window of each look for quiet
 PREFLIGHT_WINDOW_S = 0.5
-# others' CPU (cores) on cores a sweep leaves free from which the pre-flight notes them: they share the
-# caches, memory bandwidth and perhaps the physical cores with the sweep, which no sample figure sees
+# others' CPU (cores), on the cores a sweep leaves free, from which the pre-flight notes them: they share
+# the caches, memory bandwidth and perhaps the physical cores with the sweep, which no sample figure sees
 NEIGHBOUR_CPU = 0.5
 
 
@@ -458,9 +458,9 @@ def neighbour_line(info: dict[str, Any]) -> str | None:
     top = ", ".join(f"{p['name']} {p['cpu']:.2f}" for p in info.get("top") or [])
     return (f"note: other processes use {info['other_cpu']:.2f} of {info['cores']} cores"
             f"{f' (busiest: {top})' if top else ''}, on cores the sweep's {info['threads']} thread(s) leave free: "
-            f"its samples are not marked contended, but they share caches, memory bandwidth and perhaps "
-            f"physical cores with them, which no sample figure sees (ratios between mixers moved by up to "
-            f"28% under one such process on the 2-core VM). For numbers to quote, stop them")
+            f"its samples are not marked contended, but those processes share caches, memory bandwidth and "
+            f"perhaps physical cores with it, which no sample figure sees (ratios between mixers moved by up "
+            f"to 28% under one such process on the 2-core VM). For numbers to quote, stop them")
 
 
 def warn_if_busy(info: dict[str, Any], stream=None) -> bool:
