@@ -430,6 +430,11 @@ def _busiest(before: dict, after: dict, window_s: float, n: int = 3) -> list[dic
     return sorted(top, key=lambda p: -p["cpu"])[:n]
 
 
+def _top_text(info: dict[str, Any]) -> str:
+    """The busiest other processes of a :func:`preflight` result, as "name cores, ..." ('' if none)."""
+    return ", ".join(f"{p['name']} {p['cpu']:.2f}" for p in info.get("top") or [])
+
+
 def preflight_line(info: dict[str, Any]) -> str | None:
     """The one-line warning with its remedy for a :func:`preflight` result (None when not busy)."""
     if not info.get("busy"):
@@ -437,7 +442,7 @@ def preflight_line(info: dict[str, Any]) -> str | None:
     seen = [f"load average {' '.join(f'{x:g}' for x in info['loadavg'])}" if info.get("loadavg") else None,
             f"steal {info['steal_cpu']:.2f} cores (a busy VM neighbour)" if (info.get("steal_cpu") or 0) >= 0.05 else None,
             f"governor {info['governor']}" if info.get("governor") else None]
-    top = ", ".join(f"{p['name']} {p['cpu']:.2f}" for p in info.get("top") or [])
+    top = _top_text(info)
     busiest = f"; busiest: {top}" if top else ""
     remedy = "stop them or wait for them to finish"
     if info.get("auto_threads", info["threads"]) < info["threads"]:
@@ -455,7 +460,7 @@ def neighbour_line(info: dict[str, Any]) -> str | None:
     the machine."""
     if not info.get("neighbours"):
         return None
-    top = ", ".join(f"{p['name']} {p['cpu']:.2f}" for p in info.get("top") or [])
+    top = _top_text(info)
     return (f"note: other processes use {info['other_cpu']:.2f} of {info['cores']} cores"
             f"{f' (busiest: {top})' if top else ''}, on cores the sweep's {info['threads']} thread(s) leave free: "
             f"its samples are not marked contended, but those processes share caches, memory bandwidth and "

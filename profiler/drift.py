@@ -161,7 +161,7 @@ def sensitivity(seconds: Sequence[float], factors: Sequence[float]) -> float:
     b = 1.0
     for _ in range(SENSITIVITY_STEPS):  # the noise read at the current b (at b = 1 it holds the misfit too)
         r = y - b * x
-        noise = max(float(np.var(r - np.median(r))), 1e-6)
+        noise = max(float(np.var(r)), 1e-6)
         prior = noise / PRIOR_SD ** 2  # the prior's weight, in units of samples x factor variance
         b = float((xc @ yc + prior) / (xc @ xc + prior))
     return b

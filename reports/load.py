@@ -123,6 +123,15 @@ class Profile:
         return {}
 
     @property
+    def contention(self) -> dict[str, Any]:
+        """The pre-flight reading of the last header that has one (``{}`` when none: not a CPU sweep
+        with a load probe, or older than it)."""
+        for header in reversed(self.headers):
+            if isinstance(header.get("contention"), dict):
+                return header["contention"]
+        return {}
+
+    @property
     def commands(self) -> list[str]:
         """Every command line that wrote into this file, in order, without repeats."""
         out: list[str] = []

@@ -358,7 +358,7 @@ def busy_neighbours(profile) -> str:
     """A sentence when the sweep's pre-flight found other processes busy on the cores the sweep left
     free ('' when not; ``neighbours`` in the header's ``contention``, decided by the profiler):
     nothing flags its cells, yet they were timed beside that load."""
-    info = next((h["contention"] for h in reversed(profile.headers) if isinstance(h.get("contention"), dict)), {})
+    info = profile.contention
     if not info.get("neighbours"):
         return ""
     top = ", ".join(f"{p.get('name')} {p.get('cpu', 0):.2f}" for p in info.get("top") or [])
