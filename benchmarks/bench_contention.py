@@ -23,7 +23,7 @@ then all timed again in turn in one process, the host's drift taken out: ``profi
 
 Statistics (``benchmarks/contention_stats.py``), loaded against quiet, with their targets: the
 share of cells whose ratio to the baseline is within 15% of the quiet one (>= 90%) and the cells
-outside 15% not flagged noisy/contended (0); the largest difference of fitted time exponents
+outside 15% not flagged (noisy, contended or beside busy neighbours: not clean) (0); the largest difference of fitted time exponents
 (<= 0.1); Kendall's tau of the mixers' ranking per (mode, T), mean over groups (>= 0.9); the
 quiet run's flagged share (<= 10%). Exit 1 when a target is missed, 2 on bad input.
 Writes ``bench-out/bench_contention.json``.
@@ -301,20 +301,25 @@ def print_pair(r: dict, baseline: str, load_procs: int) -> None:
     print(f"  outside 15% and not flagged            {ra['unflagged_outliers']}"
           f"   target 0   {mark['unflagged_outliers']}"
           + (f"   ({', '.join(f'{a} {m} T={T}' for a, m, T in ra['outlier_cells'])})" if ra["outlier_cells"] else ""))
+    on_all = sum(not row["clean"] for row in ex["rows"])
     print(f"  time exponents, max |loaded - quiet|   {ex['max_exponent_diff']:.3f} ({len(ex['rows'])} series fitted, "
-          f"{len(ex['skipped'])} with < 3 clean lengths)   target <= 0.1   {mark['max_exponent_diff']}")
+          f"{on_all} on every length for < 3 clean ones, {len(ex['skipped'])} unfitted)   target <= 0.1   "
+          f"{mark['max_exponent_diff']}")
     print(f"  ranking per (mode, T), Kendall tau     mean {rk['kendall_tau_mean']:.3f}, min {rk['kendall_tau_min']:.3f} "
           f"({len(rk['rows'])} groups)   target mean >= 0.9   {mark['kendall_tau_mean']}")
-    print(f"  quiet run flagged (noisy|contended)    {qf['flagged']}/{qf['n']} ({_pct(qf['share'])}; "
-          f"{qf['noisy']} noisy, {qf['contended']} contended)   target <= 10%   {mark['quiet_flagged_share']}")
+    print(f"  quiet run flagged (not clean)          {qf['flagged']}/{qf['n']} ({_pct(qf['share'])}; "
+          f"{qf['noisy']} noisy, {qf['contended']} contended, {qf['neighbours']} neighbours)   target <= 10%   "
+          f"{mark['quiet_flagged_share']}")
     for name in ("loaded", "quiet"):
         c = r["contention"][name]
         if not c["probed"]:
             print(f"  {name} run: no contention fields in the records (probe not wired into zoo profile)")
             continue
         other = "n/a" if c["other_cpu_mean"] is None else f"{c['other_cpu_mean']:.2f}"
+        beside = "n/a" if c.get("neighbour_cpu_mean") is None else f"{c['neighbour_cpu_mean']:.2f}"
         print(f"  {name} run: {c['contended_cells']} contended cells, {c['contended_samples']} contended samples "
-              f"discarded ({c['samples']} kept), others' CPU {other} cores on average")
+              f"discarded ({c['samples']} kept), others' CPU {other} cores on average; "
+              f"{c.get('neighbour_cells', 0)} cells beside busy neighbours (others on the free cores: {beside})")
     worst = sorted(ra["rows"], key=lambda row: -abs(row["off"]))[:5]
     if worst:
         print("  largest ratio differences: " + ", ".join(

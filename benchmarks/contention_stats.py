@@ -3,12 +3,14 @@ count (issue 10). Pure functions of cell records (``docs/RECORDS.md``); numpy on
 
 - ratio to the baseline mixer at the same (mode, T): the share of cells whose loaded ratio is
   within 15% of the quiet one, and the cells outside 15% that the loaded run did not flag
-  (``noisy`` or ``contended``); a ratio is flagged when either of its two cells is;
+  (not clean: ``noisy``, ``contended`` or timed beside busy ``neighbours``); a ratio is flagged
+  when either of its two cells is;
 - fitted time exponents (``reports.fit.fit_scaling``, the report's own fit) per (label, mode),
-  both runs fitted on the same lengths: those where both cells are ``ok`` and clean (the report
-  fits clean cells only); the largest absolute difference;
+  both runs fitted on the same lengths: those where both cells are ``ok`` and clean when there are
+  enough, else every length ``ok`` in both (the report's rule, ``reports.fit.fit_series``: it
+  fits clean cells only when it can, else all of them with a ``~``); the largest absolute difference;
 - the ranking of mixers per (mode, T): Kendall's tau-b between the two runs (mean and minimum);
-- the quiet run's flagged (noisy or contended) share.
+- the quiet run's flagged (not clean) share.
 """
 
 from __future__ import annotations
@@ -51,12 +53,11 @@ def load_cells(path: str | Path) -> list[dict[str, Any]]:
 
 
 def flagged(cell: dict[str, Any]) -> bool:
-    """Noisy or contended: the report's rule where it has one (``reports.cells``)."""
-    try:
-        from reports.cells import is_contended, is_noisy
-    except ImportError:  # a report without the clean-cell rule: the record fields as written
-        return bool(cell.get("noisy")) or bool(cell.get("contended"))
-    return is_noisy(cell) or is_contended(cell)
+    """Not clean (noisy, contended, or beside busy neighbours): the report's rule
+    (:func:`reports.cells.unclean_reasons`)."""
+    from reports.cells import unclean_reasons
+
+    return bool(unclean_reasons(cell))
 
 
 def _ok(cells: Iterable[dict[str, Any]]) -> dict[Key, dict[str, Any]]:
@@ -101,13 +102,19 @@ def compare_exponents(loaded: list[dict], quiet: list[dict]) -> dict[str, Any]:
     from reports.fit import fit_scaling
 
     ol, oq = _ok(loaded), _ok(quiet)
-    series: dict[tuple, list[int]] = {}
+    both: dict[tuple, list[int]] = {}
+    clean: dict[tuple, list[int]] = {}
     for (label, mode, T), c in ol.items():
-        if not flagged(c) and (label, mode, T) in oq and not flagged(oq[(label, mode, T)]):
-            series.setdefault((label, mode), []).append(T)
+        if (label, mode, T) in oq:
+            both.setdefault((label, mode), []).append(T)
+            if not flagged(c) and not flagged(oq[(label, mode, T)]):
+                clean.setdefault((label, mode), []).append(T)
     rows, skipped = [], []
     for (label, mode) in sorted({(k[0], k[1]) for k in ol} | {(k[0], k[1]) for k in oq}):
-        lengths = sorted(series.get((label, mode), []))
+        lengths = sorted(clean.get((label, mode), []))
+        all_clean = len(lengths) >= MIN_FIT_LENGTHS
+        if not all_clean:  # the report then fits every length, with a ~ and no verdict
+            lengths = sorted(both.get((label, mode), []))
         if len(lengths) < MIN_FIT_LENGTHS:
             skipped.append((label, mode))
             continue
@@ -117,7 +124,7 @@ def compare_exponents(loaded: list[dict], quiet: list[dict]) -> dict[str, Any]:
             fit = fit_scaling(lengths, [c["time_median_s"] for c in cells], n_boot=2)
             ks.append(fit.k if fit is not None else float("nan"))
         rows.append({"series": (label, mode), "lengths": lengths, "loaded": ks[0], "quiet": ks[1],
-                     "diff": abs(ks[0] - ks[1])})
+                     "diff": abs(ks[0] - ks[1]), "clean": all_clean})
     diffs = [r["diff"] for r in rows if not math.isnan(r["diff"])]
     return {"max_exponent_diff": max(diffs) if diffs else float("nan"), "rows": rows, "skipped": skipped}
 
@@ -166,6 +173,7 @@ def flagged_share(cells: list[dict]) -> dict[str, Any]:
     n_flag = sum(flagged(c) for c in ok)
     return {"n": len(ok), "flagged": n_flag, "noisy": sum(bool(c.get("noisy")) for c in ok),
             "contended": sum(bool(c.get("contended")) for c in ok),
+            "neighbours": sum(bool(c.get("neighbours")) for c in ok),
             "share": n_flag / len(ok) if ok else float("nan")}
 
 
@@ -173,7 +181,10 @@ def contention_summary(cells: list[dict]) -> dict[str, Any]:
     """What a run's cells recorded about contention (fields absent before the probe is wired)."""
     ok = list(_ok(cells).values())
     other = [c["other_cpu"] for c in ok if c.get("other_cpu") is not None]
+    beside = [c["neighbour_cpu"] for c in ok if c.get("neighbour_cpu") is not None]
     return {"cells": len(ok), "contended_cells": sum(bool(c.get("contended")) for c in ok),
+            "neighbour_cells": sum(bool(c.get("neighbours")) for c in ok),
+            "neighbour_cpu_mean": sum(beside) / len(beside) if beside else None,
             "contended_samples": sum(int(c.get("contended_samples") or 0) for c in ok),
             "samples": sum(int(c.get("time_n") or 0) for c in ok),
             "other_cpu_mean": sum(other) / len(other) if other else None,

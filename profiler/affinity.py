@@ -23,9 +23,12 @@ from typing import Callable
 
 from profiler.contention import per_cpu_ticks
 
-__all__ = ["PIN_WINDOW_S", "per_cpu_busy", "quietest", "pin_quietest", "restore"]
+__all__ = ["PIN_WINDOW_S", "per_cpu_busy", "quietest", "pin_quietest", "restore", "free_cpus"]
 
 PIN_WINDOW_S = 0.1  # others' per-CPU use is read over this much wall time before a cell pins
+
+# the mask pin_quietest found (the CPUs the sweep may use) while this process is pinned, else None
+_unpinned: frozenset[int] | None = None
 
 
 def per_cpu_busy(proc: str = "/proc") -> dict[int, float] | None:
@@ -71,12 +74,24 @@ def pin_quietest(threads: int, *, window_s: float = PIN_WINDOW_S, read: Callable
     after = read()
     if before is None or after is None:
         return None
+    global _unpinned
     cpus = quietest(threads, allowed, before, after)
     _set_all_threads(set(cpus))
+    _unpinned = allowed
     return cpus, allowed
 
 
 def restore(previous: frozenset[int] | None) -> None:
     """Give this process back the mask :func:`pin_quietest` returned (no-op for None)."""
+    global _unpinned
     if previous is not None and hasattr(os, "sched_setaffinity"):
         _set_all_threads(set(previous))
+        _unpinned = None
+
+
+def free_cpus() -> frozenset[int]:
+    """The CPUs the sweep may use that this process was not pinned to by :func:`pin_quietest` (the
+    ones it leaves to others): empty when not pinned or where the affinity cannot be read."""
+    if _unpinned is None or not hasattr(os, "sched_getaffinity"):
+        return frozenset()
+    return _unpinned - frozenset(os.sched_getaffinity(0))

@@ -259,7 +259,8 @@ def note_contention(run: _Run, info: dict[str, Any], probe) -> None:
         run.note(contended_samples=info.get("contended_samples"), other_cpu=info.get("other_cpu"),
                  contended=info.get("contended"))
         extra = probe.summary() if callable(getattr(probe, "summary", None)) else {}
-        run.note(**{k: extra.get(k) for k in ("steal_cpu", "run_wait", "quiet_wait_s") if k in extra})
+        run.note(**{k: extra.get(k) for k in ("steal_cpu", "run_wait", "quiet_wait_s", "neighbour_cpu", "neighbours")
+                    if k in extra})
 
 
 def _time_in_heap(run: _Run, step: Step, device: torch.device, managed: bool, since: float) -> tuple[list[float], str]:

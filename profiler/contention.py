@@ -15,6 +15,13 @@ the samples (median, minimum) recovers the quiet value. So contention is *observ
 - ``run_wait``: how many of this process's threads were, on average, runnable but waiting for a
   CPU during the sample (``run_delay`` of ``/proc/self/task/*/schedstat``, ns). Exact at any sample
   length, and it measures the harm itself; ignored when the cell runs more threads than cores.
+- ``neighbour_cpu``: cores other processes used, over the same window, on the CPUs the sweep may
+  use but left free (the cell is pinned to the quietest ones, :mod:`profiler.affinity`). No sample
+  figure sees what they do to the cell, yet they share caches, memory bandwidth and perhaps a
+  physical core with it: beside one busy process on the 2-core VM, with the cell on the other
+  core, cells ran 1.1-1.4x slower, unequally, and ratios between mixers moved by up to 28%.
+  A cell whose samples saw them use :data:`NEIGHBOUR_CPU` cores or more on average is marked
+  ``neighbours`` (:func:`neighbours_busy`): not clean, like a contended or noisy one.
 
 *Threshold*, one rule (:func:`judge`): a cell of ``threads`` threads on ``cores`` CPUs leaves
 ``cores - threads`` free; a sample is *contended* when others used more than :data:`OTHER_LIMIT`
@@ -39,8 +46,9 @@ of their time.
 5. A cell still short of clean samples is recorded ``contended: true`` and shown as such.
 
 Interleaving the cells of one length in rounds is a sweep-level change, proposed separately.
-*Limits.* Contention that takes no CPU time on the cell's cores is invisible here: memory bandwidth
-and caches used from a free core, or an SMT sibling hidden by a hypervisor.
+*Limits.* What others do from the free cores is seen as their CPU time there (``neighbour_cpu``),
+not as its effect on the cell, which may be nothing or 40%; other tenants of a VM's host are seen
+only as steal, and through the drift they cause (:mod:`profiler.drift`).
 """
 
 from __future__ import annotations
@@ -57,6 +65,7 @@ __all__ = [
     "OTHER_LIMIT", "WAIT_LIMIT", "MIN_WINDOW_S", "TICK_SLACK", "CONTENDED_RUN",
     "ProcReader", "per_cpu_ticks", "ContentionProbe", "judge", "usable_cores", "current_threads", "cpu_quota", "busy_cores", "auto_threads",
     "measure_others", "wait_for_quiet", "preflight", "preflight_line", "neighbour_line", "warn_if_busy", "NEIGHBOUR_CPU",
+    "neighbours_busy", "PROBE_FIELDS",
 ]
 
 OTHER_LIMIT = 0.2  # cores of the cell's cores others may use before a sample is contended
@@ -69,6 +78,11 @@ PREFLIGHT_WINDOW_S = 0.5
 # others' CPU (cores), on the cores a sweep leaves free, from which the pre-flight notes them: they share
 # the caches, memory bandwidth and perhaps the physical cores with the sweep, which no sample figure sees
 NEIGHBOUR_CPU = 0.5
+
+# the per-cell fields a probe's samples give (ContentionProbe.summary and the sampler's verdict); a
+# timing run that replaces another's timing replaces these with it (profiler.rounds, profiler.interleave)
+PROBE_FIELDS = ("contended", "contended_samples", "other_cpu", "steal_cpu", "run_wait", "quiet_wait_s",
+                "neighbour_cpu", "neighbours")
 
 
 # --------------------------------------------------------------------------- readers
@@ -222,6 +236,12 @@ def judge(other_cpu: float | None, run_wait: float | None, *, threads: int, core
     return False, None
 
 
+def neighbours_busy(neighbour_cpu: float | None) -> bool:
+    """Whether others' CPU use (cores) on the cores a sweep leaves free is enough to mark it: the
+    one rule of the pre-flight note and of a cell's ``neighbours`` mark."""
+    return neighbour_cpu is not None and neighbour_cpu >= NEIGHBOUR_CPU
+
+
 def busy_cores(other_cpu: float | None, cores: int) -> int:
     """Cores to leave to others: the fewest that keep their overlap with ours within OTHER_LIMIT."""
     if other_cpu is None:
@@ -253,10 +273,20 @@ class _Snap:
     t: float
     cpu: tuple[float, float] | None  # (busy, steal) seconds of the watched CPUs
     own: float
+    free: float | None = None  # busy seconds of the CPUs the sweep left free (None: none, or unreadable)
 
 
-def _snap(reader: ProcReader, cpus: frozenset[int] | None) -> _Snap:
-    return _Snap(reader.now(), reader.cpu_times(cpus), reader.own_cpu())
+def _snap(reader: ProcReader, cpus: frozenset[int] | None, free: frozenset[int] = frozenset()) -> _Snap:
+    busy_free = reader.cpu_times(free) if free else None
+    return _Snap(reader.now(), reader.cpu_times(cpus), reader.own_cpu(), None if busy_free is None else busy_free[0])
+
+
+def _neighbours(a: _Snap, b: _Snap) -> float | None:
+    """Others' cores on the free CPUs between two snapshots (this process is not on them)."""
+    wall = b.t - a.t
+    if a.free is None or b.free is None or wall <= 0:
+        return None
+    return max(0.0, (b.free - a.free) / wall)
 
 
 def _others(a: _Snap, b: _Snap) -> tuple[float | None, float | None]:
@@ -304,15 +334,18 @@ class ContentionProbe:
     """What the rest of the machine did during each timed sample of ONE cell.
 
     The timing loop calls ``begin()`` right before a sample's clock starts and ``end()`` right
-    after it stops; ``end()`` returns ``{contended, other_cpu, steal_cpu, run_wait, window_s,
-    quiet_wait_s, why}`` (cores, threads, seconds; ``None`` where unreadable). ``summary()`` gives
-    the per-cell fields. ``threads``: the threads the cell runs (default: torch's current count
-    when torch is loaded, so ``ContentionProbe()`` is a zero-argument factory for the cell
-    process); ``wait_budget_s``: the most this probe waits for quiet in all.
+    after it stops; ``end()`` returns ``{contended, other_cpu, steal_cpu, run_wait, neighbour_cpu,
+    window_s, quiet_wait_s, why}`` (cores, threads, seconds; ``None`` where unreadable).
+    ``summary()`` gives the per-cell fields. ``threads``: the threads the cell runs (default:
+    torch's current count when torch is loaded, so ``ContentionProbe()`` is a zero-argument factory
+    for the cell process); ``wait_budget_s``: the most this probe waits for quiet in all;
+    ``free_cpus``: the CPUs the sweep left free, whose use by others is ``neighbour_cpu`` (default:
+    :func:`profiler.affinity.free_cpus`, those the cell's pinning left out).
     """
 
     def __init__(self, threads: int | None = None, *, wait_budget_s: float = 0.5, reader: ProcReader | None = None,
-                 cores: int | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+                 cores: int | None = None, sleep: Callable[[float], None] = time.sleep,
+                 free_cpus: frozenset[int] | None = None) -> None:
         threads = current_threads() if threads is None else threads
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads: expected a positive integer, got {threads!r}")
@@ -320,6 +353,11 @@ class ContentionProbe:
         self.reader = reader or ProcReader()
         n, self.cpus = usable_cores()
         self.cores = cores or n
+        if free_cpus is None:
+            from profiler.affinity import free_cpus as pinned_out  # affinity imports this module
+
+            free_cpus = pinned_out()
+        self.free_cpus = frozenset(free_cpus)
         self._sleep = sleep
         self._history: deque[_Snap] = deque()  # begin snapshots of recent samples, oldest first
         self._begin: _Snap | None = None
@@ -337,14 +375,14 @@ class ContentionProbe:
             self._wait_left = self._wait_left - got["waited_s"] if got["quiet"] else 0.0  # persistent load
             self._streak = 0
             self._history.clear()  # the next window starts after the wait, not in the load before it
-        self._begin = _snap(self.reader, self.cpus)
+        self._begin = _snap(self.reader, self.cpus, self.free_cpus)
         self._history.append(self._begin)
         self._waits0 = self.reader.thread_waits()
 
     def end(self) -> dict[str, Any]:
         if self._begin is None:
             raise RuntimeError("ContentionProbe.end() called without begin()")
-        now = _snap(self.reader, self.cpus)
+        now = _snap(self.reader, self.cpus, self.free_cpus)
         waits1 = self.reader.thread_waits()
         wall = now.t - self._begin.t
         # others' CPU over the newest window >= MIN_WINDOW_S ending now (ticks are coarse)
@@ -365,13 +403,15 @@ class ContentionProbe:
         self._streak = self._streak + 1 if contended else 0
         self._begin = None
         result = {"contended": contended, "other_cpu": other, "steal_cpu": steal, "run_wait": run_wait,
+                  "neighbour_cpu": _neighbours(start, now),
                   "window_s": window if other is not None else None, "quiet_wait_s": self._quiet_wait, "why": why}
         self.results.append(result)
         return result
 
     def summary(self) -> dict[str, Any]:
         """Per-cell fields: ``contended_samples`` (of ``probed_samples``), means of ``other_cpu``,
-        ``steal_cpu`` and ``run_wait`` over the probed samples, total ``quiet_wait_s``."""
+        ``steal_cpu``, ``run_wait`` and ``neighbour_cpu`` over the probed samples, total
+        ``quiet_wait_s``, and ``neighbours`` (:func:`neighbours_busy` of that mean)."""
 
         def mean(key: str) -> float | None:
             vals = [r[key] for r in self.results if r[key] is not None]
@@ -384,6 +424,8 @@ class ContentionProbe:
             "steal_cpu": mean("steal_cpu"),
             "run_wait": mean("run_wait"),
             "quiet_wait_s": round(sum(r["quiet_wait_s"] for r in self.results), 4),
+            "neighbour_cpu": mean("neighbour_cpu"),
+            "neighbours": neighbours_busy(mean("neighbour_cpu")),
         }
 
 
@@ -414,7 +456,7 @@ def preflight(threads: int | str | None = None, *, window_s: float = PREFLIGHT_W
         "top": top, "busy": busy,
     }
     info["message"] = preflight_line(info)
-    info["neighbours"] = bool(not busy and (info["other_cpu"] or 0.0) >= NEIGHBOUR_CPU)
+    info["neighbours"] = bool(not busy and neighbours_busy(info["other_cpu"]))
     info["note"] = neighbour_line(info)
     return info
 
@@ -463,9 +505,9 @@ def neighbour_line(info: dict[str, Any]) -> str | None:
     top = _top_text(info)
     return (f"note: other processes use {info['other_cpu']:.2f} of {info['cores']} cores"
             f"{f' (busiest: {top})' if top else ''}, on cores the sweep's {info['threads']} thread(s) leave free: "
-            f"its samples are not marked contended, but those processes share caches, memory bandwidth and "
-            f"perhaps physical cores with it, which no sample figure sees (ratios between mixers moved by up "
-            f"to 28% under one such process on the 2-core VM). For numbers to quote, stop them")
+            f"they share caches, memory bandwidth and perhaps physical cores with it (ratios between mixers "
+            f"moved by up to 28% under one such process on the 2-core VM), so cells timed while they run are "
+            f"marked as timed beside busy neighbours and not fitted. For numbers to quote, stop them")
 
 
 def warn_if_busy(info: dict[str, Any], stream=None) -> bool:

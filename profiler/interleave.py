@@ -45,6 +45,7 @@ import torch
 from profiler.affinity import restore
 from profiler.builders import load_builder, load_ref, torch_dtype
 from profiler.cases import Cell
+from profiler.contention import PROBE_FIELDS
 from profiler.drift import drift_factors, sensitivity
 from profiler.heap import release_heap, set_heap_mode
 from profiler.memory import is_oom
@@ -88,8 +89,7 @@ COMPANIONS = 4
 PASS_WARMUP_CALLS = 2
 
 # what the group reports per cell, replacing the isolated round's values
-GROUP_FIELDS = ("contended", "contended_samples", "other_cpu", "steal_cpu", "run_wait", "quiet_wait_s",
-                "time_block", "warmup_calls", "warmup_s")
+GROUP_FIELDS = PROBE_FIELDS + ("time_block", "warmup_calls", "warmup_s")
 
 
 def can_interleave(cell: Cell, result: dict[str, Any]) -> bool:

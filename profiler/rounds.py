@@ -31,13 +31,13 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from profiler.cases import Cell
+from profiler.contention import PROBE_FIELDS
 from profiler.timing import summarise_samples
 
 __all__ = ["length_groups", "round_order", "merge_rounds", "TIMING_FIELDS"]
 
 # the fields a timing-only round reports that replace round 1's when that round is chosen
-TIMING_FIELDS = ("contended", "contended_samples", "other_cpu", "steal_cpu", "run_wait", "quiet_wait_s",
-                 "time_block", "warmup_calls", "warmup_s", "cpus")
+TIMING_FIELDS = PROBE_FIELDS + ("time_block", "warmup_calls", "warmup_s", "cpus")
 
 
 def length_groups(cells: Iterable[Cell]) -> list[list[Cell]]:

@@ -1,10 +1,12 @@
 """Rules about one cell record (a dict as in ``docs/RECORDS.md``), shared by the report and the
 profiler (standard library only):
 
-* **clean**: an ``ok`` timing taken on a quiet machine: neither ``noisy`` (IQR / median above the
-  profiler's threshold after its repetition budget) nor ``contended`` (other processes used the
-  cores while it was timed). Only clean timings feed exponent verdicts and crossovers. Records
-  written before ``contended`` existed read as not contended.
+* **clean**: an ``ok`` timing taken on a quiet machine: not ``noisy`` (IQR / median above the
+  profiler's threshold after its repetition budget), not ``contended`` (other processes used the
+  cores while it was timed) and not timed beside busy ``neighbours`` (other processes used the
+  cores the sweep left free: they share caches, memory bandwidth, perhaps physical cores). Only
+  clean timings feed exponent verdicts and crossovers. Records written before a field existed read
+  as not flagged by it.
 * **series**: the cells of one curve T -> cost. Everything that changes the comparison but T
   is part of it, the thread count included: cells timed with different thread counts are never
   one series, one fit or one line.
@@ -15,7 +17,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-__all__ = ["SERIES_FIELDS", "series_identity", "is_noisy", "is_contended", "is_clean", "record_flag"]
+__all__ = ["SERIES_FIELDS", "series_identity", "is_noisy", "is_contended", "has_neighbours", "is_clean", "record_flag",
+           "unclean_reasons"]
 
 SERIES_FIELDS = ("label", "scope", "mode", "batch", "dim", "heads", "depth", "dtype", "device", "causal", "model",
                  "pad_fraction", "compile", "threads")
@@ -38,9 +41,19 @@ def is_contended(record: Mapping[str, Any]) -> bool:
     return record_flag(record.get("contended"))
 
 
+def has_neighbours(record: Mapping[str, Any]) -> bool:
+    return record_flag(record.get("neighbours"))
+
+
+def unclean_reasons(record: Mapping[str, Any]) -> list[str]:
+    """Why a timing is not clean, in the report's words and order (contended, neighbours, noisy)."""
+    return [why for why, flag in (("contended", is_contended(record)), ("neighbours", has_neighbours(record)),
+                                  ("noisy", is_noisy(record))) if flag]
+
+
 def is_clean(record: Mapping[str, Any]) -> bool:
-    """An ok cell whose timing is neither noisy nor contended."""
-    return record.get("status") == "ok" and not is_noisy(record) and not is_contended(record)
+    """An ok cell whose timing is neither noisy, nor contended, nor taken beside busy neighbours."""
+    return record.get("status") == "ok" and not unclean_reasons(record)
 
 
 def _freeze(v: Any) -> Any:

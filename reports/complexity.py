@@ -93,9 +93,9 @@ def _lengths_cell(fits: list[SeriesFit]) -> str:
     if used[0] and used[1] and used[0] != used[1]:
         text = f"time {lengths_text(used[0])}; memory {lengths_text(used[1])}"
     if any(f.fit is not None and not f.clean for f in fits):
-        text += "; noisy or contended timings included (too few clean lengths)"
+        text += "; noisy or busy-machine timings included (too few clean lengths)"
     if excluded:
-        text += "; left out (noisy or contended): " + ", ".join(format_length(T) for T in excluded)
+        text += "; left out (noisy or busy machine): " + ", ".join(format_length(T) for T in excluded)
     return text
 
 
@@ -120,12 +120,12 @@ _INTRO = (
     f"with fewer than {MIN_POINTS_OFFSET} lengths a plain log-log slope), with a 95% bootstrap interval: "
     "timing repetitions resampled within each length, or fit residuals for memory. No exponent from "
     f"fewer than {MIN_FIT_LENGTHS} lengths. Failed cells (OOM, timeout) are left out, and so are timings "
-    "marked noisy (~) or contended (≈) when enough clean lengths remain; otherwise the fit uses them, is "
+    "marked noisy (~) or taken on a busy machine (≈: contended, or beside busy neighbours) when enough clean lengths remain; otherwise the fit uses them, is "
     "shown with a leading ~ and never judged. ⚠ only on clean data, where |k − declared| > "
     f"{FLAG_THRESHOLD} and the interval excludes the declared exponent: the measured range is not yet "
     "asymptotic (overheads, caches) or the implementation does not scale as its class says; "
     "\"inconclusive\" where the gap is as large but the interval still holds the declared exponent, "
-    "\"inconclusive (noisy data)\" where it rests on noisy or contended timings."
+    "\"inconclusive (data not clean)\" where it rests on noisy or busy-machine timings."
 )
 
 

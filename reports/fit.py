@@ -210,7 +210,7 @@ class SeriesFit:
 
     ``fit`` is None with fewer than :data:`MIN_FIT_LENGTHS` usable lengths (``reason`` says so);
     ``clean`` is True when every point fitted was a clean timing; ``excluded`` lists the lengths
-    left out because their timing was noisy or contended.
+    left out because their timing was not clean (noisy, contended, or beside busy neighbours).
     """
 
     fit: Fit | None
@@ -260,8 +260,8 @@ class Verdict:
 
     ``status``: ``agrees``, ``flagged`` (clean data, |k - declared| > :data:`FLAG_THRESHOLD` and
     the interval excludes the declared exponent), ``inconclusive`` (as large a gap, but the
-    interval holds the declared exponent), ``noisy`` (the gap rests on noisy or contended
-    timings), ``unfitted`` (too few lengths) or ``undeclared``.
+    interval holds the declared exponent), ``noisy`` (the gap rests on timings that are
+    not clean), ``unfitted`` (too few lengths) or ``undeclared``.
     """
 
     status: str
@@ -282,9 +282,9 @@ def judge_exponent(series: SeriesFit, declared: float | None) -> Verdict:
         return Verdict("undeclared", mark + fit.interval)
     gap = fit.k - declared
     if abs(gap) <= FLAG_THRESHOLD:
-        return Verdict("agrees", mark + fit.interval + ("" if series.clean else " (noisy data)"))
+        return Verdict("agrees", mark + fit.interval + ("" if series.clean else " (data not clean)"))
     if not series.clean:
-        return Verdict("noisy", f"~{fit.interval} inconclusive (noisy data)")
+        return Verdict("noisy", f"~{fit.interval} inconclusive (data not clean)")
     if fit.k_lo <= declared <= fit.k_hi:
         return Verdict("inconclusive", f"{fit.interval} (inconclusive)")
     return Verdict("flagged", f"{fit.interval}: {gap:+.2f} vs {declared_class(declared)}")

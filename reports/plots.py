@@ -119,7 +119,7 @@ def _draw_series(ax, T: np.ndarray, y: np.ndarray, clean: np.ndarray, color: str
 
 def _hollow_handle() -> Line2D:
     return Line2D([], [], color="#444444", marker="o", mfc="white", mew=1.4, ls="none",
-                  label="hollow: noisy or\ncontended timing\n(not fitted)")
+                  label="hollow: noisy or\ncontended timing,\nor busy neighbours\n(not fitted)")
 
 
 def plot_scaling(cells: pd.DataFrame, metric: str = "time", title: str = "") -> Figure:

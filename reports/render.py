@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
-from reports.cells import is_contended, is_noisy
+from reports.cells import unclean_reasons
 from reports.complexity import complexity_section
 from reports.doc import Bold, Doc, Figure, Flag, Frame, group_heading, lengths_text, make_figure
 from reports.errors import ReportError
@@ -243,7 +243,8 @@ def _environment_section(doc: Doc, profiles: list[Profile], cells: pd.DataFrame)
 
 
 def _unclean_cells(doc: Doc, cells: pd.DataFrame) -> None:
-    """The timings that are not clean (noisy or contended), so the reader can judge the marks."""
+    """The timings that are not clean (noisy, contended, or beside busy neighbours), so the reader
+    can judge the marks."""
     doc.h3("Noisy or contended timings")
     if cells.empty:
         doc.p("None.")
@@ -254,12 +255,13 @@ def _unclean_cells(doc: Doc, cells: pd.DataFrame) -> None:
         doc.p("None: every timed cell met the spread threshold (IQR / median) on a quiet machine.")
         return
     doc.p("Left out of exponent verdicts and crossovers, drawn hollow in the scaling plots. Other CPU: "
-          "cores other processes used while the cell was timed; contended samples: samples taken then.")
+          "cores other processes used while the cell was timed, on its cores and, after the slash, on the "
+          "cores the sweep left free (neighbours); contended samples: samples taken while they used its cores.")
     rows = []
     for _, c in unclean.sort_values(["run", "label", "mode", "T"]).iterrows():
         spread = c["time_iqr_s"] / c["time_median_s"] if c["time_median_s"] else float("nan")
-        why = ", ".join(w for w, flag in (("contended", is_contended(c)), ("noisy", is_noisy(c))) if flag)
-        other = f"{c['other_cpu']:.2f}" if "other_cpu" in c and pd.notna(c["other_cpu"]) else "–"
+        why = ", ".join(unclean_reasons(c))
+        other = " / ".join(f"{c[k]:.2f}" if k in c and pd.notna(c[k]) else "–" for k in ("other_cpu", "neighbour_cpu"))
         rows.append([c["run"], c["label"], c["mode"], str(int(c["T"])), why, f"{spread:.0%}",
                      str(_int_or(c["time_n"])), str(_int_or(c.get("contended_samples"))), other])
     doc.frame(Frame(["run", "mixer", "mode", "T", "why", "IQR / median", "repetitions", "contended samples",
@@ -356,18 +358,18 @@ def cut_sweep(profile) -> str:
 
 def busy_neighbours(profile) -> str:
     """A sentence when the sweep's pre-flight found other processes busy on the cores the sweep left
-    free ('' when not; ``neighbours`` in the header's ``contention``, decided by the profiler):
-    nothing flags its cells, yet they were timed beside that load."""
+    free ('' when not; ``neighbours`` in the header's ``contention``, decided by the profiler). The
+    cells timed while they ran carry their own ``neighbours`` mark; this says why, once."""
     info = profile.contention
     if not info.get("neighbours"):
         return ""
     top = ", ".join(f"{p.get('name')} {p.get('cpu', 0):.2f}" for p in info.get("top") or [])
     return (f"{profile.name}: when the sweep started, other processes used {info.get('other_cpu', 0):.2f} of "
             f"{info.get('cores')} cores{f' ({top})' if top else ''}, on the cores its {info.get('threads')} "
-            f"thread(s) left free, so no cell is marked contended. They still shared the caches, the memory "
-            f"bandwidth and perhaps the physical cores with it, which no per-sample figure sees (on the 2-core "
-            f"VM one such process moved ratios between mixers by up to 28%, unflagged). Quote numbers from a "
-            f"run on a quiet machine.")
+            f"thread(s) left free. They share the caches, the memory bandwidth and perhaps the physical cores "
+            f"with the sweep, which no per-sample figure sees (on the 2-core VM one such process moved ratios "
+            f"between mixers by up to 28%), so the cells timed while they ran are marked ≈ and not fitted. "
+            f"Quote numbers from a run on a quiet machine.")
 
 
 def _consumption_section(doc: Doc, runs: list[tuple[str, pd.DataFrame]], baseline: str, latex: list[str],
@@ -417,7 +419,8 @@ def _scaling_section(doc: Doc, runs: list[tuple[str, pd.DataFrame]], cells: pd.D
           "× marks the first length that ran out of memory, placed by extending the last measured slope. "
           "Dashed grey lines are O(T), O(T log T) and O(T²) for reference. Lower panels: local slopes "
           "between consecutive lengths (1 = linear, 2 = quadratic). Hollow markers: timings that are "
-          "noisy or were taken while other processes used the cores; they are drawn but never fitted. "
+          "noisy or were taken while other processes used the cores (or, beside them, the cores the sweep "
+          "left free); they are drawn but never fitted. "
           "Each overview is followed by small multiples: one panel per mixer on shared axes, with the "
           "baseline in grey in every panel.")
     for group, part in group_cells(cells, SHAPE_COLUMNS if len(runs) > 1 else None):

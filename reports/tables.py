@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from reports.cells import is_contended, is_noisy
+from reports.cells import has_neighbours, is_contended, is_noisy
 from reports.metrics import (
     MEMORY,
     SPEED,
@@ -57,11 +57,13 @@ class Entry:
     reason: str = ""
     noisy: bool = False  # IQR / median above the profiler's threshold: printed with a leading ~
     contended: bool = False  # timed while other processes used the cores: printed with a leading ≈
+    neighbours: bool = False  # timed while other processes used the cores left free: a leading ≈ too
 
     @property
     def prefix(self) -> str:
-        """'≈' for a contended timing, '~' for a noisy one: not clean, never fitted or ranked on."""
-        return "≈" if self.contended else ("~" if self.noisy else "")
+        """'≈' for a timing on a shared machine (contended, or beside busy neighbours), '~' for a
+        noisy one: not clean, never fitted or ranked on."""
+        return "≈" if self.contended or self.neighbours else ("~" if self.noisy else "")
 
     @property
     def ratio_text(self) -> str:
@@ -134,7 +136,8 @@ def _block(cells: pd.DataFrame, metric: Metric, labels, lengths, baseline) -> Bl
             text = format_number(v / scale)
             timed = metric.name != "memory"  # memory readings do not suffer from a busy machine
             block.entries[(label, T)] = Entry(text, "ok", value=float(text.replace(",", "")),
-                                              noisy=timed and is_noisy(row), contended=timed and is_contended(row))
+                                              noisy=timed and is_noisy(row), contended=timed and is_contended(row),
+                                              neighbours=timed and has_neighbours(row))
             raw[(label, T)] = float(v)
         else:
             reason = "" if pd.isna(row["reason"]) else str(row["reason"])
@@ -171,10 +174,13 @@ def consumption_table(cells: pd.DataFrame, baseline: str | None = "softmax", tit
         notes.append(f"In parentheses: {direction} and memory as a multiple of {base}'s at the same length "
                      "(none where the baseline has no number).")
     notes.append("Bold: best per column; underlined: second best.")
-    if any(e.noisy and not e.contended for b in blocks for e in b.entries.values()):
+    if any(e.prefix == "~" for b in blocks for e in b.entries.values()):
         notes.append("~: a noisy timing (IQR / median above 10% after the repetition budget); see Environment.")
     if any(e.contended for b in blocks for e in b.entries.values()):
         notes.append("≈: timed while other processes used the cores (contended); see Environment.")
+    if any(e.neighbours and not e.contended for b in blocks for e in b.entries.values()):
+        notes.append("≈: timed while other processes used the cores the sweep left free (busy neighbours: they "
+                     "share caches and memory bandwidth); see Environment.")
     if any(e.prefix for b in blocks for e in b.entries.values()):
         notes.append("Timings marked ~ or ≈ are not clean: left out of exponent verdicts and crossovers.")
     mem_methods = sorted(str(m) for m in cells["mem_method"].dropna().unique())
@@ -315,6 +321,7 @@ def _html_entry(e: Entry) -> str:
     ratio = f' <span class="ratio">{html.escape(e.ratio_text)}</span>' if e.ratio is not None else ""
     kind = "oom" if e.text.startswith("OOM") else ("" if e.status == "ok" else e.status)
     reason = e.reason or ("contended: timed while other processes used the cores" if e.contended
+                          else "neighbours: timed while other processes used the cores left free" if e.neighbours
                           else "noisy: IQR / median above 10%" if e.noisy else "")
     title = f' title="{html.escape(reason)}"' if reason else ""
     return f'<td class="{("num " + kind).strip()}"{title}>{text}{ratio}</td>'

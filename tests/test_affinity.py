@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from profiler.affinity import per_cpu_busy, pin_quietest, quietest, restore
+from profiler.affinity import free_cpus, per_cpu_busy, pin_quietest, quietest, restore
 
 linux_affinity = pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity on this platform")
 
@@ -49,9 +49,11 @@ def test_pin_quietest_pins_every_thread_and_restore_gives_the_mask_back():
         cpus, previous = got
         assert previous == allowed and len(cpus) == 1 and busy not in cpus
         assert set(os.sched_getaffinity(0)) == set(cpus)
+        assert free_cpus() == allowed - set(cpus)  # the cores left to others, read by the probe
     finally:
         restore(got[1] if got else None)
     assert frozenset(os.sched_getaffinity(0)) == allowed
+    assert free_cpus() == frozenset()  # not pinned: no cores were left free
 
 
 @linux_affinity

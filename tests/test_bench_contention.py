@@ -81,10 +81,31 @@ def test_exponents_fit_the_same_clean_lengths_in_both_runs():
     assert out["exponents"]["max_exponent_diff"] > 0.3 and not out["targets"]["max_exponent_diff"][2]
 
 
-def test_too_few_clean_lengths_are_not_fitted():
+def test_too_few_clean_lengths_fit_every_length_as_the_report_does():
+    # 2 clean lengths of 4: the report fits all four (with a ~, no verdict); so does the comparison,
+    # on the same lengths in both runs, and a slowed unclean cell there counts against the target
+    key = ("fnet", "forward", 4096)
     flags = {("fnet", "forward", T): {"noisy": True} for T in (512, 1024)}
-    out = S.compare_exponents(run(flags=flags), run())
-    assert ("fnet", "forward") in out["skipped"]
+    out = S.compare_exponents(run(flags=flags, perturb={key: 3.0}), run())
+    row = next(r for r in out["rows"] if r["series"] == ("fnet", "forward"))
+    assert row["lengths"] == [512, 1024, 2048, 4096] and not row["clean"] and row["diff"] > 0.3
+    assert all(r["clean"] for r in out["rows"] if r["series"] != ("fnet", "forward"))
+    # fewer than 3 lengths in both runs at all: not fitted
+    out = S.compare_exponents(run(lengths=(512, 1024)), run(lengths=(512, 1024)))
+    assert not out["rows"] and ("fnet", "forward") in out["skipped"]
+
+
+def test_cells_beside_busy_neighbours_are_flagged_and_still_compared():
+    # every loaded cell timed beside a busy process on the free core: every ratio is flagged (the reader
+    # sees ≈), so none is an unflagged outlier; the share within 15% and the exponents still count
+    every = {(label, mode, T): {"neighbours": True, "neighbour_cpu": 1.0}
+             for label in CLASSES for mode in ("forward", "train") for T in (512, 1024, 2048, 4096)}
+    slow = {("fnet", "forward", 2048): 1.3, ("fnet", "forward", 4096): 1.3}
+    out = S.evaluate(run(flags=every, perturb=slow), run(), "softmax")
+    assert out["ratios"]["unflagged_outliers"] == 0 and out["ratios"]["within"] == out["ratios"]["n"] - 2
+    assert out["exponents"]["rows"] and not any(r["clean"] for r in out["exponents"]["rows"])
+    assert out["quiet_flags"]["share"] == 0.0 and S.flagged_share(run(flags=every))["neighbours"] == 32
+    assert S.contention_summary(run(flags=every))["neighbour_cells"] == 32
 
 
 def test_ranking_swap_lowers_tau():

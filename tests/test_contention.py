@@ -111,6 +111,49 @@ def test_probe_sees_others_on_the_cells_cores():
     assert "other processes used 1.00 cores" in got["why"]
 
 
+class SplitReader(FakeReader):
+    """Scripted counters with the cores the sweep left free apart: ``advance(..., free=)`` is
+    others' use of those (cores); ``cpu_times`` of that set reads them, of the cell's its own."""
+
+    def __init__(self, free_set):
+        super().__init__()
+        self.free_set, self.free_busy = free_set, 100.0
+
+    def advance(self, dt, free=0.0, **load):
+        super().advance(dt, **load)
+        self.free_busy += free * dt
+
+    def cpu_times(self, cpus):
+        return (self.free_busy, 0.0) if cpus == self.free_set else super().cpu_times(cpus)
+
+
+def test_probe_reads_neighbours_on_the_free_cores_apart_and_marks_the_cell():
+    r = SplitReader(frozenset({1}))
+    probe = C.ContentionProbe(1, reader=r, cores=1, free_cpus=frozenset({1}))
+    results = [sample(probe, r, 0.05, free=1.0, own=1.0) for _ in range(10)]
+    # the cell's own core was free of others: no sample is contended, yet the neighbours are seen
+    assert not any(x["contended"] for x in results)
+    assert all(x["neighbour_cpu"] == pytest.approx(1.0) and x["other_cpu"] == pytest.approx(0.0, abs=1e-9) for x in results)
+    s = probe.summary()
+    assert s["neighbours"] and s["neighbour_cpu"] == pytest.approx(1.0) and s["contended_samples"] == 0
+    # a neighbour that came and went (a browser tab): below NEIGHBOUR_CPU on average, not marked
+    r = SplitReader(frozenset({1}))
+    probe = C.ContentionProbe(1, reader=r, cores=1, free_cpus=frozenset({1}))
+    for k in range(20):
+        sample(probe, r, 0.3, free=1.0 if k % 4 == 0 else 0.1, own=1.0)  # windows of one sample each
+    s = probe.summary()
+    assert s["neighbour_cpu"] == pytest.approx(0.325) and not s["neighbours"]
+    # nothing left free (the cell uses every core): no neighbour figure, no mark
+    probe = C.ContentionProbe(1, reader=r, cores=1, free_cpus=frozenset())
+    got = sample(probe, r, 0.3, free=1.0, own=1.0)
+    assert got["neighbour_cpu"] is None and not probe.summary()["neighbours"]
+
+
+def test_neighbours_rule_is_one_threshold():
+    assert not C.neighbours_busy(None) and not C.neighbours_busy(C.NEIGHBOUR_CPU - 0.01)
+    assert C.neighbours_busy(C.NEIGHBOUR_CPU) and C.neighbours_busy(1.0)
+
+
 def test_probe_judges_short_samples_over_a_window():
     r = FakeReader()
     probe = C.ContentionProbe(2, reader=r, cores=2, wait_budget_s=0.0)
@@ -203,6 +246,33 @@ def test_real_burner_child_is_seen_as_contended():
     assert got["contended"] and got["other_cpu"] > C.OTHER_LIMIT, got
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity")
+def test_real_burner_on_the_free_core_is_a_neighbour_not_contention():
+    """This process on one CPU, a burner held to another: the probe sees the burner on the free
+    CPU, and not on the cell's (whatever else runs, the burner's own share is a lower bound)."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        pytest.skip("needs 2 usable CPUs")
+    mine, theirs = allowed[0], allowed[1]
+    burner = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{theirs}}})\nwhile True: pass"])
+    os.sched_setaffinity(0, {mine})
+    try:
+        time.sleep(0.3)
+        probe = C.ContentionProbe(1, free_cpus=frozenset({theirs}))
+        cpu0 = _proc_cpu(burner.pid)
+        probe.begin()
+        time.sleep(1.0)
+        got = probe.end()
+        burner_cpu = (_proc_cpu(burner.pid) - cpu0) / got["window_s"]
+    finally:
+        os.sched_setaffinity(0, set(allowed))
+        burner.kill()
+        burner.wait()
+    assert burner_cpu > 0.5, "the burner did not run"
+    assert got["neighbour_cpu"] >= burner_cpu - 0.05 - 0.02 / got["window_s"], (got, burner_cpu)
+    assert probe.summary()["neighbours"]
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux /proc")
 def test_real_reader_counters():
     r = C.ProcReader()
@@ -267,7 +337,7 @@ def test_preflight_with_threads_auto_warns_only_when_auto_cannot_help():
     assert not info["busy"] and info["message"] is None
     # the sweep's threads have cores of their own, but the load shares the machine with them: a note
     assert info["neighbours"] and info["note"].startswith("note: other processes use 1.00 of")
-    assert "not marked contended" in info["note"] and "\n" not in info["note"]
+    assert "marked as timed beside busy neighbours" in info["note"] and "\n" not in info["note"]
     stream = io.StringIO()
     assert C.warn_if_busy(info, stream) and stream.getvalue() == info["note"] + "\n"
     with pytest.raises(ValueError, match="threads: expected a positive integer, 'auto' or None, got 0"):

@@ -79,7 +79,7 @@ def test_contended_timings_are_left_out_of_fits_and_crossovers_and_never_flag(tm
     assert "T ≈ 1." not in _row(md, "Crossovers against the baseline", "ponet")
     assert "(measured)" in _row(md, "Crossovers against the baseline", "ponet")
     row = _row(md, "Complexity", "skeinformer")
-    assert "⚠" not in row and "left out (noisy or contended): 8k, 16k" in row
+    assert "⚠" not in row and "left out (noisy or busy machine): 8k, 16k" in row
     k = float(row.split("|")[2].split()[0])
     assert k == pytest.approx(1.0, abs=0.1)  # fitted on the clean 512..4k only
     consumption = _row(md, "Consumption", "skeinformer")
@@ -97,8 +97,8 @@ def test_a_fit_that_rests_on_noisy_timings_is_inconclusive_and_a_clean_one_is_fl
     row = _row(md, "Complexity", "ponet")
     assert "⚠" in row and "vs O(T)" in row
     row = _row(md, "Complexity", "skeinformer")
-    assert "⚠" not in row and "inconclusive (noisy data)" in row and "| ~" in row
-    assert "noisy or contended timings included" in row
+    assert "⚠" not in row and "inconclusive (data not clean)" in row and "| ~" in row
+    assert "noisy or busy-machine timings included" in row
     # the crossover may not be extrapolated from that fit either
     cross = _row(md, "Crossovers against the baseline", "skeinformer")
     assert "extrapolated" not in cross
@@ -177,7 +177,7 @@ def test_fit_series_and_verdict_rules():
     assert judge_exponent(series, 1.0).status == "agrees"
     series = fit_series(T, busy, [t < 2048 for t in T])  # two clean lengths: fitted on all, not judged
     assert not series.clean and judge_exponent(series, 1.0).status == "noisy"
-    assert judge_exponent(series, 1.0).text.endswith("inconclusive (noisy data)")
+    assert judge_exponent(series, 1.0).text.endswith("inconclusive (data not clean)")
     series = fit_series(T[:2], y[:2])
     assert series.fit is None and judge_exponent(series, 1.0).status == "unfitted"
     assert judge_exponent(fit_series(T, [1e-9 * t**2 for t in T]), 1.0).flagged
@@ -216,20 +216,32 @@ def test_held_records_without_a_cell_record_are_named_as_missing(tmp_path):
 
 
 def test_a_sweep_timed_beside_busy_neighbours_says_so_above_the_tables(tmp_path):
-    """Others busy on the cores the sweep left free: no cell is contended, so the report's only
-    word on it is the header's pre-flight (the profiler decides ``neighbours``; the report says it)."""
+    """Others busy on the cores the sweep left free: no sample is contended, yet the cells timed
+    beside them are marked (``neighbours``, decided by the profiler) and not fitted, and the
+    header's pre-flight says why once, above the tables."""
     busy = _records(run_id="busy")
     busy[0]["contention"] = {"cores": 2, "threads": 1, "other_cpu": 1.02, "neighbours": True,
                              "top": [{"pid": 1, "name": "python", "cpu": 1.0}]}
+    # the load slowed skeinformer unequally (1.4x at its longest lengths): its fit would read ~1.2
+    busy = _slow_down(busy, "skeinformer", {8192, 16384}, lambda T: 1.4 * T / 8192, neighbours=True,
+                      neighbour_cpu=1.01)
     quiet = _records(run_id="quiet")
     quiet[0]["contention"] = {"cores": 2, "threads": 1, "other_cpu": 0.0, "neighbours": False, "top": []}
     paths = [write_jsonl(tmp_path / "busy.jsonl", busy), write_jsonl(tmp_path / "quiet.jsonl", quiet)]
     report = build_report(paths, tmp_path / "out", formats="md", declared=DECLARED)
     sentence = ("busy: when the sweep started, other processes used 1.02 of 2 cores (python 1.00), on the cores "
-                "its 1 thread(s) left free, so no cell is marked contended.")
+                "its 1 thread(s) left free.")
     assert [w for w in report.warnings if "other processes" in w] == [report.warnings[-1]]
     assert report.warnings[-1].startswith(sentence) and "Quote numbers from a run on a quiet machine." in report.warnings[-1]
     md = (report.out_dir / "report.md").read_text()
     assert md.count("when the sweep started") == 1  # the quiet run has no such sentence
     assert md.index(f"⚠ {sentence}") < md.index("| softmax | ")  # above the first table
-    assert "neighbours" in busy[0]["contention"] and "busy" not in [w.split(":")[0] for w in report.warnings[:-1]]
+    # the marked cells: ≈ in the table, explained, listed with why and the neighbours' cores, not fitted
+    assert _row(md, "Consumption", "skeinformer").count("≈") == 2
+    assert "≈: timed while other processes used the cores the sweep left free" in md
+    unclean = md[md.index("Noisy or contended timings"):]
+    assert "| busy | skeinformer | forward | 8192 | neighbours |" in unclean and "– / 1.01" in unclean
+    row = next(line for line in md[md.index("Complexity"):].splitlines()
+               if line.startswith("| skeinformer | ") and "8k, 16k" in line)
+    assert "⚠" not in row and "left out (noisy or busy machine): 8k, 16k" in row
+    assert float(row.split("|")[2].split()[0]) == pytest.approx(1.0, abs=0.1)  # fitted on the clean 512..4k
