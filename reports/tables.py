@@ -62,7 +62,7 @@ class Entry:
     @property
     def prefix(self) -> str:
         """'≈' for a timing on a shared machine (contended, or beside busy neighbours), '~' for a
-        noisy one: not clean, never fitted or ranked on."""
+        noisy one: not clean, never fitted (still ranked: the mark says how far to trust it)."""
         return "≈" if self.contended or self.neighbours else ("~" if self.noisy else "")
 
     @property
