@@ -64,6 +64,7 @@ def pin_quietest(threads: int, *, window_s: float = PIN_WINDOW_S, read: Callable
     """Pin this process to the ``threads`` quietest usable CPUs, read over ``window_s`` seconds of
     sleep. Returns (pinned CPUs, the previous mask) or None when nothing was pinned (every usable
     core is needed, or the platform cannot say)."""
+    global _unpinned
     if not hasattr(os, "sched_getaffinity"):
         return None
     allowed = frozenset(os.sched_getaffinity(0))
@@ -74,7 +75,6 @@ def pin_quietest(threads: int, *, window_s: float = PIN_WINDOW_S, read: Callable
     after = read()
     if before is None or after is None:
         return None
-    global _unpinned
     cpus = quietest(threads, allowed, before, after)
     _set_all_threads(set(cpus))
     _unpinned = allowed

@@ -18,7 +18,7 @@ import math
 from typing import Any, Mapping
 
 __all__ = ["SERIES_FIELDS", "series_identity", "is_noisy", "is_contended", "has_neighbours", "is_clean", "record_flag",
-           "unclean_reasons"]
+           "unclean_reasons", "timing_mark"]
 
 SERIES_FIELDS = ("label", "scope", "mode", "batch", "dim", "heads", "depth", "dtype", "device", "causal", "model",
                  "pad_fraction", "compile", "threads")
@@ -49,6 +49,13 @@ def unclean_reasons(record: Mapping[str, Any]) -> list[str]:
     """Why a timing is not clean, in the report's words and order (contended, neighbours, noisy)."""
     return [why for why, flag in (("contended", is_contended(record)), ("neighbours", has_neighbours(record)),
                                   ("noisy", is_noisy(record))) if flag]
+
+
+def timing_mark(record: Mapping[str, Any]) -> str:
+    """The mark a timing carries in every table: '≈' taken on a busy machine (contended, or beside
+    busy neighbours), '~' noisy, '' clean."""
+    reasons = unclean_reasons(record)
+    return "≈" if "contended" in reasons or "neighbours" in reasons else ("~" if reasons else "")
 
 
 def is_clean(record: Mapping[str, Any]) -> bool:

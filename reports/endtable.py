@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-from reports.cells import has_neighbours, is_contended, is_noisy
+from reports.cells import timing_mark
 from reports.formats import format_bytes, format_time
 
 __all__ = ["end_table_rows", "STATUS_TEXT"]
@@ -28,7 +28,7 @@ def _cell_text(rec: Mapping[str, Any], base: Mapping[str, Any] | None) -> str:
         if status == "oom" and rec.get("inferred") or status == "skipped" and "oom" in reason:
             text = "OOM†"
         return text
-    mark = "≈" if is_contended(rec) or has_neighbours(rec) else ("~" if is_noisy(rec) else "")
+    mark = timing_mark(rec)
     text = f"{mark}{format_time(rec.get('time_median_s'))} · {format_bytes(rec.get('mem_peak_bytes'))}"
     t, b = rec.get("time_median_s"), (base or {}).get("time_median_s")
     if base is not None and base is not rec and base.get("status") == "ok" and t and b:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from reports.cells import has_neighbours, is_contended, is_noisy
+from reports.cells import has_neighbours, is_contended, is_noisy, timing_mark
 from reports.metrics import (
     MEMORY,
     SPEED,
@@ -63,7 +63,7 @@ class Entry:
     def prefix(self) -> str:
         """'≈' for a timing on a shared machine (contended, or beside busy neighbours), '~' for a
         noisy one: not clean, never fitted (still ranked: the mark says how far to trust it)."""
-        return "≈" if self.contended or self.neighbours else ("~" if self.noisy else "")
+        return timing_mark({"contended": self.contended, "neighbours": self.neighbours, "noisy": self.noisy})
 
     @property
     def ratio_text(self) -> str:

@@ -83,3 +83,6 @@ def test_end_table_rows_mark_unclean_timings_and_failures():
     assert "≈ contended" in notes[0] and "~ noisy" in notes[0] and "OOM† inferred" in notes[0]
     text = render_table(rows, "table", width=80, notes=notes)
     assert text.splitlines()[0].split() == ["mixer", "mode", "T=512", "T=1024"]
+    # beside busy neighbours (and noisy too): the busy-machine mark wins, as in the report's tables
+    rows, _ = end_table_rows([cell("softmax", 512), cell("ponet", 512, t=5e-4, neighbours=True, noisy=True)], "softmax")
+    assert rows[1]["T=512"] == "≈500 µs · 1 MiB (0.50×)"
