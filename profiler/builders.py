@@ -34,7 +34,9 @@ class Step:
     ``fn()`` runs one forward (no grad) or one training step and returns its output (checked on
     the first call by ``check``, which raises on a bad shape or non-finite values). ``reset()``
     frees what the previous call left behind (gradients), so that the memory pass's baseline does
-    not hold memory the step itself frees and re-allocates.
+    not hold memory the step itself frees and re-allocates. ``keeps_state``: the first call creates
+    state that later calls keep (an optimizer's), so the step that is measured, after warm-up, is
+    the second; a prediction makes one call first (:func:`profiler.memory.traced_step`).
     """
 
     fn: Callable[[], Any]
@@ -42,6 +44,7 @@ class Step:
     flops_analytic: float | None = None
     check: Callable[[Any], None] | None = None
     reset: Callable[[], None] | None = None
+    keeps_state: bool = False
 
 
 @dataclass
@@ -195,7 +198,7 @@ def _build_model_step(cell: Cell, device: torch.device, dtype: torch.dtype) -> S
         return loss.detach()
 
     return Step(train_step, n_params, 3.0 * flops, lambda loss: check_tensor("loss", loss, ()),
-                lambda: optimizer.zero_grad(set_to_none=True))
+                lambda: optimizer.zero_grad(set_to_none=True), keeps_state=True)  # AdamW's moments
 
 
 def load_ref(ref: str) -> Any:

@@ -32,7 +32,7 @@ from profiler.builders import Step, build_step, load_builder, load_ref, torch_dt
 from profiler.cases import Cell
 from profiler.flops import FlopTally, SdpaRecorder, flop_counter, sdpa_backend
 from profiler.heap import CPU_HEAP_CHOICES, release_heap, set_heap_mode
-from profiler.memory import CountingTracker, is_oom, memory_pass_cpu, memory_pass_cuda, set_cuda_memory_limit
+from profiler.memory import is_oom, memory_pass_cpu, memory_pass_cuda, set_cuda_memory_limit, traced_step
 from profiler.timing import MIN_REPS, WARMUP_SECONDS, CellTimeout, summarise_samples, time_calls, warm_up
 from reports.metrics import format_bytes
 
@@ -64,19 +64,11 @@ def _fake_pass(cell: Cell, builder, device: torch.device, dtype: torch.dtype) ->
     mode, the live-tensor tracker counting FLOPs as it goes (``FlopCounterMode``'s formulas)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    tally = FlopTally()
     with FakeTensorMode():
-        tracker = CountingTracker()
-        with tracker:
-            step = builder(cell, device, dtype)
-            before = tracker.current
-            tracker.mark()
-            tally = tracker.counter = FlopTally()
-            out = step.fn()
-            tracker.counter = None
-            del out
-            step_peak = tracker.window_peak
+        before, step_peak, ops = traced_step(lambda: builder(cell, device, dtype), tally)
     return {"mem_predicted_bytes": int(step_peak), "_predicted_abs": int(before + step_peak),
-            "flops_counted": tally.flops, "_ops": sorted(tracker.ops)}
+            "flops_counted": tally.flops, "_ops": sorted(ops)}
 
 
 def warm_fake_mode() -> None:

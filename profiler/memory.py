@@ -25,6 +25,7 @@ from profiler.heap import release_heap
 __all__ = [
     "LiveTensorTracker",
     "CountingTracker",
+    "traced_step",
     "status_bytes",
     "memory_pass_cpu",
     "memory_pass_cuda",
@@ -142,6 +143,29 @@ class CountingTracker(LiveTensorTracker):
         if self.counter is not None:
             self.counter.count(func, args, kwargs or {}, out)
         return out
+
+
+def traced_step(make_step: Callable[[], Any], counter=None) -> tuple[int, int, set[str]]:
+    """One call of the step ``make_step()`` builds, as the memory pass measures it, under a
+    :class:`CountingTracker`: (bytes live before the call, the call's peak above them, the ops it
+    dispatched); ``counter`` sees every op of the call. A step that ``keeps_state`` is called once
+    first (then its ``reset``): the measured step is a steady one, with the state already live. Run
+    it under ``FakeTensorMode`` for a prediction (no compute, no memory)."""
+    tracker = CountingTracker()
+    with tracker:
+        step = make_step()
+        if step.keeps_state:
+            out = step.fn()
+            del out
+            if step.reset is not None:
+                step.reset()
+        before = tracker.current
+        tracker.mark()
+        tracker.counter = counter
+        out = step.fn()
+        tracker.counter = None
+        del out
+    return before, tracker.window_peak, tracker.ops
 
 
 def _warm_tracker() -> None:

@@ -32,7 +32,7 @@ from torch.utils._pytree import tree_flatten
 from profiler.cases import Cell
 from profiler.devices import Device
 from profiler.flops import flop_registry
-from profiler.memory import CountingTracker
+from profiler.memory import traced_step
 from profiler.project_series import QUANTITIES, SLOW_FAKE_S, fit_at
 from profiler.records import SCHEMA, now_iso
 
@@ -101,23 +101,9 @@ def fake_costs(cell: Cell, device: Device, builder=None, fake: bool = True) -> d
     from profiler.builders import build_step, torch_dtype
 
     builder = builder or build_step
+    counter = RooflineCounter(device, cell.dtype)
     with FakeTensorMode() if fake else contextlib.nullcontext():
-        tracker = CountingTracker()
-        with tracker:
-            step = builder(cell, torch.device("cpu"), torch_dtype(cell.dtype))
-            if cell.scope == "model" and cell.mode == "train":
-                # steady state, as the memory pass measures it: the optimizer's state exists
-                del_out = step.fn()
-                del del_out
-                if step.reset is not None:
-                    step.reset()
-            before = tracker.current
-            tracker.mark()
-            counter = tracker.counter = RooflineCounter(device, cell.dtype)
-            out = step.fn()
-            tracker.counter = None
-            del out
-            peak = tracker.window_peak
+        before, peak, _ = traced_step(lambda: builder(cell, torch.device("cpu"), torch_dtype(cell.dtype)), counter)
     bound = "compute" if counter.compute_s >= counter.memory_s else "memory"
     return {"mem_peak_bytes": int(peak), "mem_abs_peak_bytes": int(before + peak), "flops": counter.flops,
             "bytes_moved": counter.bytes, "time_s": counter.time, "ops": counter.ops, "bound": bound}

@@ -286,6 +286,38 @@ def test_fake_pass_peak_and_flops_equal_a_real_tracked_call(name, mode):
     assert fake["flops_counted"] == float(counter.get_total_flops()) > 0
 
 
+def test_fake_pass_of_a_model_training_step_is_the_steady_step_the_memory_pass_measures():
+    """The memory pass measures a training step after warm-up: the optimizer's state is live before
+    it. The fake pass must predict that step, not the first (which also creates AdamW's state, 2x the
+    parameters: softmax at T=64 predicted 2x the real peak), and the projection must agree."""
+    import dataclasses
+
+    from profiler.builders import build_step
+    from profiler.cases import Cell
+    from profiler.cell import _fake_pass
+    from profiler.devices import get_device
+    from profiler.project import fake_costs
+    from zoo.registry import get_config
+
+    config = dataclasses.asdict(get_config("softmax", dim=64, heads=2))
+    cell = Cell(label="softmax", mixer="softmax", overrides={}, config=config, scope="model", mode="train", T=64,
+                batch=1, dim=64, heads=2, depth=1, dtype="fp32", device="cpu")
+    fake = _fake_pass(cell, build_step, torch.device("cpu"), torch.float32)
+    torch.manual_seed(0)
+    step = build_step(cell, torch.device("cpu"), torch.float32)
+    step.fn()  # warm-up: AdamW's state now exists, as in the memory pass
+    step.reset()
+    tracker = LiveTensorTracker()
+    with tracker:
+        tracker.mark()
+        out = step.fn()
+        del out
+    assert fake["mem_predicted_bytes"] == tracker.window_peak > 0
+    projected = fake_costs(cell, get_device("h100"))
+    assert projected["mem_peak_bytes"] == fake["mem_predicted_bytes"]
+    assert projected["mem_abs_peak_bytes"] == fake["_predicted_abs"]
+
+
 def test_summarise_samples():
     s = summarise_samples([1.0, 1.0, 1.0, 2.0])
     assert s["time_median_s"] == 1.0 and s["time_n"] == 4 and s["steps_per_s"] == 1.0
