@@ -342,13 +342,16 @@ def test_isolated_runner_statuses(tmp_path):
         dummy_cell("exit3", "exit3"),
         dummy_cell("nan", "nan"),
         dummy_cell("zoo_error", "zoo_error"),
-        dummy_cell("sleep", "sleep"),
-        dummy_cell("sleep", "sleep", T=64),  # after the timeout
     ]
-    out = tmp_path / "iso.jsonl"
-    run_sweep(cells, out=out, builder=BUILDER, predict=False, timeout=2.0, memory_budget=512 * MiB, threads=1,
-              time_budget=0.05)
-    got = cells_of(out)
+    sleepers = [dummy_cell("sleep", "sleep"), dummy_cell("sleep", "sleep", T=64)]  # the second after the timeout
+    # the sleepers in a sweep of their own with a short timeout: the others' timeout is long enough for
+    # a busy machine (filling 480 MiB once took past a 2 s timeout, and the kill was read as a timeout)
+    run_sweep(cells, out=tmp_path / "iso.jsonl", builder=BUILDER, predict=False, timeout=30.0,
+              memory_budget=512 * MiB, threads=1, time_budget=0.05)
+    run_sweep(sleepers, out=tmp_path / "sleep.jsonl", builder=BUILDER, predict=False, timeout=2.0,
+              memory_budget=512 * MiB, threads=1, time_budget=0.05)
+    cells += sleepers
+    got = {**cells_of(tmp_path / "iso.jsonl"), **cells_of(tmp_path / "sleep.jsonl")}
     status = {k[0] + ("@64" if k[1] == 64 else ""): (r["status"], r["inferred"], r["reason"]) for k, r in got.items()}
     assert len(got) == len(cells)
     assert status["ok"][0] == "ok"
