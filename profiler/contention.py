@@ -61,6 +61,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from reports.cells import NEIGHBOUR_EFFECT
+
 __all__ = [
     "OTHER_LIMIT", "WAIT_LIMIT", "MIN_WINDOW_S", "TICK_SLACK", "CONTENDED_RUN",
     "ProcReader", "per_cpu_ticks", "ContentionProbe", "judge", "usable_cores", "current_threads", "cpu_quota", "busy_cores", "auto_threads",
@@ -505,8 +507,8 @@ def neighbour_line(info: dict[str, Any]) -> str | None:
     top = _top_text(info)
     return (f"note: other processes use {info['other_cpu']:.2f} of {info['cores']} cores"
             f"{f' (busiest: {top})' if top else ''}, on cores the sweep's {info['threads']} thread(s) leave free: "
-            f"they share caches, memory bandwidth and perhaps physical cores with it (ratios between mixers "
-            f"moved by up to 28% under one such process on the 2-core VM), so cells timed while they run are "
+            f"they share caches, memory bandwidth and perhaps physical cores with it ({NEIGHBOUR_EFFECT}), "
+            f"so cells timed while they run are "
             f"marked as timed beside busy neighbours and not fitted. For numbers to quote, stop them")
 
 

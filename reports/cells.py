@@ -18,7 +18,11 @@ import math
 from typing import Any, Mapping
 
 __all__ = ["SERIES_FIELDS", "series_identity", "is_noisy", "is_contended", "has_neighbours", "is_clean", "record_flag",
-           "unclean_reasons", "timing_mark"]
+           "unclean_reasons", "timing_mark", "NEIGHBOUR_EFFECT"]
+
+# what busy neighbours on the free cores did to timings, as measured (benchmarks/bench_contention.py,
+# 2026-12-02): quoted by the pre-flight note and the report, the reason such cells are not clean
+NEIGHBOUR_EFFECT = "on the 2-core VM one such process moved ratios between mixers by up to 28%"
 
 SERIES_FIELDS = ("label", "scope", "mode", "batch", "dim", "heads", "depth", "dtype", "device", "causal", "model",
                  "pad_fraction", "compile", "threads")

@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
-from reports.cells import unclean_reasons
+from reports.cells import NEIGHBOUR_EFFECT, unclean_reasons
 from reports.complexity import complexity_section
 from reports.doc import Bold, Doc, Figure, Flag, Frame, group_heading, lengths_text, make_figure
 from reports.errors import ReportError
@@ -367,8 +367,8 @@ def busy_neighbours(profile) -> str:
     return (f"{profile.name}: when the sweep started, other processes used {info.get('other_cpu', 0):.2f} of "
             f"{info.get('cores')} cores{f' ({top})' if top else ''}, on the cores its {info.get('threads')} "
             f"thread(s) left free. They share the caches, the memory bandwidth and perhaps the physical cores "
-            f"with the sweep, which no per-sample figure sees (on the 2-core VM one such process moved ratios "
-            f"between mixers by up to 28%), so the cells timed while they ran are marked ≈ and not fitted. "
+            f"with the sweep, which no per-sample figure sees ({NEIGHBOUR_EFFECT}), so the cells timed while "
+            f"they ran are marked ≈ and not fitted. "
             f"Quote numbers from a run on a quiet machine.")
 
 
