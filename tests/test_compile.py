@@ -191,8 +191,8 @@ def test_dynamic_new_length_does_not_recompile(name):
     counter = CompileCounter()  # counts compiled frames, runs them eagerly
     fn = compiled(m, backend=counter, dynamic=True, fullgraph=fullgraph(name, "plain"))
     # none equal to a config size: duck sizing would tie T to it. A declared recompiler needs only
-    # the second length to show it still recompiles (each of its dynamic frames costs 5-15 s of
-    # symbolic-shape work on 2 cores: a third was a third of this file's time)
+    # the second length to show it still recompiles (each of its dynamic frames is 3-8 s of
+    # symbolic-shape work on 2 cores)
     lengths = (21, 29) if name in RECOMPILES_ON_NEW_T else (21, 29, 43)
     for T in lengths:
         x, _ = inputs(m, "plain", T=T)

@@ -4,6 +4,7 @@ path autograd records, value for value: odd lengths, shared q/k heads (mamba2), 
 import pytest
 import torch
 
+from zoo.functional import chunks_of
 from zoo.scan import chunked_decay_attention
 
 
@@ -71,3 +72,10 @@ def test_delta_rule_inference_path_equals_the_autograd_path(gated):
     graph = delta_rule_chunked(q, k, v.requires_grad_(), beta, log_g, chunk_size=8)
     assert graph.grad_fn is not None
     torch.testing.assert_close(fast, graph.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_chunks_of_is_the_ceiling_and_the_fill():
+    for chunk in (1, 3, 8, 64):
+        for T in range(1, 3 * chunk + 2):
+            N, pad = chunks_of(T, chunk)
+            assert N == -(-T // chunk) and pad == N * chunk - T and 0 <= pad < chunk, (T, chunk)

@@ -28,6 +28,16 @@ def merge_heads(t: torch.Tensor) -> torch.Tensor:
     return rearrange(t, "b h t p -> b t (h p)")
 
 
+def chunks_of(T: int, chunk: int) -> tuple[int, int]:
+    """(N, pad): ``N = ceil(T / chunk)`` chunks and the ``pad = N * chunk - T`` steps that fill the
+    last one. One rule for every chunked mixer, written so that under ``torch.compile(dynamic=True)``
+    the padded length stays ``N * chunk`` of a simple symbol: ``(-T) % chunk`` made every later shape
+    a nested modulo of T, and dynamo's symbolic reasoning about them took 3x as long (gla, one
+    frame on the 2-core VM: 13.5 s, against 4.9 s)."""
+    n = (T + chunk - 1) // chunk
+    return n, n * chunk - T
+
+
 def pad_to_multiple(
     x: torch.Tensor, mask: torch.Tensor | None, multiple: int
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -37,7 +47,7 @@ def pad_to_multiple(
     ``mask`` was None. The caller slices outputs back to T; the padding cost is the mixer's.
     """
     B, T, _ = x.shape
-    pad = (-T) % multiple
+    _, pad = chunks_of(T, multiple)
     if pad == 0:
         return x, mask
     x = F.pad(x, (0, 0, 0, pad))  # (B, T + pad, D)
@@ -213,11 +223,10 @@ def causal_linear_attention(
     """
     B, H, T, R = q.shape
     P = v.shape[-1]
-    pad = (-T) % chunk
+    N, pad = chunks_of(T, chunk)
     if pad:
         # zero rows: padded keys/values add nothing, padded queries are sliced off
-        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))  # (B, H, T + pad, .)
-    N = (T + pad) // chunk
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))  # (B, H, N * chunk, .)
     qc = q.reshape(B, H, N, chunk, R)  # (B, H, N, C, R)
     kc = k.reshape(B, H, N, chunk, R)  # (B, H, N, C, R)
     vc = v.reshape(B, H, N, chunk, P)  # (B, H, N, C, P)

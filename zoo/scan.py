@@ -29,6 +29,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from zoo.functional import chunks_of
+
 __all__ = [
     "bidirectional_scan",
     "chunked_decay_attention",
@@ -137,10 +139,9 @@ def chunked_decay_attention(
         return _chunk_loop_decay_attention(q, k, v, log_g, chunk)
     B, H, T, V = v.shape
     K = q.shape[-1]
-    pad = (-T) % chunk
+    N, pad = chunks_of(T, chunk)
     q, k, v = (_pad_time(t, pad, 2) for t in (q, k, v))  # (B, H or 1, Tp, .)
     log_g = _pad_time(log_g, pad, 2)  # (B, H, Tp)
-    N = (T + pad) // chunk
     qc = q.reshape(B, q.shape[1], N, chunk, K)  # (B, H or 1, N, C, K)
     kc = k.reshape(B, k.shape[1], N, chunk, K)  # (B, H or 1, N, C, K)
     vc = v.reshape(B, H, N, chunk, V)  # (B, H, N, C, V)
@@ -205,9 +206,8 @@ def chunked_channel_decay_attention(
     intermediates hold T·s·K (inside sub-chunks) and T·(C/s)·K (between them) elements per head.
     """
     B, H, T, K = q.shape
-    pad = (-T) % chunk
+    N, pad = chunks_of(T, chunk)
     q, k, v, log_g = (_pad_time(t, pad, 2) for t in (q, k, v, log_g))  # (B, H, Tp, .)
-    N = (T + pad) // chunk
     qc = q.reshape(B, H, N, chunk, K)  # (B, H, N, C, K)
     kc = k.reshape(B, H, N, chunk, K)  # (B, H, N, C, K)
     vc = v.reshape(B, H, N, chunk, v.shape[-1])  # (B, H, N, C, V)

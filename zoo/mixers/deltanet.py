@@ -49,7 +49,7 @@ from zoo.base import (
     check_range,
     zero_padded,
 )
-from zoo.functional import compute_dtype, linear_flops, merge_heads, split_heads
+from zoo.functional import chunks_of, compute_dtype, linear_flops, merge_heads, split_heads
 from zoo.registry import register
 from zoo.scan import masked_exp, records_graph
 from zoo.state import StateSize, conv_with_tail, delta_rule_step
@@ -85,7 +85,7 @@ def delta_rule_chunked(
     B, H, T, K = q.shape
     C = chunk_size
     scale = K**-0.5 if scale is None else scale
-    pad = (-T) % C
+    _, pad = chunks_of(T, C)
     if pad:
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))  # (B, H, Tp, .)
         beta = F.pad(beta, (0, pad))  # (B, H, Tp)

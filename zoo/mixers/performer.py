@@ -53,7 +53,7 @@ from zoo.base import (
     zero_padded,
 )
 from zoo.errors import ZooTypeError
-from zoo.functional import linear_flops, merge_heads, neg_value, prefer_scan, safe_key_mask, split_heads
+from zoo.functional import chunks_of, linear_flops, merge_heads, neg_value, prefer_scan, safe_key_mask, split_heads
 from zoo.registry import register
 from zoo.state import StateSize
 
@@ -215,11 +215,10 @@ def _causal_favor(
     num_eps = eps * q_total * vm.cumsum(dim=2)  # (B, H, T, P)
     den_eps = eps * q_total * counts  # (B, H, T, 1)
 
-    pad = (-T) % chunk
+    N, pad = chunks_of(T, chunk)
     if pad:
         phi_q, psi, vm = (F.pad(t, (0, 0, 0, pad)) for t in (phi_q, psi, vm))  # (B, H, T', .)
         m = F.pad(m, (0, pad), mode="replicate")  # (B, H, T')
-    N = (T + pad) // chunk
     # (B, H, T', X) -> (B, H, N, C, X)
     phi_q, psi, vm = (t.reshape(B, H, N, chunk, t.shape[-1]) for t in (phi_q, psi, vm))
     m = m.reshape(B, H, N, chunk)  # (B, H, N, C)

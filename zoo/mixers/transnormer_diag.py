@@ -50,6 +50,7 @@ from zoo.base import (
 )
 from zoo.errors import ZooValueError
 from zoo.functional import (
+    chunks_of,
     compute_dtype,
     householder_vector,
     linear_flops,
@@ -157,10 +158,9 @@ class DiagAttentionMixer(TokenMixer):
         q = split_heads(self.q_proj(x), c.heads).to(dt) * P**-0.5  # (B, H, T, P)
         k = split_heads(self.k_proj(x), c.heads).to(dt)  # (B, H, T, P)
         v = split_heads(self.v_proj(x), c.heads).to(dt)  # (B, H, T, P)
-        pad = (-T) % C
+        N, pad = chunks_of(T, C)
         # zero rows after the projection, as the reference pads
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))  # (B, H, n, P), n = T + pad
-        N = (T + pad) // C
         qb = q.reshape(B, c.heads, N, C, P)  # (B, H, N, C, P)
         kb = k.reshape(B, c.heads, N, C, P)  # (B, H, N, C, P)
         vb = v.reshape(B, c.heads, N, C, P)  # (B, H, N, C, P)
