@@ -250,14 +250,16 @@ def build_decoder(cell: Cell, device: torch.device, dtype: torch.dtype) -> Decod
 
 
 def declared_classes(mixer: str, config: dict[str, Any], *, decode: bool = False) -> dict[str, float | None]:
-    """{"time": k, "memory": k} a mixer declares for this config (``TokenMixer.spec_for``); with
-    ``decode`` also "decode_time" and "decode_state" (per-token time and state bytes against the
+    """{"time": k, "memory": k, "class_from": T0} a mixer declares for this config
+    (``TokenMixer.spec_for``; ``class_from``: the shortest T the classes describe, None for every T);
+    with ``decode`` also "decode_time" and "decode_state" (per-token time and state bytes against the
     context length, both following ``spec.state``; None without a state API)."""
     from zoo.registry import get_config, get_mixer_class
 
     cls = get_mixer_class(mixer)
     spec = cls.spec_for(get_config(mixer, **config))
-    out: dict[str, float | None] = {"time": spec.time.exponent, "memory": spec.memory.exponent}
+    out: dict[str, float | None] = {"time": spec.time.exponent, "memory": spec.memory.exponent,
+                                    "class_from": spec.class_from}
     if decode:
         k_state = None if spec.state is None else spec.state.exponent
         out.update(decode_time=k_state, decode_state=k_state)

@@ -48,7 +48,8 @@ def execute_fanout(cells: list[Cell], previous: dict, s, executor, writer, run_i
     stats: dict[str, Any] = {"duplicates": 0, "missing": 0, "overhead_s": []}
 
     def record(cell: Cell, result: dict, started: str, wall: float) -> None:
-        rec = make_record(cell, stamp_placement(result, cell.device), run_id, started, wall)
+        rec = make_record(cell, stamp_placement(result, cell.device), run_id, started, wall,
+                             s.declared.get(cell.label, {}).get("class_from"))
         writer.append(rec)
         written.append(rec)
         frontier.add(rec)

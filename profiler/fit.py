@@ -64,7 +64,8 @@ def fit_records(
                 fit = _decode_fit([r["T"] for r in pts], [float(r[field]) for r in pts], samples, **boot)
                 series_fit = SeriesFit(fit, all(clean) if clean else True, fit.lengths if fit else [], [])
             else:
-                series_fit = fit_series([r["T"] for r in pts], [float(r[field]) for r in pts], clean, samples, **boot)
+                series_fit = fit_series([r["T"] for r in pts], [float(r[field]) for r in pts], clean, samples, **boot,
+                                        class_from=[r.get("class_from") for r in pts])
                 fit = series_fit.fit
             if fit is None:
                 continue

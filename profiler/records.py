@@ -41,7 +41,7 @@ CELL_KEYS = [
     "time_p20_s", "time_p80_s", "time_n", "time_samples", "noisy", "steps_per_s", "mem_peak_bytes",
     "mem_abs_peak_bytes", "mem_method", "mem_tensor_peak_bytes", "mem_disagree", "mem_predicted_bytes",
     "flops_analytic", "flops_counted", "flops_disagree", "params", "compute_dtype", "sdpa_backend",
-    "checkpointing", "threads", "started_at", "wall_s", "pad_fraction", "compile",
+    "checkpointing", "threads", "started_at", "wall_s", "pad_fraction", "compile", "class_from",
 ]
 
 

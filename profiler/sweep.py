@@ -92,14 +92,17 @@ def fallback_prediction(history: list[dict], T: int, declared: float | None) -> 
     return int(a2 - m2 + step), int(step)
 
 
-def make_record(cell: Cell, result: dict, run_id: str, started: str, wall: float) -> dict[str, Any]:
-    """A cell record in the key order of ``docs/RECORDS.md`` (extras after)."""
+def make_record(cell: Cell, result: dict, run_id: str, started: str, wall: float,
+                class_from: int | None = None) -> dict[str, Any]:
+    """A cell record in the key order of ``docs/RECORDS.md`` (extras after); ``class_from``: the
+    spec's shortest T its classes describe (:func:`profiler.builders.declared_classes`)."""
     rec = {k: None for k in CELL_KEYS}
     rec.update(
         kind="cell", schema=SCHEMA, run_id=run_id, key=cell.key, mixer=cell.mixer, label=cell.label,
         config=cell.config, overrides=cell.overrides, scope=cell.scope, mode=cell.mode, T=cell.T, batch=cell.batch,
         dim=cell.dim, heads=cell.heads, depth=cell.depth, dtype=cell.dtype, device=cell.device, causal=cell.causal,
         model=cell.model, pad_fraction=cell.pad_fraction, compile=cell.compile, checkpointing=False,
+        class_from=class_from,
     )
     rec.update({k: v for k, v in result.items() if not k.startswith("_")})
     if rec.get("status") is None:
@@ -240,7 +243,8 @@ def _execute(cells: list[Cell], previous: dict, s: SweepSettings, executor, writ
         return opts
 
     def write(cell: Cell, result: dict, started: str, wall: float, shown: bool = False) -> None:
-        record = make_record(cell, stamp_placement(result, cell.device), run_id, started, wall)
+        record = make_record(cell, stamp_placement(result, cell.device), run_id, started, wall,
+                             s.declared.get(cell.label, {}).get("class_from"))
         writer.append(record)
         written.append(record)
         frontier.add(record)
@@ -265,7 +269,8 @@ def _execute(cells: list[Cell], previous: dict, s: SweepSettings, executor, writ
             s.rounds > 1 and result.get("status") == "ok" and not result.get("inferred"))
         if hold:
             held[cell.key] = [cell, started, wall, result, []]
-            first = make_record(cell, stamp_placement(result, cell.device), run_id, started, wall)
+            first = make_record(cell, stamp_placement(result, cell.device), run_id, started, wall,
+                             s.declared.get(cell.label, {}).get("class_from"))
             # journalled now: a sweep killed (SIGKILL: no unwinding) before its cell record keeps round 1's
             writer.append({**first, "kind": HELD})
             # longer cells of the series predict their memory from this one (fallback_prediction)

@@ -58,9 +58,10 @@ def series_fits(cells: pd.DataFrame) -> dict[tuple[str, str], SeriesFit]:
             samples = None
             if metric is TIME:
                 samples = [s if isinstance(s, list) else None for s in part["time_samples"]]
+            class_from = part["class_from"].tolist() if "class_from" in part else None
             out[(label, metric.name)] = fit_series(
                 part["T"].tolist(), [float(v) if pd.notna(v) else math.nan for v in values],
-                _clean_points(part, metric).tolist(), samples)
+                _clean_points(part, metric).tolist(), samples, class_from=class_from)
     return out
 
 
@@ -96,6 +97,12 @@ def _lengths_cell(fits: list[SeriesFit]) -> str:
         text += "; noisy or busy-machine timings included (too few clean lengths)"
     if excluded:
         text += "; left out (noisy or busy machine): " + ", ".join(format_length(T) for T in excluded)
+    short = sorted({T for f in fits for T in f.short})
+    if short:
+        text += ("; left out (shorter than the spec's class_from: another algorithm there): "
+                 + ", ".join(format_length(T) for T in short))
+    if any(f.fit is not None and not f.in_regime for f in fits):
+        text += "; includes lengths shorter than the spec's class_from (too few longer ones)"
     return text
 
 
@@ -109,8 +116,8 @@ def _crossover(part: pd.DataFrame, label: str, base: str, metric: Metric, fits) 
     lengths = sorted(set(costs_a) | set(costs_b))
     fit_a, fit_b = fits[(label, metric.name)], fits[(base, metric.name)]
     # extrapolate only from fits on clean data
-    fa = fit_a.fit if fit_a.clean else None
-    fb = fit_b.fit if fit_b.clean else None
+    fa = fit_a.fit if fit_a.clean and fit_a.in_regime else None
+    fb = fit_b.fit if fit_b.clean and fit_b.in_regime else None
     cross = find_crossover(lengths, [costs_a.get(T) for T in lengths], [costs_b.get(T) for T in lengths], fa, fb)
     return _cross_cell(cross)
 
@@ -119,7 +126,9 @@ _INTRO = (
     "Exponent k of cost ≈ a + b·T^k over the lengths that produced a number (a absorbs fixed overhead; "
     f"with fewer than {MIN_POINTS_OFFSET} lengths a plain log-log slope), with a 95% bootstrap interval: "
     "timing repetitions resampled within each length, or fit residuals for memory. No exponent from "
-    f"fewer than {MIN_FIT_LENGTHS} lengths. Failed cells (OOM, timeout) are left out, and so are timings "
+    f"fewer than {MIN_FIT_LENGTHS} lengths. Failed cells (OOM, timeout) are left out, and so are lengths "
+    "shorter than a mixer's declared class_from (another algorithm runs there: bigbird's full attention "
+    f"for short sequences) when {MIN_FIT_LENGTHS} longer ones remain (else the exponent is not judged), and timings "
     "marked noisy (~) or taken on a busy machine (≈: contended, or beside busy neighbours) when enough clean lengths remain; otherwise the fit uses them, is "
     "shown with a leading ~ and never judged. ⚠ only on clean data, where |k − declared| > "
     f"{FLAG_THRESHOLD} and the interval excludes the declared exponent: the measured range is not yet "

@@ -26,8 +26,8 @@ The rules every exponent and crossover follows, here and in the profiler's fit r
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -211,6 +211,9 @@ class SeriesFit:
     ``fit`` is None with fewer than :data:`MIN_FIT_LENGTHS` usable lengths (``reason`` says so);
     ``clean`` is True when every point fitted was a clean timing; ``excluded`` lists the lengths
     left out because their timing was not clean (noisy, contended, or beside busy neighbours).
+    ``short`` lists the lengths left out as shorter than the spec's ``class_from`` (the mixer runs
+    another algorithm there); ``in_regime`` is False when too few lengths remained without them, so
+    they were fitted and no verdict may rest on the fit.
     """
 
     fit: Fit | None
@@ -218,6 +221,8 @@ class SeriesFit:
     used: list[int]
     excluded: list[int]
     reason: str = ""
+    short: list[int] = field(default_factory=list)
+    in_regime: bool = True
 
 
 def fit_series(
@@ -226,16 +231,39 @@ def fit_series(
     clean: Sequence[bool] | None = None,
     samples: Sequence[Sequence[float] | None] | None = None,
     n_boot: int = 200,
+    class_from: Sequence[float | None] | None = None,
 ) -> SeriesFit:
     """Fit a series on its clean points when there are :data:`MIN_FIT_LENGTHS` of them, else on
     every point (then ``clean=False``: no verdict may rest on it), else not at all.
 
     ``values[i]`` is the positive cost at ``lengths[i]`` (NaN / None for cells without a number);
-    ``clean[i]`` whether that point is a clean timing (None: all clean, e.g. memory).
+    ``clean[i]`` whether that point is a clean timing (None: all clean, e.g. memory);
+    ``class_from[i]`` the spec's shortest length its classes describe (None: every length). Points
+    shorter than that are left out first, when :data:`MIN_FIT_LENGTHS` lengths remain (``short``);
+    otherwise they stay and the fit is not in the class's regime (``in_regime=False``).
     """
     n = len(lengths)
     clean = [True] * n if clean is None else [bool(c) for c in clean]
     usable = [i for i in range(n) if values[i] is not None and math.isfinite(values[i]) and values[i] > 0]
+    below = [class_from is not None and _number(class_from[i]) and lengths[i] < float(class_from[i])
+             for i in range(n)]
+    short = sorted({int(lengths[i]) for i in usable if below[i]})
+    in_regime = True
+    if short and len({lengths[i] for i in usable if not below[i]}) >= MIN_FIT_LENGTHS:
+        usable = [i for i in usable if not below[i]]
+    elif short:
+        short, in_regime = [], False
+    series = _fit_usable(lengths, values, clean, samples, n_boot, usable)
+    series.short, series.in_regime = short, in_regime
+    return series
+
+
+def _number(v: Any) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+def _fit_usable(lengths, values, clean, samples, n_boot, usable: list[int]) -> SeriesFit:
+    """:func:`fit_series` over the ``usable`` points: the clean ones when enough, else all."""
     good = [i for i in usable if clean[i]]
     excluded = sorted({int(lengths[i]) for i in usable if not clean[i]})
 
@@ -277,14 +305,18 @@ def judge_exponent(series: SeriesFit, declared: float | None) -> Verdict:
     fit = series.fit
     if fit is None:
         return Verdict("unfitted", series.reason or "too few lengths")
-    mark = "" if series.clean else "~"
+    mark = "" if series.clean and series.in_regime else "~"
     if declared is None or (isinstance(declared, float) and math.isnan(declared)):
         return Verdict("undeclared", mark + fit.interval)
     gap = fit.k - declared
     if abs(gap) <= FLAG_THRESHOLD:
-        return Verdict("agrees", mark + fit.interval + ("" if series.clean else " (data not clean)"))
+        note = "" if series.clean else " (data not clean)"
+        note += "" if series.in_regime else " (lengths below the class's regime included)"
+        return Verdict("agrees", mark + fit.interval + note)
     if not series.clean:
         return Verdict("noisy", f"~{fit.interval} inconclusive (data not clean)")
+    if not series.in_regime:
+        return Verdict("inconclusive", f"~{fit.interval} inconclusive (lengths below the class's regime)")
     if fit.k_lo <= declared <= fit.k_hi:
         return Verdict("inconclusive", f"{fit.interval} (inconclusive)")
     return Verdict("flagged", f"{fit.interval}: {gap:+.2f} vs {declared_class(declared)}")

@@ -49,7 +49,7 @@ CELL_COLUMNS = [
     "mem_peak_bytes", "mem_abs_peak_bytes", "mem_method", "mem_tensor_peak_bytes", "mem_disagree",
     "mem_predicted_bytes", "flops_analytic", "flops_counted", "flops_disagree", "params",
     "compute_dtype", "sdpa_backend", "checkpointing", "threads", "started_at", "wall_s", "cpu_heap",
-    "time_block", "contended", "contended_samples", "other_cpu", "pad_fraction", "compile",
+    "time_block", "contended", "contended_samples", "other_cpu", "pad_fraction", "compile", "class_from",
 ]
 FIT_COLUMNS = ["run_id", "label", "mixer", "scope", "mode", "metric", "k", "k_lo", "k_hi", "model",
                "lengths", "declared", "flagged"]
@@ -66,7 +66,7 @@ _NUMERIC_CELL = ["T", "batch", "dim", "heads", "depth", "pad_fraction", "time_me
                  "time_p80_s", "time_n", "steps_per_s", "mem_peak_bytes", "mem_abs_peak_bytes",
                  "mem_tensor_peak_bytes", "mem_predicted_bytes", "flops_analytic", "flops_counted",
                  "params", "threads", "wall_s", "time_block",
-                 "contended_samples", "other_cpu"]
+                 "contended_samples", "other_cpu", "class_from"]
 _NUMERIC_FIDELITY = ["T", "batch", "dim", "heads", "rel_error", "rel_error_std", "cosine", "n_seeds"]
 _NUMERIC_FIT = ["k", "k_lo", "k_hi", "declared"]
 

@@ -234,8 +234,8 @@ def test_in_process_oom_releases_the_allocator(monkeypatch):
 def test_capabilities_per_config():
     cells, settings = plan_profile(mixers="softmax,softmax[impl=eager]", lengths="16", modes="forward", dim=16,
                                    heads=2, device="cpu", out="unused.jsonl")
-    assert settings.declared["softmax[impl=eager]"] == {"time": 2.0, "memory": 2.0}
-    assert settings.declared["softmax"] == {"time": 2.0, "memory": 1.0}
+    assert settings.declared["softmax[impl=eager]"] == {"time": 2.0, "memory": 2.0, "class_from": None}
+    assert settings.declared["softmax"] == {"time": 2.0, "memory": 1.0, "class_from": None}
 
 
 def test_fit_records_use_each_series_class_and_the_report_rule():

@@ -426,3 +426,21 @@ def test_spawn_executor(tmp_path):
     assert 60 * MiB <= cell["mem_peak_bytes"] <= 90 * MiB
     header = next(r for r in read_records(out) if r["kind"] == "header")
     assert header["settings"]["executor"] == "spawn"
+
+
+def test_cell_records_carry_the_specs_class_from(tmp_path):
+    """bigbird declares where its linear classes begin ((5 + 2r)·b + 1: full attention below);
+    every cell record carries it (null for a mixer whose classes hold at every T)."""
+    from profiler import run_profile
+    from profiler.builders import declared_classes
+    from zoo.registry import get_config
+
+    assert declared_classes("bigbird", {})["class_from"] == (5 + 2 * 3) * 64 + 1 == 705
+    assert declared_classes("softmax", {})["class_from"] is None
+    out = run_profile(mixers="bigbird[block_size=2,num_random_blocks=1],softmax", lengths="8,16", modes="forward",
+                      dim=16, heads=2, device="cpu", out=str(tmp_path / "c.jsonl"), isolate=False, time_budget=0.02,
+                      progress=False)
+    cells = [json.loads(line) for line in open(out) if '"cell"' in line]
+    got = {(r["mixer"], r["T"]): r["class_from"] for r in cells}
+    assert got == {("bigbird", 8): 15, ("bigbird", 16): 15, ("softmax", 8): None, ("softmax", 16): None}
+    assert get_config("bigbird", block_size=2, num_random_blocks=1).full_attention_blocks * 2 + 1 == 15

@@ -183,6 +183,47 @@ def test_fit_series_and_verdict_rules():
     assert judge_exponent(fit_series(T, [1e-9 * t**2 for t in T]), 1.0).flagged
 
 
+def test_lengths_below_the_specs_class_from_are_left_out_of_fits(tmp_path):
+    """bigbird runs full attention up to (5 + 2r)·b: its cells below the spec's class_from are
+    another algorithm, and a fit of its linear class over them read ⚠ 1.58 vs O(T) (main.sh, memory).
+    Left out when 3 longer lengths remain; else kept, and the exponent never judged."""
+
+    def shifted(class_from):
+        records = _records()
+        for rec in records:  # ponet quadratic below 2k (another algorithm there), linear from 2k
+            if rec["kind"] == "cell" and rec["label"] == "ponet":
+                rec["class_from"] = class_from
+                if rec["T"] < 2048:
+                    for k in ("mem_peak_bytes", "time_median_s"):
+                        rec[k] *= rec["T"] / 2048
+                    rec["time_samples"] = [v * rec["T"] / 2048 for v in rec["time_samples"]]
+        return records
+
+    md = _report_md(tmp_path / "none", shifted(None))
+    assert "⚠" in _row(md, "Complexity", "ponet")  # the short lengths fitted: the class looks wrong
+    row = _row(_report_md(tmp_path / "2k", shifted(2048)), "Complexity", "ponet")
+    assert "⚠" not in row and "inconclusive" not in row
+    assert "left out (shorter than the spec's class_from: another algorithm there): 512, 1k" in row
+    row = _row(_report_md(tmp_path / "8k", shifted(8192)), "Complexity", "ponet")  # 2 lengths from 8k: not enough
+    assert "⚠" not in row and "inconclusive (lengths below the class's regime)" in row
+    assert "includes lengths shorter than the spec's class_from" in row
+
+
+def test_fit_series_leaves_out_lengths_below_class_from():
+    from reports.fit import fit_series, judge_exponent
+
+    T = [256, 512, 1024, 2048, 4096]
+    mem = [3.35e6, 6.30e6, 45.3e6, 87.6e6, 174e6]  # bigbird train memory, main.sh (full attention to 704)
+    assert judge_exponent(fit_series(T, mem), 1.0).flagged
+    series = fit_series(T, mem, class_from=[705] * 5)
+    assert series.used == [1024, 2048, 4096] and series.short == [256, 512] and series.in_regime
+    assert judge_exponent(series, 1.0).status == "agrees" and abs(series.fit.k - 1.0) < 0.1
+    series = fit_series(T, mem, class_from=[1500] * 5)  # two lengths from there: all kept, not judged
+    assert not series.in_regime and series.short == [] and series.used == T
+    assert judge_exponent(series, 1.0).status == "inconclusive"
+    assert fit_series(T, mem, class_from=[None, math.nan, None, None, None]).used == T  # null: every T
+
+
 def test_series_identity_includes_the_thread_count():
     from reports.cells import is_clean, series_identity
 

@@ -94,6 +94,9 @@ class MixerSpec:
     # generation state (init_state / prefill / step) of a causal mixer: its size in the context
     # length T (constant, O(w), O(T)); None = no state API (every non-causal mixer)
     state: StateSize | None = None
+    # the shortest T the two classes describe, None: every T. Below it the mixer runs another
+    # algorithm (bigbird: full attention for T <= (5 + 2r)·b), so a fit of its class leaves it out
+    class_from: int | None = None
 
     def summary(self) -> dict[str, Any]:
         """A flat dict for tables (no callables)."""

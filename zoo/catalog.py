@@ -61,8 +61,8 @@ def mixer_info(name: str, dim: int | None = None, heads: int | None = None) -> d
     """A mixer's spec, config fields (default and meaning) and counts, as plain data for
     ``reports.text.render_info`` (and ``zoo info --format json``)."""
     cls = get_mixer_class(name)
-    spec = cls.spec
     config = get_config(name, **{k: v for k, v in (("dim", dim), ("heads", heads)) if v is not None})
+    spec = cls.spec_for(config)  # as it holds for the default config (bigbird's class_from)
     summary = {k: v for k, v in spec.summary().items() if k not in ("name", "title", "year", "arxiv")}
     summary = {k: (", ".join(map(str, v)) or "-") if isinstance(v, (tuple, list)) else v for k, v in summary.items()}
     fields = [{"field": f["name"], "default": repr(getattr(config, f["name"])), "meaning": f["help"]}

@@ -13,7 +13,8 @@ Mechanism
     blocks outside the window and the global blocks (drawn per head; a block never appears twice).
     The key blocks of each query block are gathered, so memory is O(T·(5 + r)·b), never T x T.
     When n <= 5 + 2r (T <= (5 + 2r)·b, the threshold of the transformers port) the sequence uses
-    full softmax attention instead.
+    full softmax attention instead; the spec says so (``class_from`` = (5 + 2r)·b + 1), so the
+    report fits the linear classes on the longer lengths only.
 
     Precision: attention runs in fused SDPA calls in the input (or autocast's) dtype; the fused
     kernels accumulate the softmax in fp32.
@@ -38,6 +39,7 @@ Deviations
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -167,6 +169,11 @@ class BigBirdMixer(TokenMixer):
         ),
     )
     Config = BigBirdConfig
+
+    @classmethod
+    def spec_for(cls, config: BigBirdConfig) -> MixerSpec:
+        # T <= (5 + 2r)·b is full attention (quadratic): the linear classes hold from the next token
+        return dataclasses.replace(cls.spec, class_from=config.full_attention_blocks * config.block_size + 1)
 
     def __init__(self, config: BigBirdConfig, *, device=None, dtype=None):
         super().__init__(config)
