@@ -49,7 +49,7 @@ def execute_fanout(cells: list[Cell], previous: dict, s, executor, writer, run_i
 
     def record(cell: Cell, result: dict, started: str, wall: float) -> None:
         rec = make_record(cell, stamp_placement(result, cell.device), run_id, started, wall,
-                             s.declared.get(cell.label, {}).get("class_from"))
+                             s.class_from(cell.label))
         writer.append(rec)
         written.append(rec)
         frontier.add(rec)

@@ -59,7 +59,7 @@ class SweepSettings:
     predict: bool = True  # the fake pass (predicted peak, counted FLOPs)
     cpu_heap: str = "managed"
     probe: str | None = None  # reference to a load-probe factory (timing.LoadProbe), None: none
-    declared: dict = field(default_factory=dict)  # label -> {"time": k, "memory": k}
+    declared: dict = field(default_factory=dict)  # label -> {"time": k, "memory": k, "class_from": T0}
     command: list | None = None
     info: dict = field(default_factory=dict)  # the planning settings (lengths, mixers, ...)
 
@@ -96,6 +96,10 @@ class SweepSettings:
             "interleave": self.interleave, "baseline": self.baseline, "resume": self.resume,
             "cpu_heap": self.cpu_heap if not device.startswith("cuda") else None, "executor": executor,
         }
+
+    def class_from(self, label: str) -> int | None:
+        """The shortest T the label's declared classes describe (None: every T), for its records."""
+        return self.declared.get(label, {}).get("class_from")
 
     def cell_opts(self, threads: int) -> dict[str, Any]:
         """What a cell process needs (JSON data)."""

@@ -244,7 +244,7 @@ def _execute(cells: list[Cell], previous: dict, s: SweepSettings, executor, writ
 
     def write(cell: Cell, result: dict, started: str, wall: float, shown: bool = False) -> None:
         record = make_record(cell, stamp_placement(result, cell.device), run_id, started, wall,
-                             s.declared.get(cell.label, {}).get("class_from"))
+                             s.class_from(cell.label))
         writer.append(record)
         written.append(record)
         frontier.add(record)
@@ -270,7 +270,7 @@ def _execute(cells: list[Cell], previous: dict, s: SweepSettings, executor, writ
         if hold:
             held[cell.key] = [cell, started, wall, result, []]
             first = make_record(cell, stamp_placement(result, cell.device), run_id, started, wall,
-                             s.declared.get(cell.label, {}).get("class_from"))
+                             s.class_from(cell.label))
             # journalled now: a sweep killed (SIGKILL: no unwinding) before its cell record keeps round 1's
             writer.append({**first, "kind": HELD})
             # longer cells of the series predict their memory from this one (fallback_prediction)

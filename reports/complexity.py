@@ -115,9 +115,9 @@ def _crossover(part: pd.DataFrame, label: str, base: str, metric: Metric, fits) 
     costs_b = _metric_costs(part, base, metric)
     lengths = sorted(set(costs_a) | set(costs_b))
     fit_a, fit_b = fits[(label, metric.name)], fits[(base, metric.name)]
-    # extrapolate only from fits on clean data
-    fa = fit_a.fit if fit_a.clean and fit_a.in_regime else None
-    fb = fit_b.fit if fit_b.clean and fit_b.in_regime else None
+    # extrapolate only from fits on clean data in the class's regime
+    fa = fit_a.fit if fit_a.judgeable else None
+    fb = fit_b.fit if fit_b.judgeable else None
     cross = find_crossover(lengths, [costs_a.get(T) for T in lengths], [costs_b.get(T) for T in lengths], fa, fb)
     return _cross_cell(cross)
 

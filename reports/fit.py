@@ -224,6 +224,11 @@ class SeriesFit:
     short: list[int] = field(default_factory=list)
     in_regime: bool = True
 
+    @property
+    def judgeable(self) -> bool:
+        """Clean timings in the class's regime: a verdict (and an extrapolation) may rest on it."""
+        return self.clean and self.in_regime
+
 
 def fit_series(
     lengths: Sequence[float],
@@ -245,7 +250,7 @@ def fit_series(
     n = len(lengths)
     clean = [True] * n if clean is None else [bool(c) for c in clean]
     usable = [i for i in range(n) if values[i] is not None and math.isfinite(values[i]) and values[i] > 0]
-    below = [class_from is not None and _number(class_from[i]) and lengths[i] < float(class_from[i])
+    below = [class_from is not None and not _missing(class_from[i]) and lengths[i] < float(class_from[i])
              for i in range(n)]
     short = sorted({int(lengths[i]) for i in usable if below[i]})
     in_regime = True
@@ -258,8 +263,9 @@ def fit_series(
     return series
 
 
-def _number(v: Any) -> bool:
-    return v is not None and not (isinstance(v, float) and math.isnan(v))
+def _missing(v: Any) -> bool:
+    """None or NaN: a field a record (or a table cell) does not have."""
+    return v is None or (isinstance(v, float) and math.isnan(v))
 
 
 def _fit_usable(lengths, values, clean, samples, n_boot, usable: list[int]) -> SeriesFit:
@@ -305,8 +311,8 @@ def judge_exponent(series: SeriesFit, declared: float | None) -> Verdict:
     fit = series.fit
     if fit is None:
         return Verdict("unfitted", series.reason or "too few lengths")
-    mark = "" if series.clean and series.in_regime else "~"
-    if declared is None or (isinstance(declared, float) and math.isnan(declared)):
+    mark = "" if series.judgeable else "~"
+    if _missing(declared):
         return Verdict("undeclared", mark + fit.interval)
     gap = fit.k - declared
     if abs(gap) <= FLAG_THRESHOLD:
