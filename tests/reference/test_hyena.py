@@ -9,7 +9,7 @@ import torch
 
 from tests.tolerances import tol
 from zoo import ZooError, create_mixer
-from zoo.mixers.hyena import fft_long_conv
+from zoo.mixers.hyena import channels_first_linear, fft_long_conv
 from zoo.reference.hyena import hyena_reference, long_conv_reference
 
 F64 = tol(torch.float64)
@@ -38,6 +38,21 @@ def test_fft_long_conv_is_linear_not_circular(two_sided, T):
     got = fft_long_conv(z, fwd, back if two_sided else None)  # (B, C, T)
     want = long_conv_reference(z.transpose(1, 2), fwd, back if two_sided else None).transpose(1, 2)
     torch.testing.assert_close(got, want, **F64)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_channels_first_linear_is_the_layer_transposed_and_contiguous(bias):
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(5, 7, bias=bias, dtype=torch.float64)
+    x = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+    got = channels_first_linear(x, layer)  # (B, out, T)
+    want = layer(x).transpose(1, 2)
+    torch.testing.assert_close(got, want, **F64)
+    assert got.shape == (3, 7, 4) and got.is_contiguous()
+    w = torch.randn(3, 7, 4, dtype=torch.float64)
+    grads = [torch.autograd.grad((y * w).sum(), [x, *layer.parameters()]) for y in (got, want)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, **F64)
 
 
 @pytest.mark.parametrize("causal", [True, False])

@@ -86,15 +86,26 @@ def hyena_flops(c: HyenaConfig, B: int, T: int, causal: bool = False) -> float:
 
 
 def causal_depthwise_conv(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """y[:, t] = bias + sum_j weight[:, j] u[:, t - taps + 1 + j] over a (B, T, C) sequence (zeros
-    before the first token); weight (C, taps). Shifted sums in the (B, T, C) layout: no transposes,
-    and torch's FLOP counter sees elementwise work (it counts a grouped conv1d's backward as dense)."""
-    T, taps = u.shape[1], weight.shape[-1]
-    up = F.pad(u, (0, 0, taps - 1, 0))  # (B, T + taps - 1, C)
-    y = up[:, taps - 1 :] * weight[:, taps - 1] + bias  # (B, T, C)
+    """y[:, c, t] = bias[c] + sum_j weight[c, j] u[:, c, t - taps + 1 + j] over a (B, C, T) sequence
+    (zeros before the first token); weight (C, taps). Shifted sums along the last axis, where the
+    long convolutions' FFTs run: no transposes, and torch's FLOP counter sees elementwise work (it
+    counts a grouped conv1d's backward as dense)."""
+    T, taps = u.shape[-1], weight.shape[-1]
+    up = F.pad(u, (taps - 1, 0))  # (B, C, T + taps - 1)
+    y = up[..., taps - 1 :] * weight[:, taps - 1, None] + bias[:, None]  # (B, C, T)
     for j in range(taps - 1):
-        y = y + up[:, j : j + T] * weight[:, j]
+        y = y + up[..., j : j + T] * weight[:, j, None]
     return y
+
+
+def channels_first_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """``layer(x).transpose(1, 2)`` for x (B, T, D), computed as W @ x^T (B, out, T) so that it
+    comes out contiguous along T. Measured at T = 4k, D = 256, 3D outputs, one CPU thread: the
+    transposing copy of the (B, T, 3D) projection took 21 ms, the projection itself 11."""
+    w = layer.weight.expand(x.shape[0], -1, -1)  # (B, out, D): a view
+    if layer.bias is None:
+        return torch.bmm(w, x.transpose(1, 2))  # (B, out, T)
+    return torch.baddbmm(layer.bias[None, :, None], w, x.transpose(1, 2))  # (B, out, T)
 
 
 def fft_long_conv(z: torch.Tensor, forward: torch.Tensor, backward: torch.Tensor | None) -> torch.Tensor:
@@ -205,7 +216,8 @@ class HyenaMixer(TokenMixer):
         window = torch.exp(-self.window_rates.to(dtype)[:, None] * t[None, :])  # (N·D, T)
         out = []
         for head in (self.filter_forward, self.filter_backward) if two_sided else (self.filter_forward,):
-            taps = head(hidden).to(dtype).transpose(0, 1) * window  # (N·D, T)
+            # (N·D, W) @ (W, T): taps contiguous along the lags, as the FFTs and the gates read them
+            taps = torch.matmul(head.weight, hidden.transpose(0, 1)).to(dtype) * window  # (N·D, T)
             out.append(taps.reshape(c.order, c.dim, T))  # (N, D, T)
         return out[0], (out[1] if two_sided else None)
 
@@ -223,11 +235,12 @@ class HyenaMixer(TokenMixer):
         B, T, D = x.shape
         dt = compute_dtype(x.dtype)  # FFTs and sums in >= fp32
         keep = None if mask is None else mask[:, None, :].to(dt)  # (B, 1, T)
-        u = self.in_proj(x)  # (B, T, (N+1)·D)
+        # channels first throughout, (B, C, T): the FFTs run along T, and elementwise work on a
+        # transposed view (stride (N+1)·D along T) ran ~3x slower per element at T = 4k
+        u = channels_first_linear(x, self.in_proj)  # (B, (N+1)·D, T)
         if mask is not None:
-            u = u.masked_fill(~mask.unsqueeze(-1), 0.0)  # padded rows feed no neighbour
-        u = causal_depthwise_conv(u, self.short_conv_weight, self.short_conv_bias)  # (B, T, (N+1)·D)
-        u = u.to(dt).transpose(1, 2)  # (B, (N+1)·D, T): FFTs run along the last axis
+            u = u.masked_fill(~mask[:, None, :], 0.0)  # padded positions feed no neighbour
+        u = causal_depthwise_conv(u, self.short_conv_weight, self.short_conv_bias).to(dt)  # (B, (N+1)·D, T)
         v, *gates = u.split(D, dim=1)  # (B, D, T) each
         forward, backward = self.filters(T, dt, two_sided=not causal)  # (N, D, T) each, or None
         z = v
@@ -261,7 +274,9 @@ class HyenaMixer(TokenMixer):
         u = self.in_proj(x)  # (B, n, (N+1)·D)
         if mask is not None:
             u = u.masked_fill(~mask.unsqueeze(-1), 0.0)
-        conv = lambda s: causal_depthwise_conv(s, self.short_conv_weight, self.short_conv_bias)  # noqa: E731
+        def conv(s):  # (B, L, C) -> (B, L, C): the chunk is short, its transposes cheap
+            return causal_depthwise_conv(s.transpose(1, 2), self.short_conv_weight, self.short_conv_bias).transpose(1, 2)
+
         u, t["conv"] = conv_with_tail(t["conv"], u, conv)  # (B, n, (N+1)·D)
         v, *gates = u.to(cd).transpose(1, 2).split(D, dim=1)  # (B, D, n) each
         keep = None if mask is None else mask[:, None, :].to(cd)  # (B, 1, n)
