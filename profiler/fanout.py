@@ -39,7 +39,7 @@ def execute_fanout(cells: list[Cell], previous: dict, s, executor, writer, run_i
                    frontier, history: dict) -> tuple[list[dict], dict[str, Any]]:
     """Decide and run every cell not in ``previous``; returns (records written, statistics:
     ``duplicates`` dropped, ``missing`` filled with an error, ``overhead_s`` per cell)."""
-    from profiler.sweep import _Progress, decide_without_running, fallback_prediction, make_record
+    from profiler.sweep import _Progress, cell_opts, decide_without_running, make_record
     from reports.cells import series_identity
 
     todo = [c for c in cells if c.key not in previous]
@@ -67,12 +67,7 @@ def execute_fanout(cells: list[Cell], previous: dict, s, executor, writer, run_i
                 if decided is not None:
                     record(cell, decided, now_iso(), 0.0)
                     continue
-                opts = s.cell_opts(threads)
-                fb = fallback_prediction(history.get(series_identity(cell, threads=threads), []), cell.T,
-                                         s.declared.get(cell.label, {}).get("memory"))
-                if fb is not None:
-                    opts["fallback_predicted_abs"], opts["fallback_predicted_step"] = fb
-                items.append((cell, opts))
+                items.append((cell, cell_opts(cell, s, threads, history)))
             done: set[int] = set()
             t0 = time.monotonic()
             for i, result in executor.submit_all(items, s.timeout):

@@ -92,6 +92,18 @@ def fallback_prediction(history: list[dict], T: int, declared: float | None) -> 
     return int(a2 - m2 + step), int(step)
 
 
+def cell_opts(cell: Cell, s: SweepSettings, threads: int, history: dict) -> dict[str, Any]:
+    """What ``cell``'s process needs: the settings' options and, when the series' shorter cells
+    measured their memory (``history``, by :func:`reports.cells.series_identity`), the peak they
+    predict for it (:func:`fallback_prediction`, with the label's declared memory class)."""
+    opts = s.cell_opts(threads)
+    fb = fallback_prediction(history.get(series_identity(cell, threads=threads), []), cell.T,
+                             s.declared.get(cell.label, {}).get("memory"))
+    if fb is not None:
+        opts["fallback_predicted_abs"], opts["fallback_predicted_step"] = fb
+    return opts
+
+
 def make_record(cell: Cell, result: dict, run_id: str, started: str, wall: float,
                 class_from: int | None = None) -> dict[str, Any]:
     """A cell record in the key order of ``docs/RECORDS.md`` (extras after); ``class_from``: the
@@ -235,12 +247,7 @@ def _execute(cells: list[Cell], previous: dict, s: SweepSettings, executor, writ
     written = []
 
     def opts_for(cell: Cell) -> dict:
-        opts = s.cell_opts(threads)
-        fb = fallback_prediction(history.get(series_identity(cell, threads=threads), []), cell.T,
-                                 s.declared.get(cell.label, {}).get("memory"))
-        if fb is not None:
-            opts["fallback_predicted_abs"], opts["fallback_predicted_step"] = fb
-        return opts
+        return cell_opts(cell, s, threads, history)
 
     def write(cell: Cell, result: dict, started: str, wall: float, shown: bool = False) -> None:
         record = make_record(cell, stamp_placement(result, cell.device), run_id, started, wall,
