@@ -1,30 +1,19 @@
-"""The end-of-sweep table in the terminal: mixers x lengths per mode, time, peak memory and the
-time ratio to the baseline. Formatting and failure texts are the report's
-(:mod:`reports.metrics`), so the terminal and the report say the same thing about a cell."""
+"""The end-of-sweep table in the terminal: mixers x lengths per mode, time, peak memory (a decode
+cell: the state it holds) and the time ratio to the baseline. Each cell's text and the legend are
+:mod:`reports.endtable`'s (the report's marks: ``≈`` busy machine, ``~`` noisy, and its failure
+texts), so the terminal and the report say the same thing about a cell."""
 
 from __future__ import annotations
 
 from profiler.cases import ALL_MODES
-from reports.metrics import failure_text, format_bytes, format_time
-from reports.tables import resolve_baseline
+from reports.cells import resolve_baseline
+from reports.endtable import cell_text, legend
 
 __all__ = ["print_table"]
 
 
-def _text(r: dict, base: dict | None) -> str:
-    if r["status"] != "ok":
-        return failure_text(r)
-    held = r.get("state_bytes") if r.get("mode") == "decode" else r.get("mem_peak_bytes")  # decode: the state
-    text = f"{format_time(r.get('time_median_s'))} · {format_bytes(held)}"
-    if base is not None and base is not r and base["status"] == "ok" and base.get("time_median_s") and r.get("time_median_s"):
-        text += f" ({r['time_median_s'] / base['time_median_s']:.2f}x)"
-    if r.get("noisy"):
-        text += " ~"
-    return text
-
-
 def print_table(records: list[dict], baseline: str | None, console) -> None:
-    """One rich table per mode over the cell records."""
+    """One rich table per mode over the cell records, then the legend of the marks shown."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -32,10 +21,11 @@ def print_table(records: list[dict], baseline: str | None, console) -> None:
     if not cells:
         return
     lengths = sorted({r["T"] for r in cells})
+    shown: list[str] = []
     for mode in [m for m in ALL_MODES if any(r["mode"] == m for r in cells)]:
         by = {(r["label"], r["T"]): r for r in cells if r["mode"] == mode}
         labels = list(dict.fromkeys(r["label"] for r in cells if r["mode"] == mode))
-        base_label = resolve_baseline(labels, baseline) if baseline else None
+        base_label = resolve_baseline(labels, baseline)
         what = "time per token · state held" if mode == "decode" else "median time · peak memory"
         title = f"{mode}: {what}" + (f" (time ratio to {escape(base_label)})" if base_label else "")
         table = Table(title=title, title_justify="left")
@@ -46,8 +36,10 @@ def print_table(records: list[dict], baseline: str | None, console) -> None:
             row = [label]
             for T in lengths:
                 r = by.get((label, T))
-                row.append("" if r is None else _text(r, by.get((base_label, T)) if base_label else None))
+                row.append("" if r is None else cell_text(r, by.get((base_label, T)) if base_label else None))
+            shown += row[1:]
             table.add_row(*[escape(t) for t in row])
         console.print(table)
-    console.print("OOM† = predicted or after a shorter OOM · ~ = noisy (IQR/median > 10%) · n/a = unsupported",
-                  highlight=False)
+    notes = legend(shown)
+    if notes:
+        console.print(" · ".join(notes), highlight=False)

@@ -18,7 +18,7 @@ import math
 from typing import Any, Mapping
 
 __all__ = ["SERIES_FIELDS", "series_identity", "is_noisy", "is_contended", "has_neighbours", "is_clean", "record_flag",
-           "unclean_reasons", "timing_mark", "NEIGHBOUR_EFFECT"]
+           "unclean_reasons", "timing_mark", "failure_text", "mixer_of", "resolve_baseline", "NEIGHBOUR_EFFECT"]
 
 # what busy neighbours on the free cores did to timings, as measured (benchmarks/bench_contention.py,
 # 2026-12-02): quoted by the pre-flight note and the report, the reason such cells are not clean
@@ -60,6 +60,34 @@ def timing_mark(record: Mapping[str, Any]) -> str:
     busy neighbours), '~' noisy, '' clean."""
     reasons = unclean_reasons(record)
     return "≈" if "contended" in reasons or "neighbours" in reasons else ("~" if reasons else "")
+
+
+def failure_text(row: Mapping[str, Any]) -> str:
+    """The table text of a cell that has no number, in every table (the report's and the profiler's):
+    OOM, OOM† (inferred: predicted, or skipped after a shorter OOM), timeout, killed, n/a, error."""
+    status = row["status"]
+    reason = str(row.get("reason") or "").lower()
+    if status == "oom" or (status == "skipped" and "oom" in reason):
+        inferred = record_flag(row.get("inferred")) or status == "skipped"  # NaN (a pandas row) is not inferred
+        return "OOM†" if inferred else "OOM"
+    return {"timeout": "timeout", "killed": "killed", "unsupported": "n/a", "error": "error",
+            "skipped": "skipped"}.get(status, "–")
+
+
+def mixer_of(label: str) -> str:
+    """'softmax[impl=eager]' -> 'softmax' (variants of a mixer share its colour)."""
+    return str(label).split("[", 1)[0]
+
+
+def resolve_baseline(labels: list[str], baseline: str | None) -> str | None:
+    """The label a baseline name refers to: the exact label, else the one variant of that mixer,
+    else the plain mixer name among several variants. None if absent or ambiguous."""
+    if not baseline:
+        return None
+    if baseline in labels:
+        return baseline
+    variants = [label for label in labels if mixer_of(label) == baseline]
+    return variants[0] if len(variants) == 1 else None
 
 
 def is_clean(record: Mapping[str, Any]) -> bool:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from reports.cells import SERIES_FIELDS, is_clean, is_contended, is_noisy
+from reports.cells import SERIES_FIELDS, failure_text, is_clean, is_contended, is_noisy, mixer_of
 from reports.formats import format_bytes, format_length, format_number, format_ratio, format_time, format_tokens
 from reports.load import join_columns
 
@@ -120,17 +120,6 @@ def is_oom(cells: pd.DataFrame) -> pd.Series:
     return (cells["status"] == "oom") | ((cells["status"] == "skipped") & reason.str.contains("oom"))
 
 
-def failure_text(row: pd.Series | dict[str, Any]) -> str:
-    """The table text of a cell that has no number: OOM, OOM† (inferred), timeout, n/a, error."""
-    status = row["status"]
-    reason = str(row.get("reason") or "").lower()
-    if status == "oom" or (status == "skipped" and "oom" in reason):
-        inferred = bool(row.get("inferred")) or status == "skipped"
-        return "OOM†" if inferred else "OOM"
-    return {"timeout": "timeout", "killed": "killed", "unsupported": "n/a", "error": "error",
-            "skipped": "skipped"}.get(status, "–")
-
-
 def _value(v: Any) -> Any:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return None
@@ -216,11 +205,6 @@ PALETTE = (
 )
 _SALT = "1849095"
 MARKERS = ("o", "s", "^", "D", "v", "P", "<", ">", "p", "h", "*", "d")
-
-
-def mixer_of(label: str) -> str:
-    """'softmax[impl=eager]' -> 'softmax' (variants of a mixer share its colour)."""
-    return str(label).split("[", 1)[0]
 
 
 def _hash(text: str) -> int:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from reports.cells import has_neighbours, is_contended, is_noisy, timing_mark
+from reports.cells import has_neighbours, is_contended, is_noisy, resolve_baseline, timing_mark
 from reports.metrics import (
     MEMORY,
     SPEED,
@@ -92,17 +92,6 @@ class ConsumptionTable:
 
     def entry(self, block: int, label: str, T: int) -> Entry:
         return self.blocks[block].entries.get((label, T), Entry("–", "missing"))
-
-
-def resolve_baseline(labels: list[str], baseline: str | None) -> str | None:
-    """The label a baseline name refers to: the exact label, else the one variant of that mixer,
-    else the plain mixer name among several variants. None if absent or ambiguous."""
-    if not baseline:
-        return None
-    if baseline in labels:
-        return baseline
-    variants = [label for label in labels if mixer_of(label) == baseline]
-    return variants[0] if len(variants) == 1 else None
 
 
 def _rank(entries: list[Entry], higher_is_better: bool) -> None:

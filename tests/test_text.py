@@ -86,3 +86,43 @@ def test_end_table_rows_mark_unclean_timings_and_failures():
     # beside busy neighbours (and noisy too): the busy-machine mark wins, as in the report's tables
     rows, _ = end_table_rows([cell("softmax", 512), cell("ponet", 512, t=5e-4, neighbours=True, noisy=True)], "softmax")
     assert rows[1]["T=512"] == "≈500 µs · 1 MiB (0.50×)"
+
+
+def test_the_profilers_end_table_marks_busy_machine_timings_as_the_report_does():
+    """zoo profile's terminal table (profiler.table) had marked noisy cells only: a sweep whose 200
+    cells were all timed beside a busy process printed them unmarked."""
+    from rich.console import Console
+
+    from profiler.table import print_table
+
+    def cell(label, T, status="ok", t=1e-3, **kw):
+        return {"kind": "cell", "label": label, "mixer": label, "mode": "forward", "T": T, "threads": 1,
+                "status": status, "time_median_s": t if status == "ok" else None, "mem_peak_bytes": 2.0**20, **kw}
+
+    records = [cell("softmax", 512, neighbours=True), cell("ponet", 512, t=5e-4, neighbours=True),
+               cell("softmax", 1024, contended=True), cell("ponet", 1024, t=9e-4, noisy=True),
+               cell("fnet", 512, t=2e-4), cell("fnet", 1024, "oom", inferred=True)]
+    console = Console(record=True, width=200)
+    print_table(records, "softmax", console)
+    text = console.export_text()
+    assert "≈1 ms · 1 MiB" in text and "≈500 µs · 1 MiB (0.50×)" in text  # beside busy neighbours
+    assert "~900 µs · 1 MiB" in text and "200 µs · 1 MiB (0.20×)" in text and "OOM†" in text
+    assert "≈ contended or beside busy neighbours" in text and "~ noisy" in text and "OOM† inferred" in text
+    # the legend names only the marks the table shows
+    console = Console(record=True, width=200)
+    print_table([cell("softmax", 512), cell("ponet", 512, t=5e-4)], "softmax", console)
+    assert "≈" not in console.export_text() and "~" not in console.export_text()
+
+
+def test_failure_text_reads_a_missing_inferred_flag_as_not_inferred():
+    """A pandas row of a record without ``inferred`` holds NaN there, and bool(NaN) is True: an
+    observed OOM had read as inferred (OOM†)."""
+    import pandas as pd
+
+    from reports.cells import failure_text
+
+    row = pd.DataFrame([{"status": "oom", "reason": "out of memory"}, {"status": "oom", "inferred": True}]).iloc[0]
+    assert failure_text(row) == "OOM"
+    assert failure_text({"status": "oom", "inferred": True}) == "OOM†"
+    assert failure_text({"status": "skipped", "reason": "after an OOM at T=2048"}) == "OOM†"
+    assert failure_text({"status": "killed"}) == "killed" and failure_text({"status": "unsupported"}) == "n/a"
