@@ -18,12 +18,15 @@ from reports.fit import MIN_FIT_LENGTHS, Fit, SeriesFit, fit_series, judge_expon
 from reports.generation import decode_exponent
 from reports.load import SCHEMA_VERSION as SCHEMA
 from reports.cells import SERIES_FIELDS, series_identity
+from reports.metrics import MEMORY_CHECK
 
 __all__ = ["METRICS", "MIN_FIT_LENGTHS", "fit_records"]
 
 # metric -> (cell field, field with raw samples or None)
 # (decode cells: time is per generated token, and "state" the bytes held by the generation state)
 METRICS = {"time": ("time_median_s", "time_samples"), "memory": ("mem_peak_bytes", None), "state": ("state_bytes", None)}
+# metric -> the cell field that cross-checks its verdict (reports.fit.fit_series's ``check``)
+CHECKS = {"memory": MEMORY_CHECK}
 
 
 def fit_records(
@@ -64,8 +67,9 @@ def fit_records(
                 fit = _decode_fit([r["T"] for r in pts], [float(r[field]) for r in pts], samples, **boot)
                 series_fit = SeriesFit(fit, all(clean) if clean else True, fit.lengths if fit else [], [])
             else:
+                check = [r.get(CHECKS[metric]) for r in pts] if metric in CHECKS else None
                 series_fit = fit_series([r["T"] for r in pts], [float(r[field]) for r in pts], clean, samples, **boot,
-                                        class_from=[r.get("class_from") for r in pts])
+                                        class_from=[r.get("class_from") for r in pts], check=check)
                 fit = series_fit.fit
             if fit is None:
                 continue

@@ -19,7 +19,9 @@ The rules every exponent and crossover follows, here and in the profiler's fit r
 * :func:`fit_series` fits only clean timings (:func:`reports.cells.is_clean`) when there are
   enough of them, and says which lengths it used and which it left out;
 * :func:`judge_exponent` flags an exponent against its declared class only when the data behind
-  it is clean, the gap exceeds :data:`FLAG_THRESHOLD` and the interval excludes the declared value;
+  it is clean, the gap exceeds :data:`FLAG_THRESHOLD` and the interval excludes the declared value,
+  and, for memory on CPU, the live-tensor peak of the same cells is beyond the threshold too (else
+  "inconclusive": the resident peak carries the allocator's page noise, ~2 MB, over fixed parts);
 * crossovers are searched up to :data:`CROSSOVER_CAP` tokens; beyond it: "none below 1M tokens".
 """
 
@@ -213,7 +215,9 @@ class SeriesFit:
     left out because their timing was not clean (noisy, contended, or beside busy neighbours).
     ``short`` lists the lengths left out as shorter than the spec's ``class_from`` (the mixer runs
     another algorithm there); ``in_regime`` is False when too few lengths remained without them, so
-    they were fitted and no verdict may rest on the fit.
+    they were fitted and no verdict may rest on the fit. ``check`` is the fit of a second reading
+    of the same cells over the same lengths (memory on CPU: the live-tensor peak beside the
+    resident one), None without one: a ⚠ needs it to disagree with the class too.
     """
 
     fit: Fit | None
@@ -223,6 +227,7 @@ class SeriesFit:
     reason: str = ""
     short: list[int] = field(default_factory=list)
     in_regime: bool = True
+    check: Fit | None = None
 
     @property
     def judgeable(self) -> bool:
@@ -237,6 +242,7 @@ def fit_series(
     samples: Sequence[Sequence[float] | None] | None = None,
     n_boot: int = 200,
     class_from: Sequence[float | None] | None = None,
+    check: Sequence[float | None] | None = None,
 ) -> SeriesFit:
     """Fit a series on its clean points when there are :data:`MIN_FIT_LENGTHS` of them, else on
     every point (then ``clean=False``: no verdict may rest on it), else not at all.
@@ -246,6 +252,9 @@ def fit_series(
     ``class_from[i]`` the spec's shortest length its classes describe (None: every length). Points
     shorter than that are left out first, when :data:`MIN_FIT_LENGTHS` lengths remain (``short``);
     otherwise they stay and the fit is not in the class's regime (``in_regime=False``).
+    ``check[i]``: a second reading of the same cost (memory on CPU: the live-tensor peak, free of
+    the allocator's page noise that the resident peak carries); fitted over the same lengths
+    when every one of them has it (``SeriesFit.check``), for :func:`judge_exponent`.
     """
     n = len(lengths)
     clean = [True] * n if clean is None else [bool(c) for c in clean]
@@ -260,6 +269,11 @@ def fit_series(
         short, in_regime = [], False
     series = _fit_usable(lengths, values, clean, samples, n_boot, usable)
     series.short, series.in_regime = short, in_regime
+    if check is not None and series.fit is not None:
+        at = {float(lengths[i]): check[i] for i in usable}
+        second = [at.get(float(T)) for T in series.fit.lengths]
+        if all(not _missing(v) and math.isfinite(v) and v > 0 for v in second):
+            series.check = fit_scaling(series.fit.lengths, second, n_boot=n_boot)
     return series
 
 
@@ -325,6 +339,13 @@ def judge_exponent(series: SeriesFit, declared: float | None) -> Verdict:
         return Verdict("inconclusive", f"~{fit.interval} inconclusive (lengths below the class's regime)")
     if fit.k_lo <= declared <= fit.k_hi:
         return Verdict("inconclusive", f"{fit.interval} (inconclusive)")
+    check = series.check  # the same rule on the second reading: both must call the class wrong
+    if check is not None and abs(check.k - declared) <= FLAG_THRESHOLD:
+        return Verdict("inconclusive", f"{fit.interval} inconclusive (the live-tensor peak fits {check.k:.2f}, "
+                                       f"within {FLAG_THRESHOLD:g} of {declared_class(declared)})")
+    if check is not None and check.k_lo <= declared <= check.k_hi:
+        return Verdict("inconclusive", f"{fit.interval} inconclusive (the live-tensor peak fits {check.interval}, "
+                                       f"which holds {declared_class(declared)})")
     return Verdict("flagged", f"{fit.interval}: {gap:+.2f} vs {declared_class(declared)}")
 
 

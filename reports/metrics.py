@@ -24,6 +24,7 @@ __all__ = [
     "TIME",
     "SPEED",
     "MEMORY",
+    "MEMORY_CHECK",
     "group_cells",
     "group_title",
     "failure_text",
@@ -112,6 +113,9 @@ class Metric:
 TIME = Metric("time", "time_median_s")
 SPEED = Metric("speed", "steps_per_s", higher_is_better=True)
 MEMORY = Metric("memory", "mem_peak_bytes")
+# the second reading of a cell's memory that an exponent verdict must agree with (CPU, eager: the
+# live-tensor peak; null on CUDA, where the peak is the allocator's own count): reports.fit.fit_series
+MEMORY_CHECK = "mem_tensor_peak_bytes"
 
 
 def is_oom(cells: pd.DataFrame) -> pd.Series:
