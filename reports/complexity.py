@@ -28,8 +28,8 @@ from reports.fit import (
 )
 from reports.formats import format_length
 from reports.load import Profile
-from reports.metrics import MEMORY, MEMORY_CHECK, TIME, Metric, clean_mask, group_cells, is_oom, mixer_of
-from reports.tables import resolve_baseline
+from reports.cells import mixer_of, resolve_baseline
+from reports.metrics import MEMORY, MEMORY_CHECK, TIME, Metric, clean_mask, group_cells, is_oom
 
 __all__ = ["complexity_section", "series_fits"]
 
@@ -59,9 +59,9 @@ def series_fits(cells: pd.DataFrame) -> dict[tuple[str, str], SeriesFit]:
             if metric is TIME:
                 samples = [s if isinstance(s, list) else None for s in part["time_samples"]]
             class_from = part["class_from"].tolist() if "class_from" in part else None
-            check = None  # memory: the live-tensor peak cross-checks the resident one (CPU records)
+            check = None  # memory: the live-tensor peak cross-checks the resident one (CPU records; NaN: none)
             if metric is MEMORY and MEMORY_CHECK in part:
-                check = [float(v) if pd.notna(v) else None for v in pd.to_numeric(part[MEMORY_CHECK], errors="coerce")]
+                check = pd.to_numeric(part[MEMORY_CHECK], errors="coerce").tolist()
             out[(label, metric.name)] = fit_series(
                 part["T"].tolist(), [float(v) if pd.notna(v) else math.nan for v in values],
                 _clean_points(part, metric).tolist(), samples, class_from=class_from, check=check)
